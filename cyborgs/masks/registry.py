@@ -1,0 +1,42 @@
+"""Registry of mask sources (``cfg.CYBORGS.MASKS.SOURCE``)."""
+
+from __future__ import annotations
+
+import importlib
+
+from detectron2.utils.registry import Registry
+
+MASK_SOURCE_REGISTRY = Registry("MASK_SOURCE")
+MASK_SOURCE_REGISTRY.__doc__ = """
+Registry for mask sources. A registered object is a class (or factory) called as
+``Source.from_config(cfg, dataset_name)`` that returns a callable
+
+    source(dataset_dict: dict, image: np.ndarray[H, W, 3] uint8 RGB) -> np.ndarray[H, W] uint8
+
+giving one mask id (0..255) per pixel at the image's resolution. Sources that store masks
+(bootstrapped rounds, precomputed heuristics) keep them at a lower resolution and upsample with
+nearest neighbour here. A source must be picklable (it runs inside data-loader workers).
+"""
+
+# Modules that register sources; imported lazily so a missing optional dependency of one
+# source (e.g. OpenCV's selective search) does not break the others.
+_SOURCE_MODULES = {
+    "whole": "cyborgs.masks.whole",
+    "grid": "cyborgs.masks.grid",
+    "felzenszwalb": "cyborgs.masks.felzenszwalb",
+    "selective_search": "cyborgs.masks.selective_search",
+    "ground_truth": "cyborgs.masks.ground_truth",
+    "bootstrap": "cyborgs.masks.bootstrap",
+}
+
+
+def build_mask_source(cfg, dataset_name: str):
+    """Build the source named by ``cfg.CYBORGS.MASKS.SOURCE`` for ``dataset_name``."""
+    name = cfg.CYBORGS.MASKS.SOURCE
+    if name not in _SOURCE_MODULES:
+        raise KeyError(
+            f"CYBORGS.MASKS.SOURCE={name!r} is not a mask source; expected one of "
+            f"{sorted(_SOURCE_MODULES)}"
+        )
+    importlib.import_module(_SOURCE_MODULES[name])
+    return MASK_SOURCE_REGISTRY.get(name).from_config(cfg, dataset_name)
