@@ -1,0 +1,120 @@
+"""Tests for cyborgs.clustering.spherical_kmeans (torch and FAISS backends)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cyborgs.clustering import KMEANS_BACKENDS, spherical_kmeans
+
+BACKENDS = ["torch"] + (["faiss"] if importlib.util.find_spec("faiss") else [])
+
+
+def _blobs(k=5, per=40, dim=12, noise=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dirs = F.normalize(torch.randn(k, dim, generator=g), dim=1)
+    truth = torch.arange(k).repeat_interleave(per)
+    # Random positive scales: clustering must depend on directions only.
+    scale = 0.5 + 3 * torch.rand(k * per, 1, generator=g)
+    x = (dirs[truth] + noise * torch.randn(k * per, dim, generator=g)) * scale
+    return x, truth, dirs
+
+
+def _same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to relabelling: the label pairs form a bijection."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_separated_clusters(backend, seed):
+    x, truth, dirs = _blobs(seed=seed)
+    centroids, labels = spherical_kmeans(x, 5, iters=20, seed=seed, backend=backend)
+    assert centroids.shape == (5, 12) and labels.shape == (200,) and labels.dtype == torch.long
+    assert _same_partition(labels, truth)
+    torch.testing.assert_close(centroids.norm(dim=1), torch.ones(5))
+    # Each centroid sits on its blob's direction.
+    assert (centroids @ dirs.T).max(dim=1).values.min() > 0.99
+    # Labels are the argmax cosine to the returned centroids.
+    assert torch.equal(labels, (F.normalize(x, dim=1) @ centroids.T).argmax(dim=1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_for_a_seed(backend):
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(4))
+    c1, l1 = spherical_kmeans(x, 7, iters=10, seed=3, backend=backend)
+    c2, l2 = spherical_kmeans(x, 7, iters=10, seed=3, backend=backend)
+    assert torch.equal(c1, c2) and torch.equal(l1, l2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_capped_at_points_and_distinct_points(backend):
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    c, labels = spherical_kmeans(x, 10, backend=backend)
+    assert c.shape == (4, 6)
+    assert sorted(labels.tolist()) == [0, 1, 2, 3]
+    # Three distinct directions (a positive rescaling is the same point on the sphere).
+    dup = torch.cat([x[:3], 2.0 * x[:3], x[:1]])
+    c, labels = spherical_kmeans(dup, 5, backend=backend)
+    assert c.shape == (3, 6)
+    assert _same_partition(labels, torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+
+
+def test_single_cluster_is_the_mean_direction():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    c, labels = spherical_kmeans(x, 1, backend="torch")
+    torch.testing.assert_close(c, F.normalize(torch.tensor([[1.0, 1.0]]), dim=1))
+    assert labels.tolist() == [0, 0, 0]
+
+
+def test_empty_cluster_is_reseeded(monkeypatch):
+    # Force a bad init with two identical seeds: argmax ties leave the second one empty, and it
+    # must be re-seeded from a far point so that the two groups end up separated.
+    import cyborgs.clustering.kmeans as km
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([1.0, 0.0, 0.0]) + 0.05 * torch.randn(30, 3, generator=g)
+    b = torch.tensor([0.0, 0.0, 1.0]) + 0.05 * torch.randn(10, 3, generator=g)
+    x = torch.cat([a, b])
+    monkeypatch.setattr(km, "_kmeans_pp_init", lambda xn, k, gen: xn[[0, 0]])
+    c, labels = spherical_kmeans(x, 2, iters=10, backend="torch")
+    assert _same_partition(labels, torch.tensor([0] * 30 + [1] * 10))
+
+
+def test_auto_prefers_faiss_when_importable():
+    assert km_resolve("auto") == ("faiss" if "faiss" in BACKENDS else "torch")
+
+
+def km_resolve(name: str) -> str:
+    from cyborgs.clustering.kmeans import _resolve_backend
+
+    return _resolve_backend(name)
+
+
+def test_torch_backend_runs_on_input_device_and_dtype():
+    x = torch.randn(50, 4, dtype=torch.float64)
+    c, labels = spherical_kmeans(x, 3, backend="torch")
+    assert c.dtype == torch.float64 and c.device == x.device and labels.device == x.device
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown k-means backend"):
+        spherical_kmeans(torch.randn(5, 2), 2, backend="nope")
+    with pytest.raises(ValueError):
+        spherical_kmeans(torch.randn(5), 2)
+    with pytest.raises(ValueError):
+        spherical_kmeans(torch.randn(5, 2), 0)
+    assert {"torch", "faiss"} <= set(KMEANS_BACKENDS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_input(backend):
+    x, truth, _ = _blobs()
+    c, labels = spherical_kmeans(x.cuda(), 5, backend=backend)
+    assert c.is_cuda and labels.is_cuda
+    assert _same_partition(labels.cpu(), truth)
