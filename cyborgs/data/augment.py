@@ -1,0 +1,246 @@
+"""BYOL two-view augmentation with the geometry shared by image and mask (SPEC §2).
+
+Per view: RandomResizedCrop(size, scale, ratio) and a horizontal flip, applied identically to
+the image (bilinear, antialiased) and the mask (nearest, pixel-centre aligned); then image-only
+colour jitter (p=0.8, random op order as torchvision), grayscale (p=0.2), Gaussian blur
+(p=1.0 / 0.1 for views 1 / 2, sigma ~ U[0.1, 2.0], kernel 2*floor(0.05*size)+1, i.e. 23 at 224)
+and solarize (p=0 / 0.2, threshold 128).
+
+Each view records its crop ``box = (x0, y0, x1, y1)`` in the original image's pixel-edge
+coordinates (pixel i covers [i, i+1)), and ``flip`` (applied after cropping), so that
+``resize(image[y0:y1, x0:x1])`` then ``flip`` reproduces the view before photometric ops.
+
+All randomness comes from a ``numpy.random.Generator`` passed in, so a seeded generator gives
+the same views.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+__all__ = [
+    "ViewAugment",
+    "TwoViewAugment",
+    "sample_crop_box",
+    "crop_resize_flip",
+    "blur_kernel_size",
+]
+
+
+def sample_crop_box(
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box sampling, as integer ``(x0, y0, x1, y1)``.
+
+    10 tries of area ~ U[scale] * H * W and log-uniform aspect ratio; otherwise the largest
+    centred crop whose ratio is clamped to ``ratio``.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            y0 = int(rng.integers(0, height - h + 1))
+            x0 = int(rng.integers(0, width - w + 1))
+            return x0, y0, x0 + w, y0 + h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    y0 = (height - h) // 2
+    x0 = (width - w) // 2
+    return x0, y0, x0 + w, y0 + h
+
+
+def crop_resize_flip(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    box: Sequence[int],
+    flip: bool,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop ``box`` from image uint8[3,H,W] and mask int[H,W], resize to size x size, flip.
+
+    Image: bilinear with antialiasing (torchvision's default for tensors). Mask: nearest with
+    pixel-centre alignment (``nearest-exact``), which matches the bilinear sampling grid; plain
+    ``nearest`` would shift the mask by up to half a source pixel against the image.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    img = image[:, y0:y1, x0:x1].unsqueeze(0).float()
+    img = F.interpolate(
+        img, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    img = img.round_().clamp_(0, 255).to(torch.uint8)[0]
+    # ids < 256 are exact in float32
+    m = mask[y0:y1, x0:x1][None, None].float()
+    m = F.interpolate(m, size=(size, size), mode="nearest-exact")[0, 0].long()
+    if flip:
+        img = img.flip(-1)
+        m = m.flip(-1)
+    return img, m
+
+
+def blur_kernel_size(size: int) -> int:
+    """Odd kernel of about 10% of the view (BYOL: 23 at 224)."""
+    return 2 * int(0.05 * size) + 1
+
+
+@dataclass
+class ViewAugment:
+    """One view's pipeline (BYOL's T or T')."""
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_prob: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if int(self.size) <= 0:
+            raise ValueError(f"CYBORGS.AUG.CROP_SIZE must be positive, got {self.size}")
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(
+                f"CYBORGS.AUG.CROP_SCALE must satisfy 0 < lo <= hi <= 1, got {self.scale}"
+            )
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"CYBORGS.AUG.CROP_RATIO must satisfy 0 < lo <= hi, got {self.ratio}")
+        if len(self.color_jitter) != 4:
+            raise ValueError(
+                f"CYBORGS.AUG.COLOR_JITTER must be (brightness, contrast, saturation, hue), "
+                f"got {self.color_jitter}"
+            )
+        for key, p in (
+            ("FLIP_PROB", self.flip_prob),
+            ("COLOR_JITTER_PROB", self.color_jitter_prob),
+            ("GRAYSCALE_PROB", self.grayscale_prob),
+            ("BLUR_PROB", self.blur_prob),
+            ("SOLARIZE_PROB", self.solarize_prob),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"CYBORGS.AUG.{key} must be a probability in [0, 1], got {p}")
+
+    def geometry(self, height: int, width: int, rng: np.random.Generator) -> tuple[tuple, bool]:
+        box = sample_crop_box(height, width, self.scale, self.ratio, rng)
+        flip = bool(rng.random() < self.flip_prob)
+        return box, flip
+
+    def photometric(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Image-only ops on uint8[3,S,S]; consumes the same draws whatever the outcome."""
+        b, c, s, h = self.color_jitter
+        do_jitter = rng.random() < self.color_jitter_prob
+        order = rng.permutation(4)
+        factors = (
+            rng.uniform(max(0.0, 1 - b), 1 + b),
+            rng.uniform(max(0.0, 1 - c), 1 + c),
+            rng.uniform(max(0.0, 1 - s), 1 + s),
+            rng.uniform(-h, h),
+        )
+        do_gray = rng.random() < self.grayscale_prob
+        do_blur = rng.random() < self.blur_prob
+        sigma = float(rng.uniform(*self.blur_sigma))
+        do_solarize = rng.random() < self.solarize_prob
+
+        if do_jitter:
+            ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+            for i in order:
+                image = ops[i](image, float(factors[i]))
+        if do_gray:
+            image = TF.rgb_to_grayscale(image, num_output_channels=3)
+        if do_blur:
+            k = blur_kernel_size(self.size)
+            image = TF.gaussian_blur(image, [k, k], [sigma, sigma])
+        if do_solarize:
+            image = TF.solarize(image, 128)
+        return image
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> dict:
+        """One view of image uint8[3,H,W] + mask int[H,W] -> the DESIGN.md view dict."""
+        H, W = image.shape[-2:]
+        box, flip = self.geometry(H, W, rng)
+        img, m = crop_resize_flip(image, mask, box, flip, int(self.size))
+        img = self.photometric(img, rng)
+        return {
+            "image": img.contiguous(),
+            "mask": m.contiguous(),
+            "box": torch.tensor(box, dtype=torch.float32),
+            "flip": flip,
+        }
+
+
+class TwoViewAugment:
+    """BYOL's asymmetric pair (T, T'): blur 1.0 / 0.1 and solarize 0.0 / 0.2 by default."""
+
+    def __init__(self, view1: ViewAugment, view2: ViewAugment) -> None:
+        if view1.size != view2.size:
+            raise ValueError(f"both views must have the same size, got {view1.size} / {view2.size}")
+        self.views = (view1, view2)
+
+    @classmethod
+    def from_config(cls, cfg) -> TwoViewAugment:
+        a = cfg.CYBORGS.AUG
+        for key in ("BLUR_PROB", "SOLARIZE_PROB"):
+            if len(a[key]) != 2:
+                raise ValueError(
+                    f"CYBORGS.AUG.{key} must hold 2 values (view 1, view 2), got {a[key]}"
+                )
+        common = dict(
+            size=int(a.CROP_SIZE),
+            scale=tuple(a.CROP_SCALE),
+            ratio=tuple(a.CROP_RATIO),
+            flip_prob=float(a.FLIP_PROB),
+            color_jitter=tuple(a.COLOR_JITTER),
+            color_jitter_prob=float(a.COLOR_JITTER_PROB),
+            grayscale_prob=float(a.GRAYSCALE_PROB),
+        )
+        return cls(
+            ViewAugment(**common, blur_prob=a.BLUR_PROB[0], solarize_prob=a.SOLARIZE_PROB[0]),
+            ViewAugment(**common, blur_prob=a.BLUR_PROB[1], solarize_prob=a.SOLARIZE_PROB[1]),
+        )
+
+    def __call__(
+        self,
+        image: np.ndarray | torch.Tensor,
+        mask: np.ndarray | torch.Tensor,
+        rng: np.random.Generator,
+    ) -> list[dict]:
+        """Two views of ``image`` (uint8 [H,W,3] HWC ndarray or [3,H,W] tensor, RGB) and ``mask``."""
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
+            if not (image.flags.writeable and image.flags.c_contiguous):
+                image = np.array(image)  # PIL-backed arrays are read-only; torch wants writable
+            image = torch.from_numpy(image).permute(2, 0, 1)
+        if image.dtype != torch.uint8:
+            raise TypeError(f"image must be uint8, got {image.dtype}")
+        mask = torch.as_tensor(np.asarray(mask)).long()
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} must equal the image's (H, W) = "
+                f"{tuple(image.shape[-2:])}"
+            )
+        return [view(image, mask, rng) for view in self.views]

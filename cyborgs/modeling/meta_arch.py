@@ -1,0 +1,344 @@
+"""The CYBORGS pretraining meta-architecture (paper §3.2-3.4; SPEC §1, §2, §4).
+
+Online encoder f_θ (a detectron2 ResNet with BN), target encoder f_ξ (EMA copy), BYOL
+projector g / predictor q, the mask-contrastive loss on fused multi-layer features and the vMF
+clustering-consistency loss on the bootstrap feature.
+
+Choices where the SPEC is silent:
+- The two views go through the encoders one after the other (not as one 2B batch), so BN
+  statistics are per view as in BYOL/DetCon; the heads likewise see one view at a time.
+- The target encoder runs in the module's mode (train mode during training, batch-statistics
+  BN as in BYOL); its running statistics are overwritten by ``update_target`` anyway.
+- The backbone keeps every stage (res2..res5) even when the losses read fewer, so the exported
+  checkpoint is a complete ResNet; ``forward_taps`` only computes the stages a step needs.
+- Phase attributes start as: ``contrastive_weight`` = CYBORGS.CONTRASTIVE_WEIGHT,
+  ``vmf_weight`` = 0 and ``vmf_num_clusters`` = CYBORGS.VMF.K; the schedule hook sets them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from .backbone_taps import forward_taps, tap_channels, validate_taps
+from .fusion import fuse_features, fused_channels
+from .heads import MLPHead
+from .losses.mask_contrastive import MaskContrastiveLoss
+from .losses.vmf_clustering import VMFClusteringLoss
+from .mask_pooling import masks_to_grid, pool_by_mask, sample_mask_ids
+
+__all__ = ["CYBORGS"]
+
+logger = logging.getLogger(__name__)
+
+_ALL_STAGES = ["res2", "res3", "res4", "res5"]
+
+
+def _put_scalars(**kv: float) -> None:
+    """Log to the current EventStorage when there is one (tests run without)."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    storage.put_scalars(**kv)
+
+
+@META_ARCH_REGISTRY.register()
+class CYBORGS(nn.Module):
+    """Mask-contrastive + vMF-clustering pretrainer.
+
+    Training input: a list (one per image) of two-view mapper outputs (docs/DESIGN.md):
+    ``{"views": [{"image": uint8[3,S,S] RGB, "mask": int64[S,S], "box": float[4],
+    "flip": bool}, {...}], ...}``. Output: ``{"loss_mask_contrastive", "loss_vmf"}``, each
+    present only when its weight is positive.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        fusion_features: Sequence[str],
+        bootstrap_features: Sequence[str],
+        projector_hidden_dim: int,
+        projector_out_dim: int,
+        num_sampled_masks: int,
+        max_mask_ids: int,
+        temperature: float,
+        vmf_kappa: float,
+        vmf_k: int,
+        vmf_kmeans_iters: int,
+        vmf_inter_grid: int,
+        vmf_distance: str,
+        vmf_feature: str,
+        contrastive_weight: float,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        vmf_weight: float = 0.0,
+        vmf_kmeans_backend: str = "torch",
+        gather_distributed: bool = True,
+    ) -> None:
+        """
+        Args:
+            backbone: the online encoder (a detectron2 ResNet for block taps like "res3.2").
+            fusion_features: maps fused for the contrastive loss (CYBORGS.FUSION_FEATURES).
+            bootstrap_features: map(s) clustered (CYBORGS.BOOTSTRAP.FEATURES), also the vMF
+                feature when ``vmf_feature == "bootstrap"``.
+            vmf_feature: "bootstrap" or "fused" (CYBORGS.VMF.FEATURE).
+            vmf_weight: initial weight of the vMF term (the schedule hook sets it).
+            Other args: see ``cyborgs/config.py`` (same names).
+        """
+        super().__init__()
+        self.fusion_features = list(fusion_features)
+        self.bootstrap_features = list(bootstrap_features)
+        if not self.fusion_features:
+            raise ValueError("CYBORGS.FUSION_FEATURES must name at least one feature map")
+        if not self.bootstrap_features:
+            raise ValueError("CYBORGS.BOOTSTRAP.FEATURES must name at least one feature map")
+        if vmf_feature not in ("bootstrap", "fused"):
+            raise ValueError(
+                f"CYBORGS.VMF.FEATURE must be 'bootstrap' or 'fused', got {vmf_feature!r}"
+            )
+        if num_sampled_masks <= 0:
+            raise ValueError(f"CYBORGS.NUM_SAMPLED_MASKS must be positive, got {num_sampled_masks}")
+        if not 2 <= max_mask_ids:
+            raise ValueError(f"CYBORGS.MAX_MASK_IDS must be >= 2, got {max_mask_ids}")
+        validate_taps(backbone, self.fusion_features, "CYBORGS.FUSION_FEATURES")
+        validate_taps(backbone, self.bootstrap_features, "CYBORGS.BOOTSTRAP.FEATURES")
+
+        self.backbone = backbone
+        channels = tap_channels(backbone, self.fusion_features + self.bootstrap_features)
+        in_dim = fused_channels(channels, self.fusion_features)
+        self.projector = MLPHead(in_dim, projector_hidden_dim, projector_out_dim)
+        self.predictor = MLPHead(projector_out_dim, projector_hidden_dim, projector_out_dim)
+        # Target f_ξ and g_ξ start equal to the online ones (BYOL) and only move by EMA.
+        self.target_backbone = copy.deepcopy(self.backbone)
+        self.target_projector = copy.deepcopy(self.projector)
+        for p in list(self.target_backbone.parameters()) + list(self.target_projector.parameters()):
+            p.requires_grad_(False)
+
+        self.num_sampled_masks = int(num_sampled_masks)
+        self.max_mask_ids = int(max_mask_ids)
+        self.vmf_feature = vmf_feature
+        self.contrastive_loss = MaskContrastiveLoss(
+            temperature=temperature, gather_distributed=gather_distributed
+        )
+        self.vmf_loss = VMFClusteringLoss(
+            kappa=vmf_kappa,
+            num_clusters=vmf_k,
+            kmeans_iters=vmf_kmeans_iters,
+            inter_grid=vmf_inter_grid,
+            distance=vmf_distance,
+            kmeans_backend=vmf_kmeans_backend,
+        )
+        # Phase attributes, set by the schedule hook (docs/DESIGN.md "Model").
+        self.contrastive_weight = float(contrastive_weight)
+        self.vmf_weight = float(vmf_weight)
+        self.vmf_num_clusters = int(vmf_k)
+
+        if len(pixel_mean) != 3 or len(pixel_std) != 3:
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN / PIXEL_STD must have 3 (RGB) values, got {pixel_mean} / "
+                f"{pixel_std}"
+            )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        c = cfg.CYBORGS
+        cfg = cfg.clone()
+        cfg.defrost()
+        if cfg.MODEL.RESNETS.NORM == "FrozenBN":
+            # Pretraining learns every layer with batch statistics; detectron2's default
+            # FrozenBN (meant for fine-tuning from ImageNet) would train nothing in the norms.
+            logger.warning("CYBORGS pretraining: MODEL.RESNETS.NORM 'FrozenBN' -> 'BN'")
+            cfg.MODEL.RESNETS.NORM = "BN"
+        if cfg.MODEL.BACKBONE.FREEZE_AT != 0:
+            logger.warning(
+                f"CYBORGS pretraining trains the whole backbone: MODEL.BACKBONE.FREEZE_AT "
+                f"{cfg.MODEL.BACKBONE.FREEZE_AT} -> 0"
+            )
+            cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        # Keep every stage so the exported checkpoint is a complete ResNet (see module doc).
+        cfg.MODEL.RESNETS.OUT_FEATURES = list(_ALL_STAGES)
+        if cfg.INPUT.FORMAT != "RGB":
+            logger.warning(
+                f"INPUT.FORMAT is {cfg.INPUT.FORMAT!r} but the two-view mapper always gives RGB; "
+                "MODEL.PIXEL_MEAN/PIXEL_STD are applied in RGB order"
+            )
+        return {
+            "backbone": build_backbone(cfg),
+            "fusion_features": list(c.FUSION_FEATURES),
+            "bootstrap_features": list(c.BOOTSTRAP.FEATURES),
+            "projector_hidden_dim": c.PROJECTOR_HIDDEN_DIM,
+            "projector_out_dim": c.PROJECTOR_OUT_DIM,
+            "num_sampled_masks": c.NUM_SAMPLED_MASKS,
+            "max_mask_ids": c.MAX_MASK_IDS,
+            "temperature": c.TEMPERATURE,
+            "vmf_kappa": c.VMF.KAPPA,
+            "vmf_k": c.VMF.K,
+            "vmf_kmeans_iters": c.VMF.KMEANS_ITERS,
+            "vmf_inter_grid": c.VMF.INTER_GRID,
+            "vmf_distance": c.VMF.DISTANCE,
+            "vmf_feature": c.VMF.FEATURE,
+            "contrastive_weight": c.CONTRASTIVE_WEIGHT,
+            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": list(cfg.MODEL.PIXEL_STD),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ inputs
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).float()
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def _unpack(self, batched_inputs: list[dict]) -> tuple[list, list, torch.Tensor, torch.Tensor]:
+        """Stack the two views: images/masks per view, boxes [B,2,4], flips [B,2]."""
+        if not batched_inputs:
+            raise ValueError("CYBORGS.forward got an empty batch")
+        for i, x in enumerate(batched_inputs):
+            if "views" not in x or len(x["views"]) != 2:
+                raise ValueError(
+                    f"batched_inputs[{i}] must hold 'views': a list of 2 view dicts (the "
+                    f"TwoViewDatasetMapper output), got keys {sorted(x)}"
+                )
+        images, masks = [], []
+        for v in range(2):
+            views = [x["views"][v] for x in batched_inputs]
+            shapes = {tuple(d["image"].shape) for d in views}
+            if len(shapes) != 1:
+                raise ValueError(f"view {v + 1} images differ in shape within the batch: {shapes}")
+            images.append(self._normalize(torch.stack([d["image"] for d in views])))
+            masks.append(
+                torch.stack([torch.as_tensor(d["mask"]) for d in views]).to(self.device).long()
+            )
+        boxes = torch.stack(
+            [
+                torch.stack(
+                    [torch.as_tensor(x["views"][v]["box"], dtype=torch.float32) for v in range(2)]
+                )
+                for x in batched_inputs
+            ]
+        ).to(self.device)
+        flips = torch.tensor(
+            [[bool(x["views"][v]["flip"]) for v in range(2)] for x in batched_inputs],
+            dtype=torch.bool,
+            device=self.device,
+        )
+        return images, masks, boxes, flips
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        if not self.training:
+            raise RuntimeError(
+                "CYBORGS has no inference forward; use model.extract_features(images, names)"
+            )
+        use_c = self.contrastive_weight > 0
+        use_v = self.vmf_weight > 0
+        if not (use_c or use_v):
+            raise ValueError(
+                "both model.contrastive_weight and model.vmf_weight are 0: no loss to train"
+            )
+        images, masks, boxes, flips = self._unpack(batched_inputs)
+
+        vmf_names = (
+            self.bootstrap_features if self.vmf_feature == "bootstrap" else self.fusion_features
+        )
+        names = (self.fusion_features if use_c else []) + (vmf_names if use_v else [])
+        online = [forward_taps(self.backbone, img, names) for img in images]
+        with torch.no_grad():
+            target = [forward_taps(self.target_backbone, img, names) for img in images]
+
+        losses: dict[str, torch.Tensor] = {}
+        if use_c:
+            losses["loss_mask_contrastive"] = self.contrastive_weight * self._contrastive(
+                online, target, masks
+            )
+        if use_v:
+            on = tuple(fuse_features(f, vmf_names) for f in online)
+            tg = tuple(fuse_features(f, vmf_names).detach() for f in target)
+            parts = self.vmf_loss(on, tg, boxes, flips, num_clusters=self.vmf_num_clusters)
+            losses["loss_vmf"] = self.vmf_weight * parts["total"]
+            _put_scalars(
+                **{
+                    "cyborgs/vmf_intra": float(parts["intra"].detach()),
+                    "cyborgs/vmf_inter": float(parts["inter"].detach()),
+                }
+            )
+        return losses
+
+    def _contrastive(self, online: list[dict], target: list[dict], masks: list) -> torch.Tensor:
+        preds, targs, ids_all, counts = [], [], [], {}
+        for v in range(2):
+            fused_o = fuse_features(online[v], self.fusion_features)
+            grid = masks_to_grid(masks[v], tuple(fused_o.shape[-2:]), self.max_mask_ids)
+            # One id sample per view, shared by the online and the target encoder (SPEC §2).
+            ids = sample_mask_ids(grid, self.num_sampled_masks)
+            preds.append(self.predictor(self.projector(pool_by_mask(fused_o, grid, ids))))
+            with torch.no_grad():
+                fused_t = fuse_features(target[v], self.fusion_features)
+                targs.append(self.target_projector(pool_by_mask(fused_t, grid, ids)))
+            ids_all.append(ids)
+            counts[f"cyborgs/mask_ids_view{v + 1}"] = float(_ids_per_image(grid).float().mean())
+        _put_scalars(**counts)
+        return self.contrastive_loss(
+            torch.stack(preds, dim=1), torch.stack(targs, dim=1), torch.stack(ids_all, dim=1)
+        )
+
+    # ------------------------------------------------------------------ EMA
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """BYOL EMA: ``p_ξ <- m p_ξ + (1 - m) p_θ`` for parameters; buffers copied."""
+        m = float(momentum)
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
+        for online, target in (
+            (self.backbone, self.target_backbone),
+            (self.projector, self.target_projector),
+        ):
+            on_params = dict(online.named_parameters())
+            for name, p_t in target.named_parameters():
+                p_t.mul_(m).add_(on_params[name].detach(), alpha=1.0 - m)
+            on_bufs = dict(online.named_buffers())
+            for name, b_t in target.named_buffers():
+                b_t.copy_(on_bufs[name])
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def extract_features(
+        self, images: torch.Tensor, names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Online-backbone maps ``{name: Tensor[B,C,h,w]}`` in eval mode (bootstrapping).
+
+        Args:
+            images: Tensor[B, 3, H, W] RGB, uint8 or float on the 0..255 scale (unnormalised;
+                the model applies MODEL.PIXEL_MEAN/STD).
+            names: e.g. ["res3.2"] or ["res5"]; several names may be fused by the caller.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W] RGB, got shape {tuple(images.shape)}")
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            return forward_taps(self.backbone, self._normalize(images), list(names))
+        finally:
+            self.backbone.train(was_training)
+
+
+def _ids_per_image(grid: torch.Tensor) -> torch.Tensor:
+    """Number of distinct ids in each image's grid, LongTensor[B] (no loop over slots)."""
+    B = grid.shape[0]
+    present = torch.zeros(B, int(grid.max()) + 1, device=grid.device, dtype=torch.bool)
+    present.scatter_(1, grid.reshape(B, -1), True)
+    return present.sum(dim=1)
