@@ -121,6 +121,17 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.VMF.KMEANS_ITERS = 10
     # Side of the common grid sampled over the two views' crop intersection (inter terms).
     c.VMF.INTER_GRID = 7
+    # k-means backend for the per-step prototypes (small problems: "torch" runs on the
+    # training device and avoids a host round trip; "faiss" / "auto" as BOOTSTRAP).
+    c.VMF.KMEANS_BACKEND = "torch"
+
+    # ---- Accelerator path (no effect on CPU) ----
+    c.GPU = CN()
+    # channels_last memory format for the backbones: "auto" (on with CUDA), "on", "off".
+    c.GPU.CHANNELS_LAST = "auto"
+    # bf16 autocast of the backbone forward passes (losses stay fp32; bf16 needs no grad
+    # scaler): "auto" (on with CUDA), "on", "off".
+    c.GPU.BF16 = "auto"
 
     # ---- Optimisation (SPEC §5) ----
     # Schedules are written in epochs and converted to iterations from the data set size.

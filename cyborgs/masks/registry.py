@@ -18,6 +18,17 @@ giving one mask id (0..255) per pixel at the image's resolution. Sources that st
 nearest neighbour here. A source must be picklable (it runs inside data-loader workers).
 """
 
+
+def register_mask_source(name: str):
+    """Class decorator registering a mask source under ``name`` (the config value)."""
+
+    def deco(cls):
+        MASK_SOURCE_REGISTRY._do_register(name, cls)
+        return cls
+
+    return deco
+
+
 # Modules that register sources; imported lazily so a missing optional dependency of one
 # source (e.g. OpenCV's selective search) does not break the others.
 _SOURCE_MODULES = {
