@@ -1,0 +1,20 @@
+"""Stage 2 of CYBORGS (paper §3.3, SPEC §3): bootstrapping masks from the online encoder.
+
+``features`` (fused, unit-norm bootstrap features), ``round`` (one round: joint k-means over
+groups of images into a ``MaskStore``), ``hook`` (``BootstrapHook``: schedule, distributed
+protocol, resume), ``quality`` (Hungarian mIoU vs ground truth), ``crf`` (dense-CRF refinement).
+"""
+
+from .features import extract_bootstrap_features
+from .quality import MaskQuality, image_miou
+from .round import run_bootstrap_round
+
+__all__ = ["extract_bootstrap_features", "run_bootstrap_round", "MaskQuality", "image_miou"]
+
+
+def __getattr__(name):  # the hook imports detectron2's engine: load it only when asked for
+    if name == "BootstrapHook":
+        from .hook import BootstrapHook
+
+        return BootstrapHook
+    raise AttributeError(name)

@@ -1,0 +1,287 @@
+"""``BootstrapHook``: runs bootstrapping rounds on the paper's schedule (§3.3, SPEC §3).
+
+Schedule (in epochs e = iterations done / iters_per_epoch, checked at epoch boundaries): one
+round right after the vMF warm-up (e == WARMUP_EPOCHS), then at every e > WARMUP_EPOCHS with
+e % PERIOD_EPOCHS == 0 ("epoch N, 2N, ...", Table 2a); PERIOD_EPOCHS = 0: only the post-warm-up
+round. No round at the very last iteration (nothing would train on it). The round id is its
+epoch (``round_0100``).
+
+Distributed protocol: rank 0 begins the round (wipes any partial directory of that id),
+barrier, every rank bootstraps its shard, barrier, rank 0 writes the manifest and moves the
+``current`` pointer, barrier. The "bootstrap" mask source re-reads the pointer whenever it
+changes, so every rank and data-loader worker switches without restarting.
+
+Resume: ``state_dict`` records the completed rounds. ``before_train`` (i) points ``current`` at
+the latest completed round of the checkpoint (or at none), so masks match the checkpoint even
+if a later round finished after it was saved, and (ii) runs the latest due round the checkpoint
+has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 this is the
+initial round at iteration 0).
+
+Metrics (EventStorage): bootstrap/time_s, images_per_s, bytes_per_image, k_mean, and
+mask_miou (Hungarian, per image; ``quality.py``) when the data set has a labeled twin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from cyborgs.masks.store import MaskStore
+
+from .round import round_manifest
+
+__all__ = ["BootstrapHook", "due_epochs"]
+
+logger = logging.getLogger(__name__)
+
+# Images scored by bootstrap/mask_miou per round (rank 0): enough for a stable number, cheap
+# next to the round itself. (A config key BOOTSTRAP.QUALITY_IMAGES would make it tunable.)
+QUALITY_MAX_IMAGES = 500
+
+# round_fn(model, dataset_dicts, store, round_id, epoch=, iteration=, world_size=, rank=)
+#   -> stats with "k_values", "time_s", "images" (run_bootstrap_round with manage_round=False)
+RoundFn = Callable[..., dict]
+# quality_fn(store, round_id) -> {"miou": float, ...} or None
+QualityFn = Callable[[MaskStore, int], dict | None]
+
+
+def due_epochs(warmup_epochs: int, period_epochs: int, max_epoch: int) -> list[int]:
+    """Epochs (< max_epoch) at whose start a round runs."""
+    out = [warmup_epochs] if warmup_epochs < max_epoch else []
+    if period_epochs > 0:
+        out += [e for e in range(warmup_epochs + 1, max_epoch) if e % period_epochs == 0]
+    return out
+
+
+class BootstrapHook(HookBase):
+    """``BootstrapHook(cfg)`` (what ``CyborgsTrainer`` builds) or, explicitly, with keyword
+    arguments (tests, custom loops). ``iters_per_epoch`` defaults to the trainer's."""
+
+    def __init__(
+        self,
+        cfg=None,
+        *,
+        round_fn: RoundFn | None = None,
+        datasets: Sequence[tuple[str, Sequence[dict], MaskStore]] | None = None,
+        iters_per_epoch: int | None = None,
+        warmup_epochs: int | None = None,
+        period_epochs: int | None = None,
+        quality_fns: dict[str, QualityFn] | None = None,
+    ):
+        if cfg is not None:
+            d = _kwargs_from_config(cfg)
+            round_fn = round_fn or d["round_fn"]
+            datasets = datasets if datasets is not None else d["datasets"]
+            warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+            period_epochs = d["period_epochs"] if period_epochs is None else period_epochs
+            quality_fns = d["quality_fns"] if quality_fns is None else quality_fns
+        if round_fn is None or datasets is None or warmup_epochs is None or period_epochs is None:
+            raise ValueError("BootstrapHook needs cfg, or round_fn, datasets and the schedule")
+        if warmup_epochs < 0 or period_epochs < 0:
+            raise ValueError(
+                "CYBORGS.VMF.WARMUP_EPOCHS and CYBORGS.BOOTSTRAP.PERIOD_EPOCHS must be >= 0"
+            )
+        self.round_fn = round_fn
+        self.datasets = list(datasets)
+        self._ipe = iters_per_epoch
+        self.warmup_epochs = int(warmup_epochs)
+        self.period_epochs = int(period_epochs)
+        self.quality_fns = quality_fns or {}
+        self.completed: list[int] = []
+
+    @property
+    def iters_per_epoch(self) -> int:
+        ipe = self._ipe if self._ipe is not None else getattr(self.trainer, "iters_per_epoch", None)
+        if ipe is None or int(ipe) < 1:
+            raise ValueError(f"BootstrapHook needs iters_per_epoch >= 1, got {ipe}")
+        return int(ipe)
+
+    # ---- schedule ----
+    def _max_epoch(self) -> int:
+        # A round at the final boundary would never be trained on.
+        return -(-int(self.trainer.max_iter) // self.iters_per_epoch)
+
+    def _is_due(self, epoch: int) -> bool:
+        return epoch in due_epochs(self.warmup_epochs, self.period_epochs, self._max_epoch())
+
+    def before_train(self) -> None:
+        # (i) Masks of the checkpoint: the latest round it completed, or none.
+        if comm.is_main_process():
+            latest = max(self.completed) if self.completed else None
+            for name, _, store in self.datasets:
+                if latest is not None and not store.is_complete(latest):
+                    raise FileNotFoundError(
+                        f"{store.round_dir(latest)}: bootstrap round {latest} of {name!r} is "
+                        "recorded as complete in the checkpoint but missing on disk (was "
+                        "CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR changed?)"
+                    )
+                if store.current_round() != latest:
+                    store.set_current(latest)
+        comm.synchronize()
+        # (ii) The latest round due at or before the start iteration, if not completed.
+        start_epoch = int(self.trainer.iter) // self.iters_per_epoch
+        due = [e for e in due_epochs(self.warmup_epochs, self.period_epochs, self._max_epoch())]
+        due = [e for e in due if e * self.iters_per_epoch <= int(self.trainer.iter)]
+        if due and max(due) not in self.completed and max(due) <= start_epoch:
+            self._run_round(max(due))
+            self._restart_loader(int(self.trainer.iter))
+
+    def _restart_loader(self, iteration: int) -> None:
+        # The source switches by itself, but batches prefetched by loader workers still carry
+        # the old masks; CyborgsTrainer can rebuild its loader so step ``iteration`` on sees
+        # only the new round.
+        restart = getattr(self.trainer, "restart_data_loader", None)
+        if callable(restart):
+            restart(iteration)
+
+    def after_step(self) -> None:
+        done = int(self.trainer.iter) + 1
+        if done % self.iters_per_epoch:
+            return
+        epoch = done // self.iters_per_epoch
+        if self._is_due(epoch) and epoch not in self.completed:
+            self._run_round(epoch)
+            self._restart_loader(done)
+
+    # ---- one round ----
+    def _run_round(self, epoch: int) -> None:
+        round_id = epoch
+        iteration = epoch * self.iters_per_epoch
+        world, rank = comm.get_world_size(), comm.get_rank()
+        metrics: dict[str, list[float]] = {}
+        for name, dicts, store in self.datasets:
+            if rank == 0:
+                if store.current_round() == round_id:  # stale pointer from an aborted run
+                    store.set_current(None)
+                store.begin_round(round_id)
+            comm.synchronize()
+            stats = self.round_fn(
+                self.trainer.model,
+                dicts,
+                store,
+                round_id,
+                epoch=epoch,
+                iteration=iteration,
+                world_size=world,
+                rank=rank,
+            )
+            all_stats = comm.all_gather(
+                {k: stats[k] for k in ("k_values", "time_s", "images", "bytes")}
+            )
+            comm.synchronize()
+            if rank == 0:
+                man = store.finish_round(
+                    round_id,
+                    round_manifest(
+                        all_stats,
+                        epoch=epoch,
+                        iteration=iteration,
+                        features=stats.get("features", []),
+                        source="bootstrap",
+                    ),
+                )
+                n = sum(s["images"] for s in all_stats)
+                t = max(s["time_s"] for s in all_stats)
+                m = {
+                    "time_s": t,
+                    "images_per_s": n / t if t > 0 else 0.0,
+                    "bytes_per_image": man["bytes_per_image"],
+                    "k_mean": man["k_mean"],
+                }
+                q = self.quality_fns.get(name)
+                if q is not None:
+                    res = q(store, round_id)
+                    if res is not None and np.isfinite(res["miou"]):
+                        m["mask_miou"] = res["miou"]
+                for k, v in m.items():
+                    metrics.setdefault(k, []).append(float(v))
+                logger.info("bootstrap round %d of %s: %s", round_id, name, m)
+            comm.synchronize()
+        self.completed = sorted(set(self.completed) | {round_id})
+        storage = getattr(self.trainer, "storage", None)
+        if storage is not None and metrics:
+            for k, vals in metrics.items():
+                storage.put_scalar(f"bootstrap/{k}", float(np.mean(vals)), smoothing_hint=False)
+
+    # ---- checkpointing ----
+    def state_dict(self) -> dict[str, Any]:
+        return {"completed": list(self.completed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.completed = sorted(int(e) for e in state_dict.get("completed", []))
+
+
+def _kwargs_from_config(cfg) -> dict[str, Any]:
+    """Round runner, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
+    import functools
+
+    from detectron2.data import DatasetCatalog
+
+    import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
+    from cyborgs.masks.store import store_root
+
+    from .round import run_bootstrap_round
+
+    b = cfg.CYBORGS.BOOTSTRAP
+    round_fn = functools.partial(
+        run_bootstrap_round,
+        features=list(b.FEATURES),
+        group_size=b.GROUP_SIZE,
+        k_min=b.K_MIN,
+        k_max=b.K_MAX,
+        kmeans_iters=b.KMEANS_ITERS,
+        backend=b.KMEANS_BACKEND,
+        input_size=b.INPUT_SIZE,
+        batch_size=b.BATCH_SIZE,
+        seed=cfg.SEED if cfg.SEED >= 0 else 0,
+        crf=b.CRF,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        manage_round=False,
+    )
+    datasets, quality = [], {}
+    for name in cfg.DATASETS.TRAIN:
+        dicts = DatasetCatalog.get(name)
+        datasets.append((name, dicts, MaskStore(store_root(cfg, "bootstrap", name))))
+        q = _ground_truth_quality(name, dicts)
+        if q is not None:
+            quality[name] = q
+    return {
+        "round_fn": round_fn,
+        "datasets": datasets,
+        "warmup_epochs": cfg.CYBORGS.VMF.WARMUP_EPOCHS,
+        "period_epochs": b.PERIOD_EPOCHS,
+        "quality_fns": quality,
+    }
+
+
+def _ground_truth_quality(dataset_name: str, dicts: Sequence[dict]) -> QualityFn | None:
+    """mIoU of a round against the labeled twin's semantic maps, or None without a twin."""
+    from cyborgs.masks.ground_truth import labeled_twin, match_labeled, semantic_map
+
+    from .quality import MaskQuality
+
+    twin = labeled_twin(dataset_name)
+    if twin is None:
+        return None
+    from detectron2.data import DatasetCatalog
+
+    pairs = match_labeled(list(dicts), DatasetCatalog.get(twin))
+    pairs = [(u, lab) for u, lab in pairs if lab.get("annotations")]
+    if not pairs:
+        return None
+    step = max(1, len(pairs) // QUALITY_MAX_IMAGES)
+    pairs = pairs[::step][:QUALITY_MAX_IMAGES]
+
+    def quality(store: MaskStore, round_id: int) -> dict:
+        q = MaskQuality()
+        for u, lab in pairs:
+            gt = semantic_map(lab)
+            q.update(store.read(u["image_id"], out_hw=gt.shape, round_id=round_id), gt)
+        return q.compute()
+
+    return quality

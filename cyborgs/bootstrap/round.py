@@ -1,0 +1,312 @@
+"""One bootstrapping round (paper §3.3, SPEC §3): features -> joint k-means per group -> store.
+
+For this process's shard of the data set (``rank::world_size`` of a per-round permutation):
+resize each image (shorter side ``input_size``, aspect kept), run the online backbone, take the
+unit-norm bootstrap feature map, and cluster the locations of ``group_size`` images JOINTLY with
+spherical k-means, K ~ Uniform{k_min..k_max} drawn per group from a generator seeded by (seed,
+round, rank, group), capped at the number of locations. Every location gets its nearest
+prototype; the label map is stored at feature resolution, its ids renumbered per image in order
+of first appearance (ids are anonymous to the contrastive loss, which only compares ids within
+one image, and compact ids compress 10-20% better).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cyborgs.masks.store import MaskStore
+
+from .features import extract_bootstrap_features
+
+__all__ = ["run_bootstrap_round", "shard_indices", "compact_labels", "load_resized_image"]
+
+logger = logging.getLogger(__name__)
+
+# Images are padded to a multiple of this (the largest backbone stride) when batched, so every
+# feature map's stride divides the padded size and the valid region of each image is exact.
+_SIZE_DIVISIBILITY = 32
+
+
+def shard_indices(num_images: int, round_id: int, seed: int, world_size: int, rank: int):
+    """This rank's images, in group order: a per-round permutation split ``rank::world_size``
+    (groups then mix different images every round)."""
+    order = np.random.default_rng([int(seed), int(round_id)]).permutation(num_images)
+    return order[rank::world_size]
+
+
+def compact_labels(label_map: np.ndarray) -> np.ndarray:
+    """Renumber ids 0..n-1 in raster order of first appearance (same partition)."""
+    flat = label_map.ravel()
+    uniq, first = np.unique(flat, return_index=True)
+    lut = np.zeros(int(uniq.max()) + 1, dtype=np.uint8)
+    lut[uniq[np.argsort(first)]] = np.arange(len(uniq), dtype=np.uint8)
+    return lut[label_map]
+
+
+def load_resized_image(dataset_dict: dict, input_size: int) -> np.ndarray:
+    """RGB uint8 [H, W, 3], shorter side resized to ``input_size`` (0: as stored)."""
+    from detectron2.data.detection_utils import read_image
+
+    img = read_image(dataset_dict["file_name"], format="RGB")
+    if input_size > 0:
+        h, w = img.shape[:2]
+        s = input_size / min(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        if (nh, nw) != (h, w):
+            img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    return np.array(img, dtype=np.uint8, order="C")  # writable: torch.from_numpy needs it
+
+
+class _ImageList(torch.utils.data.Dataset):
+    def __init__(self, dicts: Sequence[dict], indices: np.ndarray, input_size: int):
+        self.dicts, self.indices, self.input_size = dicts, indices, input_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        d = self.dicts[int(self.indices[i])]
+        return d["image_id"], load_resized_image(d, self.input_size)
+
+
+def _identity(x):
+    return x
+
+
+def _pad_batch(images: list[np.ndarray], pad_value: torch.Tensor, device) -> torch.Tensor:
+    H = max(im.shape[0] for im in images)
+    W = max(im.shape[1] for im in images)
+    H = math.ceil(H / _SIZE_DIVISIBILITY) * _SIZE_DIVISIBILITY
+    W = math.ceil(W / _SIZE_DIVISIBILITY) * _SIZE_DIVISIBILITY
+    # Pad with the pixel mean (zero after the model's normalisation), as detectron2 does.
+    out = pad_value.view(1, 3, 1, 1).expand(len(images), 3, H, W).clone()
+    for i, im in enumerate(images):
+        t = torch.from_numpy(im).permute(2, 0, 1)
+        out[i, :, : im.shape[0], : im.shape[1]] = t
+    return out.to(device, non_blocking=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bootstrap_round(
+    model: torch.nn.Module,
+    dataset_dicts: Sequence[dict],
+    store: MaskStore,
+    round_id: int,
+    *,
+    features: Sequence[str] = ("res3.2",),
+    group_size: int = 16,
+    k_min: int = 2,
+    k_max: int = 256,
+    kmeans_iters: int = 20,
+    backend: str = "auto",
+    input_size: int = 224,
+    batch_size: int = 16,
+    seed: int = 0,
+    crf: bool = False,
+    epoch: int = -1,
+    iteration: int = -1,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+    manage_round: bool = True,
+    kmeans: Callable | None = None,
+) -> dict[str, Any]:
+    """Bootstrap this rank's shard into ``store`` round ``round_id`` (see the module docstring).
+
+    ``manage_round`` (single process): begin the round first and finish (make current) after.
+    Distributed callers (``BootstrapHook``) pass False and begin/finish around barriers.
+    ``kmeans`` defaults to ``cyborgs.clustering.spherical_kmeans``.
+
+    Returns stats: images, time_s, images_per_s, forward_s, forward_share (backbone forward
+    time / total), kmeans_s, write_s (the rest is image loading and padding), k_values (K per group, after the cap), bytes, bytes_per_image, and the
+    manifest when the round was finished here.
+    """
+    if not 1 <= k_min <= k_max <= 256:
+        raise ValueError(
+            f"CYBORGS.BOOTSTRAP.K_MIN/K_MAX must satisfy 1 <= K_MIN <= K_MAX <= 256 (uint8 "
+            f"label maps), got {k_min}, {k_max}"
+        )
+    if group_size < 1 or batch_size < 1:
+        raise ValueError("CYBORGS.BOOTSTRAP.GROUP_SIZE and BATCH_SIZE must be >= 1")
+    if kmeans is None:
+        from cyborgs.clustering import spherical_kmeans as kmeans
+    if crf:
+        from .crf import crf_refine_to_grid
+    t_start = time.perf_counter()
+    if manage_round:
+        store.begin_round(round_id)
+
+    net = model.module if hasattr(model, "module") else model
+    device = next(net.parameters()).device
+    pixel_mean = getattr(net, "pixel_mean", None)
+    pad_value = (
+        pixel_mean.detach().float().flatten().cpu()
+        if isinstance(pixel_mean, torch.Tensor) and pixel_mean.numel() == 3
+        else torch.zeros(3)
+    )
+
+    indices = shard_indices(len(dataset_dicts), round_id, seed, world_size, rank)
+    loader = torch.utils.data.DataLoader(
+        _ImageList(dataset_dicts, indices, input_size),
+        batch_size=None,
+        collate_fn=_identity,  # keep numpy images (the default converts them to tensors)
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+    forward_s, kmeans_s, write_s, nbytes, k_values = 0.0, 0.0, 0.0, 0, []
+    pending: list[tuple[Any, np.ndarray, torch.Tensor]] = []  # (image_id, image, feats[D,h,w])
+    batch: list[tuple[Any, np.ndarray]] = []
+    group_idx = 0
+
+    def flush_batch() -> None:
+        nonlocal forward_s
+        imgs = [im for _, im in batch]
+        x = _pad_batch(imgs, pad_value, device)
+        _sync(device)
+        t0 = time.perf_counter()
+        feats = extract_bootstrap_features(net, x, features)
+        _sync(device)
+        forward_s += time.perf_counter() - t0
+        stride = x.shape[-2] / feats.shape[-2]
+        for (image_id, im), f in zip(batch, feats, strict=True):
+            fh = math.ceil(im.shape[0] / stride)
+            fw = math.ceil(im.shape[1] / stride)
+            pending.append((image_id, im, f[:, :fh, :fw]))
+        batch.clear()
+
+    def cluster_group(items) -> None:
+        nonlocal nbytes, group_idx, kmeans_s, write_s
+        t0 = time.perf_counter()
+        flat = [f.flatten(1).T for _, _, f in items]  # [h*w, D] each
+        x = torch.cat(flat)
+        rng = np.random.default_rng([int(seed), int(round_id), int(rank), group_idx])
+        k = min(int(rng.integers(k_min, k_max + 1)), x.shape[0])
+        gseed = int(rng.integers(2**31 - 1))
+        centroids, _ = kmeans(x, k, iters=kmeans_iters, seed=gseed, backend=backend)
+        centroids = F.normalize(centroids.float().to(x.device), dim=1)
+        # Nearest prototype (max cosine) of every location, explicitly, whatever the backend.
+        labels = (x @ centroids.T).argmax(dim=1)
+        k_values.append(int(centroids.shape[0]))
+        _sync(x.device)
+        t1 = time.perf_counter()
+        kmeans_s += t1 - t0
+        start = 0
+        for image_id, im, f in items:
+            h, w = f.shape[-2:]
+            lm = labels[start : start + h * w].view(h, w)
+            start += h * w
+            if crf:
+                lm = crf_refine_to_grid(im, f, centroids, lm)
+            lm_np = compact_labels(lm.cpu().numpy().astype(np.uint8))
+            nbytes += store.write(round_id, image_id, lm_np)
+        write_s += time.perf_counter() - t1
+        group_idx += 1
+
+    was_training = net.training
+    net.eval()
+    try:
+        for image_id, im in loader:
+            batch.append((image_id, im))
+            if len(batch) == batch_size:
+                flush_batch()
+            while len(pending) >= group_size:
+                cluster_group(pending[:group_size])
+                del pending[:group_size]
+        if batch:
+            flush_batch()
+        while pending:
+            cluster_group(pending[:group_size])
+            del pending[:group_size]
+    finally:
+        net.train(was_training)
+
+    n = len(indices)
+    total = time.perf_counter() - t_start
+    stats: dict[str, Any] = {
+        "round": int(round_id),
+        "features": list(features),
+        "images": n,
+        "time_s": total,
+        "images_per_s": n / total if total > 0 else 0.0,
+        "forward_s": forward_s,
+        "forward_share": forward_s / total if total > 0 else 0.0,
+        "kmeans_s": kmeans_s,  # clustering + assignment
+        "write_s": write_s,  # (CRF,) relabel, PNG encode, atomic write
+        "k_values": k_values,
+        "bytes": nbytes,
+        "bytes_per_image": nbytes / max(n, 1),
+    }
+    logger.info(
+        "bootstrap round %d (rank %d/%d): %d images in %.1fs (%.1f img/s, forward %.0f%%), "
+        "mean K %.1f, %.0f B/image",
+        round_id,
+        rank,
+        world_size,
+        n,
+        total,
+        stats["images_per_s"],
+        100 * stats["forward_share"],
+        float(np.mean(k_values)) if k_values else 0.0,
+        stats["bytes_per_image"],
+    )
+    if manage_round:
+        stats["manifest"] = store.finish_round(
+            round_id,
+            round_manifest(
+                [stats],
+                epoch=epoch,
+                iteration=iteration,
+                features=features,
+                source="bootstrap",
+                settings=dict(
+                    group_size=group_size,
+                    k_min=k_min,
+                    k_max=k_max,
+                    kmeans_iters=kmeans_iters,
+                    input_size=input_size,
+                    seed=seed,
+                    crf=crf,
+                ),
+            ),
+        )
+    return stats
+
+
+def round_manifest(
+    rank_stats: Sequence[dict],
+    *,
+    epoch: int,
+    iteration: int,
+    features: Sequence[str],
+    source: str,
+    settings: dict | None = None,
+) -> dict[str, Any]:
+    """Manifest fields of a round from every rank's stats (K per group and its histogram)."""
+    k_values = [k for s in rank_stats for k in s["k_values"]]
+    return {
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "features": list(features),
+        "source": source,
+        "k_per_group": k_values,
+        "k_histogram": {str(k): c for k, c in sorted(Counter(k_values).items())},
+        "k_mean": float(np.mean(k_values)) if k_values else 0.0,
+        "time_s": max((s["time_s"] for s in rank_stats), default=0.0),
+        "world_size": len(rank_stats),
+        "settings": settings or {},
+    }

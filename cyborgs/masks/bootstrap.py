@@ -1,0 +1,57 @@
+"""The "bootstrap" mask source (CYBORGS): the label maps of the mask store's current round.
+
+Reads ``store_root(cfg, "bootstrap", dataset_name)``, the directory ``BootstrapHook`` writes.
+Before the first round exists (the vMF warm-up, SPEC §3-4) it returns whole-image masks (all
+zeros): the warm-up trains with the vMF loss alone and needs no masks, so a run starts from raw
+images. Rounds switch without restarting data-loader workers: every call stats the store's
+pointer file (one ``os.stat``, microseconds) and re-reads it only when its inode, mtime or size
+changed (the pointer is replaced atomically, so each new round gives a new inode). Batches that
+workers prefetched before the switch still use the previous round.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .registry import MASK_SOURCE_REGISTRY
+from .store import MaskStore, store_root
+
+__all__ = ["BootstrapMaskSource"]
+
+
+class BootstrapMaskSource:
+    def __init__(self, root: str):
+        self.store = MaskStore(root)
+        self._pointer_stat: tuple | None = None
+        self._round: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str) -> BootstrapMaskSource:
+        return cls(store_root(cfg, "bootstrap", dataset_name))
+
+    def current_round(self) -> int | None:
+        """The round this source reads now (re-checked cheaply on every call)."""
+        try:
+            st = os.stat(self.store.pointer_path)
+            key: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key != self._pointer_stat:
+            self._round = self.store.current_round() if key is not None else None
+            self._pointer_stat = key
+        return self._round
+
+    def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
+        if not isinstance(image, np.ndarray) or image.ndim < 2:
+            raise ValueError(f"mask source 'bootstrap' expects an image array, got {type(image)}")
+        r = self.current_round()
+        hw = image.shape[:2]
+        if r is None:
+            return np.zeros(hw, dtype=np.uint8)
+        return self.store.read(dataset_dict["image_id"], out_hw=hw, round_id=r)
+
+
+MASK_SOURCE_REGISTRY._do_register("bootstrap", BootstrapMaskSource)

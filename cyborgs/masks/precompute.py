@@ -1,0 +1,126 @@
+"""Fixed mask sources computed once into the mask-store format, then read like a round.
+
+Heuristic masks (Felzenszwalb, selective search) and the ground-truth oracle never change, so
+they are computed a single time per data set and parameter set into
+``store_root(cfg, "<source>-<hash of params>", dataset)`` as round 0 and read back (nearest
+upsampled) by ``StoredMaskSource``. Computation is sharded over distributed ranks and spread
+over ``DATALOADER.NUM_WORKERS`` processes; each writes its own files, rank 0 writes the
+manifest after a barrier, so a crash leaves no usable partial cache (the next run recomputes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .store import MaskStore, store_root
+
+__all__ = ["StoredMaskSource", "precompute_masks", "cached_mask_source", "params_tag"]
+
+logger = logging.getLogger(__name__)
+
+
+class StoredMaskSource:
+    """Reads a precomputed round (default 0) of ``root``; picklable for loader workers."""
+
+    def __init__(self, root: str, name: str, round_id: int = 0):
+        self.store, self.name, self.round_id = MaskStore(root), name, round_id
+
+    def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
+        if not isinstance(image, np.ndarray) or image.ndim < 2:
+            raise ValueError(f"mask source {self.name!r} expects an image array, got {type(image)}")
+        return self.store.read(
+            dataset_dict["image_id"], out_hw=image.shape[:2], round_id=self.round_id
+        )
+
+
+class _Job(torch.utils.data.Dataset):
+    def __init__(self, items, fn, store, round_id):
+        self.items, self.fn, self.store, self.round_id = items, fn, store, round_id
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> int:
+        item = self.items[i]
+        return self.store.write(self.round_id, item["image_id"], self.fn(item))
+
+
+def params_tag(params: dict) -> str:
+    """Short stable hash of the parameters, so a changed setting never reads a stale cache."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def precompute_masks(
+    fn: Callable[[dict], np.ndarray],
+    items: Sequence[dict],
+    store: MaskStore,
+    *,
+    name: str,
+    params: dict | None = None,
+    num_workers: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+    synchronize: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Write ``fn(item)`` (uint8 label map) for every item (dicts with ``image_id``) into round
+    0 of ``store`` and make it current. All ranks call it (``synchronize`` is the barrier)."""
+    t0 = time.perf_counter()
+    if rank == 0:
+        if store.current_round() == 0:  # recomputing on purpose: readers see none meanwhile
+            store.set_current(None)
+        store.begin_round(0)
+    synchronize()
+    shard = list(items)[rank::world_size]
+    loader = torch.utils.data.DataLoader(
+        _Job(shard, fn, store, 0), batch_size=None, num_workers=num_workers
+    )
+    nbytes = sum(int(b) for b in loader)
+    synchronize()
+    manifest = None
+    if rank == 0:
+        manifest = store.finish_round(
+            0, {"source": name, "params": params or {}, "epoch": -1, "iteration": -1}
+        )
+    synchronize()
+    dt = time.perf_counter() - t0
+    logger.info(
+        "precomputed %s masks for %d images into %s in %.1fs", name, len(shard), store.root, dt
+    )
+    return {"images": len(shard), "bytes": nbytes, "time_s": dt, "manifest": manifest}
+
+
+def cached_mask_source(
+    cfg,
+    dataset_name: str,
+    name: str,
+    params: dict,
+    fn: Callable[[dict], np.ndarray],
+    items: Callable[[], Sequence[dict]],
+) -> StoredMaskSource:
+    """A reader of the cached masks of source ``name`` for ``dataset_name``, computing them
+    first (all ranks together) when no complete cache exists. ``items`` is called only then."""
+    from detectron2.utils import comm
+
+    root = store_root(cfg, f"{name}-{params_tag(params)}", dataset_name)
+    store = MaskStore(root)
+    if store.current_round() != 0:
+        precompute_masks(
+            fn,
+            items(),
+            store,
+            name=name,
+            params=params,
+            num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+            world_size=comm.get_world_size(),
+            rank=comm.get_rank(),
+            synchronize=comm.synchronize,
+        )
+    return StoredMaskSource(root, name)

@@ -1,0 +1,193 @@
+"""BootstrapHook: schedule, store switching, metrics, and exact resume (fake trainer)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from detectron2.utils.events import EventStorage
+
+from cyborgs.bootstrap.hook import BootstrapHook, due_epochs
+from cyborgs.masks.bootstrap import BootstrapMaskSource
+from cyborgs.masks.store import MaskStore
+
+DICTS = [{"image_id": i, "file_name": f"{i}.png", "height": 16, "width": 16} for i in range(5)]
+
+
+class _FakeRounds:
+    """Stands in for run_bootstrap_round(manage_round=False): writes maps filled with the
+    round id; can crash once mid-round."""
+
+    def __init__(self, crash_on: int | None = None):
+        self.calls: list[tuple[int, int]] = []
+        self.crash_on = crash_on
+
+    def __call__(self, model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+        self.calls.append((round_id, iteration))
+        for n, d in enumerate(dicts[rank::world_size]):
+            if round_id == self.crash_on and n == 2:
+                self.crash_on = None
+                raise RuntimeError("simulated crash")
+            store.write(round_id, d["image_id"], np.full((2, 2), round_id % 256, np.uint8))
+        return {"k_values": [3, 5], "time_s": 0.5, "images": len(dicts), "bytes": 100}
+
+
+class _Trainer:
+    def __init__(self, max_iter):
+        self.iter, self.max_iter, self.model = 0, max_iter, None
+        self.restarts: list[int] = []
+
+    def restart_data_loader(self, iteration):
+        self.restarts.append(iteration)
+
+
+def _hook(store, rounds, warmup=2, period=4, ipe=3, quality=None):
+    return BootstrapHook(
+        round_fn=rounds,
+        datasets=[("demo", DICTS, store)],
+        iters_per_epoch=ipe,
+        warmup_epochs=warmup,
+        period_epochs=period,
+        quality_fns={"demo": quality} if quality else None,
+    )
+
+
+def _train(hook, trainer, start, stop):
+    hook.trainer = trainer
+    with EventStorage(start) as storage:
+        trainer.storage = storage
+        trainer.iter = start
+        hook.before_train()
+        for it in range(start, stop):
+            trainer.iter = it
+            storage.iter = it
+            hook.after_step()
+    return storage
+
+
+def test_due_epochs():
+    assert due_epochs(5, 100, 800)[:3] == [5, 100, 200] and due_epochs(5, 100, 800)[-1] == 700
+    assert due_epochs(5, 0, 800) == [5]
+    assert due_epochs(0, 10, 25) == [0, 10, 20]
+    assert due_epochs(5, 10, 5) == []  # warm-up is the whole run
+
+
+def test_schedule_switches_rounds_and_logs(tmp_path):
+    store = MaskStore(str(tmp_path))
+    src = BootstrapMaskSource(str(tmp_path))
+    rounds = _FakeRounds()
+    hook = _hook(store, rounds, quality=lambda s, r: {"miou": 0.25 + r / 100})
+    trainer = _Trainer(max_iter=3 * 13)  # 13 epochs: rounds at 2, 4, 8, 12
+    seen = []
+    hook.trainer = trainer
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        hook.before_train()
+        for it in range(trainer.max_iter):
+            trainer.iter = storage.iter = it
+            seen.append(int(src({"image_id": 3}, np.zeros((4, 4, 3), np.uint8))[0, 0]))
+            hook.after_step()
+    assert [r for r, _ in rounds.calls] == [2, 4, 8, 12]
+    assert [i for _, i in rounds.calls] == [6, 12, 24, 36]
+    assert trainer.restarts == [6, 12, 24, 36]  # loader rebuilt where the new masks start
+    assert hook.state_dict() == {"completed": [2, 4, 8, 12]}
+    # whole-image (0) masks through the warm-up, then each round from its epoch on
+    assert seen[:6] == [0] * 6 and seen[6:12] == [2] * 6 and seen[12] == 4 and seen[-1] == 12
+    assert store.rounds() == [2, 4, 8, 12] and store.current_round() == 12
+    man = store.manifest(12)
+    assert man["k_histogram"] == {"3": 1, "5": 1} and man["epoch"] == 12 and man["iteration"] == 36
+    hist = storage.history("bootstrap/mask_miou").values()
+    assert [v for v, _ in hist] == pytest.approx([0.27, 0.29, 0.33, 0.37])
+    assert storage.history("bootstrap/k_mean").latest() == 4.0
+    assert storage.history("bootstrap/images_per_s").latest() == pytest.approx(10.0)
+    assert storage.history("bootstrap/bytes_per_image").latest() > 0
+
+
+def test_period_zero_only_post_warmup_round(tmp_path):
+    rounds = _FakeRounds()
+    _train(_hook(MaskStore(str(tmp_path)), rounds, warmup=1, period=0), _Trainer(30), 0, 30)
+    assert [r for r, _ in rounds.calls] == [1]
+
+
+def test_warmup_zero_bootstraps_before_training(tmp_path):
+    rounds = _FakeRounds()
+    _train(_hook(MaskStore(str(tmp_path)), rounds, warmup=0, period=4), _Trainer(15), 0, 15)
+    assert [r for r, _ in rounds.calls] == [0, 4]
+
+
+def test_crash_mid_round_restarts_it_on_resume(tmp_path):
+    store = MaskStore(str(tmp_path))
+    rounds = _FakeRounds(crash_on=4)
+    hook = _hook(store, rounds)
+    trainer = _Trainer(3 * 13)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(hook, trainer, 0, trainer.max_iter)
+    assert store.current_round() == 2 and store.rounds() == [2]  # partial round 4 unused
+    checkpoint = hook.state_dict()  # a checkpoint taken at iteration 12 (end of epoch 4)
+    assert checkpoint == {"completed": [2]}
+    # Resume: a fresh hook loads the state; before_train redoes round 4 in full.
+    hook2 = _hook(store, rounds)
+    hook2.load_state_dict(checkpoint)
+    _train(hook2, _Trainer(3 * 13), 12, 3 * 13)
+    assert [r for r, _ in rounds.calls] == [2, 4, 4, 8, 12]
+    assert store.rounds() == [2, 4, 8, 12] and store.manifest(4)["num_images"] == 5
+
+
+def test_resume_restores_checkpoint_round_after_later_round_finished(tmp_path):
+    store = MaskStore(str(tmp_path))
+    rounds = _FakeRounds()
+    hook = _hook(store, rounds)
+    _train(hook, _Trainer(3 * 13), 0, 13)  # rounds 2 and 4 done
+    assert store.current_round() == 4
+    # The last checkpoint (iteration 9, epoch 3) knew only round 2: resume uses round 2's masks
+    # and reruns round 4 when epoch 4 ends.
+    hook2 = _hook(store, rounds)
+    hook2.load_state_dict({"completed": [2]})
+    hook2.trainer = _Trainer(3 * 13)
+    hook2.trainer.iter = 9
+    with EventStorage(9) as st:
+        hook2.trainer.storage = st
+        hook2.before_train()
+        assert store.current_round() == 2
+        for it in range(9, 12):
+            hook2.trainer.iter = it
+            hook2.after_step()
+    assert [r for r, _ in rounds.calls] == [2, 4, 4]
+    assert store.current_round() == 4
+    # A checkpoint that records a round missing on disk is a clear error.
+    hook3 = _hook(MaskStore(str(tmp_path / "other")), rounds)
+    hook3.load_state_dict({"completed": [2]})
+    with pytest.raises(FileNotFoundError, match="recorded as complete"):
+        _train(hook3, _Trainer(30), 9, 10)
+
+
+def test_with_real_round_runner(tmp_path):
+    from PIL import Image
+    from test_round import _ColourNet  # noqa: E402  (rootdir-style test module)
+
+    from cyborgs.bootstrap.round import run_bootstrap_round
+
+    dicts = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[:, 16:] = 200
+        Image.fromarray(img).save(p)
+        dicts.append({"file_name": str(p), "image_id": i, "height": 32, "width": 32})
+    store = MaskStore(str(tmp_path / "store"))
+    fn = functools.partial(
+        run_bootstrap_round, group_size=2, k_min=2, k_max=4, backend="torch", input_size=0,
+        manage_round=False,
+    )  # fmt: skip
+    hook = BootstrapHook(round_fn=fn, datasets=[("d", dicts, store)], warmup_epochs=1,
+                         period_epochs=0)  # fmt: skip
+    trainer = _Trainer(6)
+    trainer.iters_per_epoch = 2  # taken from the trainer (CyborgsTrainer has it)
+    trainer.model = _ColourNet()
+    _train(hook, trainer, 0, 6)
+    assert store.rounds() == [1]
+    man = store.manifest(1)
+    assert man["features"] == ["res3.2"] and man["k_per_group"] == [2, 2]
+    m = store.read(0)
+    assert m.shape == (4, 4) and (m[:, :2] != m[:, 2:]).all()

@@ -1,0 +1,142 @@
+"""run_bootstrap_round on a tiny stand-in encoder over a few tiny images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyborgs.bootstrap.round import compact_labels, run_bootstrap_round, shard_indices
+from cyborgs.masks.store import MaskStore
+
+
+class _ColourNet(torch.nn.Module):
+    """Stride-8 "backbone": mean colour of each 8x8 cell (plus a constant so no feature is 0).
+    Cells of one colour get identical features, so k-means must separate colours exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("pixel_mean", torch.tensor([120.0, 110.0, 100.0]).view(3, 1, 1))
+        self.calls = 0
+
+    def extract_features(self, images, names):
+        assert not self.training  # the round runs the encoder in eval mode
+        self.calls += 1
+        f = torch.nn.functional.avg_pool2d(images.float() / 255.0, 8)
+        f = torch.cat([f, torch.full_like(f[:, :1], 0.5)], dim=1)
+        return {n: f for n in names}
+
+
+_PALETTE = np.array([[230, 20, 20], [20, 20, 230], [20, 200, 20]], np.uint8)
+
+
+def _write_images(root, n=6, noise=False):
+    """Images of two colour halves (two of a 3-colour palette; halves aligned to 8 px),
+    or pure noise."""
+    rng = np.random.default_rng(0)
+    dicts = []
+    for i in range(n):
+        h, w = (48, 64) if i % 2 else (64, 32)
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:] = _PALETTE[i % 3]
+        img[:, w // 2 :] = _PALETTE[(i + 1) % 3]
+        if noise:
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        p = root / f"img{i}.png"
+        Image.fromarray(img).save(p)
+        dicts.append({"file_name": str(p), "image_id": i, "height": h, "width": w})
+    return dicts
+
+
+def test_round_maps_shapes_k_range_and_reproducible(tmp_path):
+    dicts = _write_images(tmp_path)
+    model = _ColourNet().train()
+    kw = dict(group_size=4, k_min=3, k_max=7, kmeans_iters=10, backend="torch",
+              input_size=0, batch_size=3, seed=1)  # fmt: skip
+    s1 = run_bootstrap_round(model, dicts, MaskStore(str(tmp_path / "a")), 2, **kw)
+    assert model.training  # restored
+    assert s1["images"] == 6 and len(s1["k_values"]) == 2  # groups of 4 + 2
+    assert s1["k_values"] == [3, 3]  # K >= 3 drawn, capped at the 3 distinct features
+    man = s1["manifest"]
+    assert man["num_images"] == 6 and man["k_per_group"] == s1["k_values"]
+    assert sum(man["k_histogram"].values()) == 2
+    store_a = MaskStore(str(tmp_path / "a"))
+    assert store_a.current_round() == 2
+    for d in dicts:
+        m = store_a.read(d["image_id"])
+        assert m.dtype == np.uint8 and m.shape == (-(-d["height"] // 8), -(-d["width"] // 8))
+        assert m.max() < max(s1["k_values"])
+        # ids are compact: 0..n-1 in raster order of first appearance
+        assert m.flat[0] == 0 and set(np.unique(m)) == set(range(len(np.unique(m))))
+        # two colour halves never share a cluster; each half is one cluster (identical feats)
+        w = m.shape[1]
+        left, right = m[:, : w // 2], m[:, w // 2 :]
+        assert len(np.unique(left)) == 1 and len(np.unique(right)) == 1
+        assert left[0, 0] != right[0, 0]
+    # Same seed/round -> identical maps; batch size does not change the result.
+    kw2 = dict(kw, batch_size=2)
+    s2 = run_bootstrap_round(model, dicts, MaskStore(str(tmp_path / "b")), 2, **kw2)
+    assert s2["k_values"] == s1["k_values"]
+    store_b = MaskStore(str(tmp_path / "b"))
+    for d in dicts:
+        np.testing.assert_array_equal(store_a.read(d["image_id"]), store_b.read(d["image_id"]))
+
+
+def test_input_size_resizes_shorter_side(tmp_path):
+    dicts = _write_images(tmp_path, n=2)
+    store = MaskStore(str(tmp_path / "s"))
+    run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=2, k_min=2, k_max=2,
+                        backend="torch", input_size=32, batch_size=2)  # fmt: skip
+    # 64x32 -> 64x32 -> 8x4 cells; 48x64 -> 32x43 -> 4x6 cells
+    assert store.read(0).shape == (8, 4) and store.read(1).shape == (4, 6)
+
+
+def test_k_drawn_uniformly_in_range_per_group(tmp_path):
+    dicts = _write_images(tmp_path, n=12, noise=True)  # 12 groups of one 64-/48-px image
+    store = MaskStore(str(tmp_path / "s"))
+    s = run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=1, k_min=2, k_max=9,
+                            kmeans_iters=3, backend="torch", input_size=0, seed=3)  # fmt: skip
+    ks = s["k_values"]
+    assert len(ks) == 12 and all(2 <= k <= 9 for k in ks) and len(set(ks)) >= 4
+    for d in dicts:
+        m = store.read(d["image_id"])
+        assert 2 <= len(np.unique(m)) <= 9
+
+
+def test_k_is_capped_by_locations_and_kmin_kmax_validated(tmp_path):
+    dicts = _write_images(tmp_path, n=1)
+    store = MaskStore(str(tmp_path / "s"))
+    s = run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=1, k_min=256, k_max=256,
+                            backend="torch", input_size=0)  # fmt: skip
+    assert s["k_values"] == [2]  # only two distinct feature vectors exist
+    dicts = _write_images(tmp_path, n=1, noise=True)
+    s = run_bootstrap_round(_ColourNet(), dicts, store, 2, group_size=1, k_min=256, k_max=256,
+                            kmeans_iters=1, backend="torch", input_size=0)  # fmt: skip
+    assert s["k_values"] == [32]  # 8x4 locations
+    with pytest.raises(ValueError, match="K_MIN/K_MAX"):
+        run_bootstrap_round(_ColourNet(), dicts, store, 1, k_min=2, k_max=300)
+
+
+def test_shards_partition_the_data_set():
+    shards = [shard_indices(10, 3, 0, 3, r) for r in range(3)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(10))
+    assert not np.array_equal(shard_indices(10, 3, 0, 1, 0), shard_indices(10, 4, 0, 1, 0))
+
+
+def test_compact_labels_keeps_partition():
+    m = np.array([[7, 7, 3], [200, 3, 7]], dtype=np.uint8)
+    np.testing.assert_array_equal(compact_labels(m), [[0, 0, 1], [2, 1, 0]])
+
+
+def test_round_with_crf_refinement(tmp_path):
+    dicts = _write_images(tmp_path, n=2)
+    store = MaskStore(str(tmp_path / "s"))
+    s = run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=2, k_min=3, k_max=3,
+                            backend="torch", input_size=0, crf=True)  # fmt: skip
+    assert s["k_values"] == [3]
+    for d in dicts:
+        m = store.read(d["image_id"])
+        w = m.shape[1]
+        assert len(np.unique(m[:, : w // 2])) == 1 and m[0, 0] != m[0, -1]

@@ -1,0 +1,122 @@
+"""MaskStore: atomic rounds, current pointer, nearest upsampling, compact storage."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cyborgs.masks.store import MaskStore, image_key, upsample_nearest
+
+
+def _map(seed: int, h: int = 6, w: int = 8, k: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, k, (h, w)).astype(np.uint8)
+
+
+def test_round_roundtrip_and_current(tmp_path):
+    store = MaskStore(str(tmp_path))
+    assert store.current_round() is None and store.rounds() == []
+    store.begin_round(0)
+    ids = [1, "000000139.jpg", "a/b c", "ü"]
+    maps = {i: _map(n) for n, i in enumerate(ids)}
+    for i, m in maps.items():
+        store.write(0, i, m)
+    # Partial round: not current, not listed, not readable through the pointer.
+    assert store.current_round() is None and store.rounds() == []
+    with pytest.raises(FileNotFoundError, match="no current mask round"):
+        store.read(1)
+    man = store.finish_round(0, {"epoch": 5, "source": "test"})
+    assert store.current_round() == 0 and store.rounds() == [0]
+    assert man["num_images"] == 4 and man["epoch"] == 5 and man["source"] == "test"
+    assert store.manifest(0)["bytes"] == man["bytes"] > 0
+    for i, m in maps.items():
+        np.testing.assert_array_equal(store.read(i), m)
+    # int 1 and str "1" are the same image
+    np.testing.assert_array_equal(store.read("1"), maps[1])
+    with pytest.raises(FileNotFoundError, match="no mask for image_id 99"):
+        store.read(99)
+
+
+def test_crash_mid_round_is_cleaned_and_previous_stays_current(tmp_path):
+    store = MaskStore(str(tmp_path))
+    store.begin_round(0)
+    store.write(0, "x", _map(0))
+    store.finish_round(0)
+    # Round 5 crashes after one image: no manifest, round 0 stays current.
+    store.begin_round(5)
+    store.write(5, "x", _map(1))
+    store.write(5, "stale", _map(2))
+    assert store.current_round() == 0 and store.rounds() == [0]
+    with pytest.raises(ValueError, match="not a complete round"):
+        store.set_current(5)
+    # Restart round 5: the partial directory is wiped (the stale image is gone).
+    store.begin_round(5)
+    assert not store.has("stale", round_id=5)
+    store.write(5, "x", _map(3))
+    store.finish_round(5)
+    assert store.current_round() == 5 and store.rounds() == [0, 5]
+    np.testing.assert_array_equal(store.read("x"), _map(3))
+    np.testing.assert_array_equal(store.read("x", round_id=0), _map(0))
+    # The current round cannot be rewritten under the readers' feet.
+    with pytest.raises(ValueError, match="current round"):
+        store.begin_round(5)
+    store.set_current(None)
+    assert store.current_round() is None
+    # No temp files are left anywhere.
+    for _, _, files in os.walk(tmp_path):
+        assert not [f for f in files if f.startswith(".tmp-")]
+    with open(store.pointer_path) as f:
+        assert json.load(f) == {"round": None}
+
+
+def test_read_upsamples_nearest(tmp_path):
+    store = MaskStore(str(tmp_path))
+    m = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    store.begin_round(1)
+    store.write(1, 7, m)
+    store.finish_round(1)
+    up = store.read(7, out_hw=(4, 6))
+    expect = np.array([[0] * 3 + [1] * 3] * 2 + [[2] * 3 + [3] * 3] * 2, dtype=np.uint8)
+    np.testing.assert_array_equal(up, expect)
+    # Non-integer factor: floor(i * in / out), same as torch's "nearest".
+    import torch
+
+    m2 = _map(4, 5, 7, 200)
+    ours = upsample_nearest(m2, (13, 11))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(m2)[None, None].float(), (13, 11))
+    np.testing.assert_array_equal(ours, ref[0, 0].numpy().astype(np.uint8))
+
+
+def test_write_rejects_bad_maps(tmp_path):
+    store = MaskStore(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="begin_round"):
+        store.write(0, "a", _map(0))
+    store.begin_round(0)
+    with pytest.raises(ValueError, match="uint8"):
+        store.write(0, "a", _map(0).astype(np.int64))
+    with pytest.raises(RuntimeError, match="no label maps"):
+        store.finish_round(0)
+
+
+def test_image_key_is_safe_and_injective():
+    keys = [image_key(x) for x in ["a", "a/b", "a%2Fb", "..", ".", "x" * 300, "ü", 12]]
+    assert len(set(keys)) == len(keys)
+    for k in keys:
+        assert "/" not in k and k not in (".", "..") and len(k) <= 200
+    assert image_key(12) == image_key("12") == "12"
+
+
+def test_bytes_per_image_smooth_maps_are_small(tmp_path):
+    # Piecewise-constant 80x60 maps with 81 regions (COCO res3 grid of a 640x480 image).
+    rng = np.random.default_rng(0)
+    store = MaskStore(str(tmp_path))
+    store.begin_round(0)
+    yy, xx = np.mgrid[:60, :80]
+    for i in range(4):
+        pts = rng.uniform(0, 1, (81, 2)) * [60, 80]
+        d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+        store.write(0, i, d.argmin(-1).astype(np.uint8))
+    store.finish_round(0)
+    assert 100 < store.bytes_per_image(0) < 2048

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Run one bootstrapping round offline from a checkpoint (paper §3.3, SPEC §3).
+
+  tools/bootstrap_masks.py --config-file pretrain_configs/demo_R18.yaml \
+      --weights output/demo_pretrain/model_final.pth [--round 100] [--dataset NAME] [KEY VALUE ...]
+
+Writes round R of the "bootstrap" store of every DATASETS.TRAIN entry (or --dataset), makes
+it current, and prints the round's stats (plus mIoU vs ground truth when a labeled twin
+exists) as JSON. Single process; the store layout is the one BootstrapHook writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
+    """CYBORGS model with ``weights`` loaded (detectron2 DetectionCheckpointer), eval mode."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
+    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
+    from cyborgs.config import add_cyborgs_config
+
+    cfg = add_cyborgs_config(get_cfg())
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file} does not exist")
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        if cfg.MODEL.RESNETS.NORM == "SyncBN":
+            cfg.MODEL.RESNETS.NORM = "BN"
+    model = build_model(cfg)
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"--weights {weights} does not exist")
+        DetectionCheckpointer(model).load(weights)
+    model.eval()
+    return model, cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--weights", default="", help="checkpoint (.pth / .pkl); empty: random init")
+    p.add_argument("--round", type=int, default=0, help="round id (the epoch, by convention)")
+    p.add_argument("--dataset", default="", help="default: every DATASETS.TRAIN entry")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+
+    from detectron2.data import DatasetCatalog
+
+    from cyborgs.bootstrap.hook import _ground_truth_quality
+    from cyborgs.bootstrap.round import run_bootstrap_round
+    from cyborgs.masks.store import MaskStore, store_root
+
+    model, cfg = build_model_and_cfg(args.config_file, args.weights, args.opts)
+    b = cfg.CYBORGS.BOOTSTRAP
+    out = {}
+    for name in [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN):
+        dicts = DatasetCatalog.get(name)
+        store = MaskStore(store_root(cfg, "bootstrap", name))
+        if store.current_round() == args.round:
+            store.set_current(None)  # rewriting the current round: readers see none meanwhile
+        stats = run_bootstrap_round(
+            model, dicts, store, args.round,
+            features=list(b.FEATURES), group_size=b.GROUP_SIZE, k_min=b.K_MIN, k_max=b.K_MAX,
+            kmeans_iters=b.KMEANS_ITERS, backend=b.KMEANS_BACKEND, input_size=b.INPUT_SIZE,
+            batch_size=b.BATCH_SIZE, seed=max(cfg.SEED, 0), crf=b.CRF,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )  # fmt: skip
+        stats.pop("k_values")
+        q = _ground_truth_quality(name, dicts)
+        if q is not None:
+            stats["quality"] = q(store, args.round)
+        stats["store"] = store.root
+        out[name] = stats
+    print(json.dumps(out, indent=1, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()
