@@ -47,7 +47,8 @@ def spherical_kmeans(
         iters: Lloyd iterations.
         seed: seeds the initialisation; a given (x, k, iters, seed, backend) gives the same
             result on the same device.
-        backend: "torch", "faiss", "auto" (faiss if importable, else torch) or a registered name.
+        backend: "torch", "faiss", "auto" (faiss if importable, except for CUDA
+            data when faiss has no GPU support: then torch on the GPU) or a registered name.
 
     Returns:
         (centroids Tensor[k', D] unit-norm in x's dtype, labels LongTensor[N]) with
@@ -59,7 +60,7 @@ def spherical_kmeans(
         raise ValueError(f"k must be >= 1, got {k}")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
-    name = _resolve_backend(backend)
+    name = _resolve_backend(backend, x.device)
     xn = F.normalize(x.detach().float(), dim=1)
     # Cap k so every cluster can own a point. torch.unique sorts rows: cheap next to k-means.
     k = min(int(k), xn.shape[0])
@@ -71,9 +72,20 @@ def spherical_kmeans(
     return centroids.to(x.dtype), labels
 
 
-def _resolve_backend(backend: str) -> str:
+def _faiss_has_gpu(faiss) -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        return "faiss" if _faiss() is not None else "torch"
+        faiss = _faiss()
+        if faiss is None:
+            return "torch"
+        # CUDA data with a CPU-only FAISS build (faiss-cpu): clustering on the GPU in torch
+        # beats a device->host copy plus CPU k-means, which would dominate a bootstrap round.
+        if device.type == "cuda" and not _faiss_has_gpu(faiss):
+            return "torch"
+        return "faiss"
     if backend not in KMEANS_BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r}; known: {sorted(KMEANS_BACKENDS)}")
     if backend == "faiss" and _faiss() is None:
@@ -171,11 +183,7 @@ def _faiss_index(faiss, dim: int, device: torch.device):
     The GPU is x's own when x is on CUDA, else the current device: one rank, one GPU, rather
     than faiss.Kmeans(gpu=True), which would spread over every GPU of the machine.
     """
-    use_gpu = (
-        torch.cuda.is_available()
-        and hasattr(faiss, "StandardGpuResources")
-        and faiss.get_num_gpus() > 0
-    )
+    use_gpu = torch.cuda.is_available() and _faiss_has_gpu(faiss)
     if not use_gpu:
         return faiss.IndexFlatIP(dim)
     dev = device.index if device.type == "cuda" and device.index is not None else None
