@@ -93,15 +93,15 @@ def test_auto_keeps_cuda_data_on_the_gpu_without_faiss_gpu(monkeypatch):
     import cyborgs.clustering.kmeans as km
 
     monkeypatch.setattr(km, "_faiss_has_gpu", lambda faiss: False)
-    assert km_resolve("auto", torch.device("cuda")) == "torch"
+    assert km_resolve("auto", "cuda") == "torch"
     monkeypatch.setattr(km, "_faiss_has_gpu", lambda faiss: True)
-    assert km_resolve("auto", torch.device("cuda")) == ("faiss" if "faiss" in BACKENDS else "torch")
+    assert km_resolve("auto", "cuda") == ("faiss" if "faiss" in BACKENDS else "torch")
 
 
-def km_resolve(name: str, device: torch.device = torch.device("cpu")) -> str:
+def km_resolve(name: str, device: str = "cpu") -> str:
     from cyborgs.clustering.kmeans import _resolve_backend
 
-    return _resolve_backend(name, device)
+    return _resolve_backend(name, torch.device(device))
 
 
 def test_torch_backend_runs_on_input_device_and_dtype():
