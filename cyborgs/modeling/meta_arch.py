@@ -13,6 +13,15 @@ Choices where the SPEC is silent:
   checkpoint is a complete ResNet; ``forward_taps`` only computes the stages a step needs.
 - Phase attributes start as: ``contrastive_weight`` = CYBORGS.CONTRASTIVE_WEIGHT,
   ``vmf_weight`` = 0 and ``vmf_num_clusters`` = CYBORGS.VMF.K; the schedule hook sets them.
+
+Accelerator path (CYBORGS.GPU.*, see ``precision.py``): "auto" is resolved from the model's
+device whenever it changes (``.to()``/``.cuda()``, via ``_apply``) and again at every forward,
+so a model built on the CPU and then moved to CUDA - what ``build_model`` does - gets it.
+- channels_last: both backbones' parameters and the normalised input images use
+  ``torch.channels_last``; moving back to the CPU under "auto" restores the default layout.
+- bf16: ONLY the backbone passes (online, target, ``extract_features``) run under bf16
+  autocast; their maps are cast back to contiguous fp32 before fusion, pooling, the heads and
+  the losses, so the softmax over cosines / tau and the vMF math stay fp32. No GradScaler.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from .heads import MLPHead
 from .losses.mask_contrastive import MaskContrastiveLoss
 from .losses.vmf_clustering import VMFClusteringLoss
 from .mask_pooling import masks_to_grid, pool_by_mask, sample_mask_ids
+from .precision import autocast, bf16_enabled, channels_last_enabled, parse_switch
 
 __all__ = ["CYBORGS"]
 
@@ -84,6 +94,8 @@ class CYBORGS(nn.Module):
         vmf_weight: float = 0.0,
         vmf_kmeans_backend: str = "torch",
         gather_distributed: bool = True,
+        channels_last: str | bool = "auto",
+        bf16: str | bool = "auto",
     ) -> None:
         """
         Args:
@@ -93,6 +105,8 @@ class CYBORGS(nn.Module):
                 feature when ``vmf_feature == "bootstrap"``.
             vmf_feature: "bootstrap" or "fused" (CYBORGS.VMF.FEATURE).
             vmf_weight: initial weight of the vMF term (the schedule hook sets it).
+            channels_last, bf16: "auto" (on iff the model is on CUDA), "on", "off"
+                (CYBORGS.GPU.CHANNELS_LAST / CYBORGS.GPU.BF16).
             Other args: see ``cyborgs/config.py`` (same names).
         """
         super().__init__()
@@ -110,6 +124,9 @@ class CYBORGS(nn.Module):
             raise ValueError(f"CYBORGS.NUM_SAMPLED_MASKS must be positive, got {num_sampled_masks}")
         if not 2 <= max_mask_ids:
             raise ValueError(f"CYBORGS.MAX_MASK_IDS must be >= 2, got {max_mask_ids}")
+        # Parsed early so a bad value fails before the deep copies below.
+        self.channels_last_mode = parse_switch(channels_last, "CYBORGS.GPU.CHANNELS_LAST")
+        self.bf16_mode = parse_switch(bf16, "CYBORGS.GPU.BF16")
         validate_taps(backbone, self.fusion_features, "CYBORGS.FUSION_FEATURES")
         validate_taps(backbone, self.bootstrap_features, "CYBORGS.BOOTSTRAP.FEATURES")
 
@@ -150,6 +167,9 @@ class CYBORGS(nn.Module):
             )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        # Layout the backbones are in now; ``_sync_memory_format`` keeps it = the resolved mode.
+        self._backbones_channels_last = False
+        self._sync_memory_format()
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -189,14 +209,71 @@ class CYBORGS(nn.Module):
             "vmf_inter_grid": c.VMF.INTER_GRID,
             "vmf_distance": c.VMF.DISTANCE,
             "vmf_feature": c.VMF.FEATURE,
+            "vmf_kmeans_backend": c.VMF.KMEANS_BACKEND,
             "contrastive_weight": c.CONTRASTIVE_WEIGHT,
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
+            "channels_last": c.GPU.CHANNELS_LAST,
+            "bf16": c.GPU.BF16,
         }
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ accelerator path
+    @property
+    def uses_channels_last(self) -> bool:
+        """channels_last resolved for the model's current device."""
+        return channels_last_enabled(self.channels_last_mode, self.device)
+
+    @property
+    def uses_bf16(self) -> bool:
+        """bf16 autocast of the backbones resolved for the model's current device."""
+        return bf16_enabled(self.bf16_mode, self.device)
+
+    def _sync_memory_format(self) -> None:
+        """Put both backbones in the layout the channels_last switch asks for on this device.
+
+        ``Module.to(memory_format=...)`` rewrites ``param.data`` in place, so the Parameter
+        objects (and an optimizer's references to them) survive the conversion.
+        """
+        want = self.uses_channels_last
+        if want == self._backbones_channels_last:
+            return
+        fmt = torch.channels_last if want else torch.contiguous_format
+        for bb in (self.backbone, self.target_backbone):
+            bb.to(memory_format=fmt)
+        self._backbones_channels_last = want
+
+    def _apply(self, fn, *args, **kwargs):
+        # Every device move (.to/.cuda/.cpu) goes through here: re-resolve "auto" right away,
+        # so the layout is settled before DDP wraps the model and registers its grad buckets.
+        out = super()._apply(fn, *args, **kwargs)
+        self._sync_memory_format()
+        return out
+
+    def _run_backbone(
+        self, backbone: nn.Module, x: torch.Tensor, names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Backbone maps exactly as computed: bf16 under autocast, channels_last layout."""
+        if self._backbones_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, self.uses_bf16):
+            return forward_taps(backbone, x, names)
+
+    def _backbone_features(
+        self, backbone: nn.Module, x: torch.Tensor, names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """``_run_backbone`` cast back to contiguous fp32: everything after it is fp32 math.
+
+        One copy covers both the dtype and the layout, and is a no-op on the plain fp32 path.
+        """
+        maps = self._run_backbone(backbone, x, names)
+        return {
+            n: f.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            for n, f in maps.items()
+        }
 
     # ------------------------------------------------------------------ inputs
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -250,15 +327,16 @@ class CYBORGS(nn.Module):
             raise ValueError(
                 "both model.contrastive_weight and model.vmf_weight are 0: no loss to train"
             )
+        self._sync_memory_format()  # cheap flag check; the real work happens in ``_apply``
         images, masks, boxes, flips = self._unpack(batched_inputs)
 
         vmf_names = (
             self.bootstrap_features if self.vmf_feature == "bootstrap" else self.fusion_features
         )
         names = (self.fusion_features if use_c else []) + (vmf_names if use_v else [])
-        online = [forward_taps(self.backbone, img, names) for img in images]
+        online = [self._backbone_features(self.backbone, img, names) for img in images]
         with torch.no_grad():
-            target = [forward_taps(self.target_backbone, img, names) for img in images]
+            target = [self._backbone_features(self.target_backbone, img, names) for img in images]
 
         losses: dict[str, torch.Tensor] = {}
         if use_c:
@@ -325,13 +403,17 @@ class CYBORGS(nn.Module):
             images: Tensor[B, 3, H, W] RGB, uint8 or float on the 0..255 scale (unnormalised;
                 the model applies MODEL.PIXEL_MEAN/STD).
             names: e.g. ["res3.2"] or ["res5"]; several names may be fused by the caller.
+
+        Returns fp32 contiguous maps; with bf16 on, the backbone itself ran in bf16.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W] RGB, got shape {tuple(images.shape)}")
+        self._sync_memory_format()
         was_training = self.backbone.training
         self.backbone.eval()
         try:
-            return forward_taps(self.backbone, self._normalize(images), list(names))
+            # fp32 contiguous maps even under bf16: k-means on them needs the precision.
+            return self._backbone_features(self.backbone, self._normalize(images), list(names))
         finally:
             self.backbone.train(was_training)
 

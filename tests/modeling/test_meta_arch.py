@@ -292,3 +292,212 @@ def test_a_few_sgd_steps_lower_the_contrastive_loss():
         losses.append(float(loss))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
+
+
+# ---------------------------------------------------------------- accelerator path (issue 6)
+def build_gpu_variant(channels_last="off", bf16="off", device="cpu", seed=0):
+    cfg = tiny_cfg()
+    cfg.MODEL.DEVICE = device
+    cfg.CYBORGS.GPU.CHANNELS_LAST = channels_last
+    cfg.CYBORGS.GPU.BF16 = bf16
+    torch.manual_seed(seed)
+    return build_model(cfg).train()
+
+
+def record_output_dtypes(module_by_name):
+    """Forward hooks recording each module's output dtype; returns (log, handles)."""
+    log = {name: [] for name in module_by_name}
+    handles = [
+        mod.register_forward_hook(lambda _m, _i, out, n=name: log[n].append(out.dtype))
+        for name, mod in module_by_name.items()
+    ]
+    return log, handles
+
+
+def test_gpu_switches_auto_is_off_on_cpu(model):
+    # `model` is built with the defaults ("auto"): nothing of the GPU path applies on the CPU.
+    assert model.channels_last_mode == "auto" and model.bf16_mode == "auto"
+    assert not model.uses_channels_last and not model.uses_bf16
+    w = model.backbone.stem.conv1.weight
+    assert w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)
+    log, handles = record_output_dtypes({"stem": model.backbone.stem})
+    try:
+        model(two_view_batch(b=2))
+    finally:
+        for h in handles:
+            h.remove()
+    assert log["stem"] and set(log["stem"]) == {torch.float32}
+
+
+def test_bf16_on_runs_backbones_in_bf16_but_losses_and_grads_in_fp32(monkeypatch):
+    import cyborgs.modeling.meta_arch as ma
+
+    m = build_gpu_variant(bf16="on")
+    assert m.uses_bf16
+    m.vmf_weight, m.vmf_num_clusters = 0.5, 2
+    log, handles = record_output_dtypes(
+        {
+            "online": m.backbone.res5,
+            "target": m.target_backbone.res5,
+            "online_res3_1": m.backbone.res3[1],
+        }
+    )
+    pooled_dtypes = []
+    real_pool = ma.pool_by_mask
+
+    def spy_pool(features, grid, ids):
+        pooled_dtypes.append(features.dtype)
+        return real_pool(features, grid, ids)
+
+    monkeypatch.setattr(ma, "pool_by_mask", spy_pool)
+    vmf_inputs = []
+    real_vmf = m.vmf_loss.forward
+
+    def spy_vmf(online, target, *a, **kw):
+        vmf_inputs.extend(t.dtype for t in (*online, *target))
+        return real_vmf(online, target, *a, **kw)
+
+    monkeypatch.setattr(m.vmf_loss, "forward", spy_vmf)
+    try:
+        losses = m(two_view_batch(b=2, seed=7))
+    finally:
+        for h in handles:
+            h.remove()
+    # inside: the backbones computed in bf16 (both views, online and target)
+    assert log["online"] == [torch.bfloat16] * 2 and log["target"] == [torch.bfloat16] * 2
+    # the vMF tap res3.1 (read block by block) too
+    assert log["online_res3_1"] == [torch.bfloat16] * 2
+    # outside: pooling / heads / losses see fp32
+    assert pooled_dtypes and set(pooled_dtypes) == {torch.float32}
+    assert vmf_inputs and set(vmf_inputs) == {torch.float32}
+    assert set(losses) == {"loss_mask_contrastive", "loss_vmf"}
+    for v in losses.values():
+        assert v.dtype == torch.float32 and torch.isfinite(v)
+    m.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    grads = [p.grad for p in m.backbone.parameters()]
+    assert all(g is not None for g in grads)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert m.backbone.stem.conv1.weight.grad.abs().sum() > 0
+    assert m.backbone.stem.conv1.weight.dtype == torch.float32  # autocast never casts weights
+    assert all(p.grad is None for p in m.target_backbone.parameters())
+
+
+def test_bf16_off_gives_fp32_backbone_and_bf16_stays_close_to_it():
+    off = build_gpu_variant(bf16="off")
+    on = build_gpu_variant(bf16="on")
+    on.load_state_dict(off.state_dict())
+    x = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    raw_off = off._run_backbone(off.backbone.eval(), off._normalize(x), ["res5"])["res5"]
+    raw_on = on._run_backbone(on.backbone.eval(), on._normalize(x), ["res5"])["res5"]
+    assert raw_off.dtype == torch.float32 and raw_on.dtype == torch.bfloat16
+    f_off = off.extract_features(x, ["res3.1", "res5"])
+    f_on = on.extract_features(x, ["res3.1", "res5"])
+    for n in f_off:
+        assert f_on[n].dtype == torch.float32 and f_on[n].is_contiguous()
+        # bf16 keeps ~3 significant digits: the same features up to rounding, not other ones
+        cos = torch.nn.functional.cosine_similarity(f_on[n].flatten(1), f_off[n].flatten(1))
+        assert (cos > 0.99).all(), (n, cos)
+
+
+def test_channels_last_on_converts_backbones_and_inputs_and_matches_off(monkeypatch):
+    off = build_gpu_variant(channels_last="off")
+    on = build_gpu_variant(channels_last="on")
+    on.load_state_dict(off.state_dict())
+    # load_state_dict copies into the existing (channels_last) parameters: layout kept
+    for bb in (on.backbone, on.target_backbone):
+        for name in ("stem.conv1.weight", "res3.0.conv2.weight", "res5.1.conv1.weight"):
+            w = bb.get_parameter(name)
+            assert w.is_contiguous(memory_format=torch.channels_last), name
+            assert not w.is_contiguous(), name  # a real layout change, not a 1x1 coincidence
+    assert off.backbone.stem.conv1.weight.is_contiguous()
+
+    seen_inputs = []
+    for m in (on.backbone.stem, on.target_backbone.stem):
+        m.register_forward_pre_hook(
+            lambda _m, args: seen_inputs.append(
+                args[0].is_contiguous(memory_format=torch.channels_last)
+            )
+        )
+    batch = two_view_batch(b=2, seed=9)
+    torch.manual_seed(3)  # same sampled mask ids in both models
+    l_off = off(batch)["loss_mask_contrastive"]
+    torch.manual_seed(3)
+    l_on = on(batch)["loss_mask_contrastive"]
+    assert seen_inputs == [True] * 4  # 2 views x (online, target)
+    torch.testing.assert_close(l_on, l_off, rtol=1e-4, atol=1e-5)
+    for m, loss in ((off, l_off), (on, l_on)):
+        m.zero_grad(set_to_none=True)
+        loss.backward()
+    g_on = on.backbone.stem.conv1.weight.grad
+    assert g_on.is_contiguous(memory_format=torch.channels_last)
+    # Same gradient up to fp32 summation order, which BN backward on a 2-image batch (and
+    # max-pool ties) amplify in the early layers: compare by relative norm, not elementwise.
+    g_off = off.backbone.stem.conv1.weight.grad
+    assert float((g_on - g_off).norm() / g_off.norm()) < 1e-2
+    x = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    f_on, f_off = on.extract_features(x, ["res5"])["res5"], off.extract_features(x, ["res5"])
+    assert f_on.is_contiguous()  # the layout never leaks out of the backbone
+    torch.testing.assert_close(f_on, f_off["res5"], rtol=1e-4, atol=1e-4)
+
+
+def test_layout_follows_the_switch_on_device_moves_keeping_parameter_objects():
+    m = build_gpu_variant(channels_last="on")
+    params = list(m.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    # "auto" re-resolved at the next move: on the CPU it means the default layout again
+    m.channels_last_mode = "auto"
+    m.to("cpu")
+    w = m.backbone.stem.conv1.weight
+    assert w.is_contiguous() and not m._backbones_channels_last
+    # same Parameter objects, so an optimizer built before the move still updates the model
+    assert all(a is b for a, b in zip(params, m.parameters(), strict=True))
+    assert opt.param_groups[0]["params"][0] is params[0]
+
+
+@pytest.mark.parametrize("key", ["CHANNELS_LAST", "BF16"])
+def test_invalid_gpu_switch_raises_naming_the_key(key):
+    cfg = tiny_cfg()
+    setattr(cfg.CYBORGS.GPU, key, "yes")
+    with pytest.raises(ValueError, match=rf"CYBORGS\.GPU\.{key}.*'yes'"):
+        build_model(cfg)
+
+
+def test_vmf_kmeans_backend_comes_from_the_config():
+    cfg = tiny_cfg()
+    cfg.CYBORGS.VMF.KMEANS_BACKEND = "faiss"
+    cfg.CYBORGS.GPU.BF16 = "OFF"  # case-insensitive
+    m = build_model(cfg)
+    assert m.vmf_loss.kmeans_backend == "faiss" and m.bf16_mode == "off"
+
+
+@pytest.mark.gpu
+def test_cuda_training_step_uses_bf16_and_channels_last_by_default():
+    cfg = tiny_cfg()
+    cfg.MODEL.DEVICE = "cuda"
+    assert cfg.CYBORGS.GPU.BF16 == "auto" and cfg.CYBORGS.GPU.CHANNELS_LAST == "auto"
+    torch.manual_seed(0)
+    m = build_model(cfg).train()  # built on the CPU, then moved: "auto" must still apply
+    assert m.uses_channels_last and m.uses_bf16
+    for bb in (m.backbone, m.target_backbone):
+        assert bb.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    m.vmf_weight, m.vmf_num_clusters = 0.1, 2
+    log, handles = record_output_dtypes({"stem": m.backbone.stem, "res5": m.backbone.res5})
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.05)
+    before = m.backbone.stem.conv1.weight.detach().clone()
+    try:
+        losses = m(two_view_batch(b=2, seed=5))
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(log["stem"]) == {torch.bfloat16} and set(log["res5"]) == {torch.bfloat16}
+    assert set(losses) == {"loss_mask_contrastive", "loss_vmf"}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    opt.zero_grad()
+    sum(losses.values()).backward()
+    g = m.backbone.stem.conv1.weight.grad
+    assert g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+    opt.step()
+    m.update_target(0.99)
+    assert not torch.equal(m.backbone.stem.conv1.weight.detach(), before)
+    assert m.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
