@@ -127,10 +127,11 @@ def add_cyborgs_config(cfg: CN) -> CN:
 
     # ---- Accelerator path (no effect on CPU) ----
     c.GPU = CN()
+    # Quote the values in YAML ("on"/"off"): unquoted, YAML reads them as booleans.
     # channels_last memory format for the backbones: "auto" (on with CUDA), "on", "off".
     c.GPU.CHANNELS_LAST = "auto"
     # bf16 autocast of the backbone forward passes (losses stay fp32; bf16 needs no grad
-    # scaler): "auto" (on with CUDA), "on", "off".
+    # scaler): "auto" (on with CUDA and native bf16, i.e. Ampere or newer), "on", "off".
     c.GPU.BF16 = "auto"
 
     # ---- Optimisation (SPEC §5) ----
