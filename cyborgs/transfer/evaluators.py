@@ -1,0 +1,59 @@
+"""The evaluator of a data set, chosen from its metadata's ``evaluator_type`` (SPEC §6/§7)."""
+
+from __future__ import annotations
+
+import os
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluator,
+    LVISEvaluator,
+    PascalVOCDetectionEvaluator,
+    SemSegEvaluator,
+)
+
+from cyborgs.utils.env import HAS_D2_OPS
+
+
+def _lvis_numpy_compat() -> None:
+    # lvis 0.5.3 (lvis/eval.py) still uses ``np.float``, removed in NumPy 1.24; it means the
+    # builtin ``float``. tools/install_detectron2.py mends detectron2's sources but not lvis'.
+    import numpy as np
+
+    if "float" not in np.__dict__:
+        np.float = float  # type: ignore[attr-defined]
+
+
+# Types evaluated by their own tools rather than a detectron2 model.
+_OWN_TOOL = {"voc_cls": "tools/voc07_svm.py", "imagenet_cls": "tools/semi_supervised.py"}
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
+    meta = MetadataCatalog.get(dataset_name)
+    kind = meta.get("evaluator_type", None)
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    if kind == "coco":
+        # Without detectron2's compiled ops the fast COCO evaluator is unavailable (SPEC §7).
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=HAS_D2_OPS)
+    if kind == "lvis":
+        _lvis_numpy_compat()
+        return LVISEvaluator(
+            dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE
+        )
+    if kind == "pascal_voc":
+        return PascalVOCDetectionEvaluator(dataset_name)
+    if kind in ("sem_seg", "cityscapes_sem_seg"):
+        # detectron2's CityscapesSemSegEvaluator imports an internal module and fails; mIoU
+        # over the trainId maps is what SemSegEvaluator computes (SPEC §6).
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+    if kind in _OWN_TOOL:
+        raise ValueError(
+            f"data set '{dataset_name}' (evaluator_type '{kind}') is evaluated by "
+            f"{_OWN_TOOL[kind]}, not by tools/train_net.py"
+        )
+    raise ValueError(
+        f"data set '{dataset_name}': no evaluator for evaluator_type {kind!r} (metadata must set "
+        "one of coco, lvis, pascal_voc, sem_seg, cityscapes_sem_seg)"
+    )

@@ -1,0 +1,74 @@
+"""Shared pieces of the classification protocols: image lists, transforms, the ResNet trunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.resnet import ResNet, build_resnet_backbone
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from cyborgs.transfer.convert import infer_depth
+from cyborgs.transfer.load_check import assert_backbone_loaded
+from cyborgs.transfer.safe_load import load_weights_pickle
+
+# SPEC §6 pixel statistics (torchvision's), in [0, 1] units.
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+
+
+def eval_transform(resize: int, crop: int) -> T.Compose:
+    """Resize the shorter side, center crop (VirTex / ImageNet evaluation)."""
+    return T.Compose([T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def train_transform(crop: int) -> T.Compose:
+    return T.Compose(
+        [T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
+
+
+class ImageList(Dataset):
+    """Dataset dicts with ``file_name`` -> (image tensor, index)."""
+
+    def __init__(self, dicts: list[dict], transform: T.Compose):
+        self.dicts, self.transform = dicts, transform
+
+    def __len__(self) -> int:
+        return len(self.dicts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.dicts[i]["file_name"]) as im:
+            return self.transform(im.convert("RGB")), i
+
+
+def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> ResNet:
+    """detectron2 ResNet (BN, up to res5) holding the converted weights; every tensor checked."""
+    state = load_weights_pickle(weights)["model"] if weights else None
+    if state is not None:
+        found = infer_depth(state)
+        if depth is not None and depth != found:
+            raise ValueError(f"{weights}: --depth {depth} but the weights are a ResNet-{found}")
+        depth = found
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = depth or 50
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if cfg.MODEL.RESNETS.DEPTH in (18, 34) else 256
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    model = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    if state is not None:
+        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise RuntimeError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        assert_backbone_loaded(model, state, weights)
+    return model
+
+
+def res5_dim(model: ResNet) -> int:
+    return model.output_shape()["res5"].channels

@@ -1,0 +1,213 @@
+"""Per-run metrics files and the Table 1 / appendix summary (SPEC §6)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from cyborgs.transfer.convert import atomic_write_bytes
+
+METRICS_FILE = "metrics_final.json"
+
+# Published CYBORGS row of Table 1 (SPEC §6).
+PAPER_ROW: dict[tuple[str, str, str], float] = {
+    ("voc07_svm", "voc07_cls", "mAP"): 86.9,
+    ("in1pct", "classification", "top1"): 31.3,
+    ("in1pct", "classification", "top5"): 59.4,
+    ("in10pct", "classification", "top1"): 61.7,
+    ("in10pct", "classification", "top5"): 84.2,
+    ("voc_det", "bbox", "AP"): 58.0,
+    ("voc_det", "bbox", "AP50"): 83.0,
+    ("voc_det", "bbox", "AP75"): 64.3,
+    ("coco_inst", "bbox", "AP"): 42.0,
+    ("coco_inst", "bbox", "AP50"): 62.6,
+    ("coco_inst", "bbox", "AP75"): 46.2,
+    ("coco_inst", "segm", "AP"): 38.0,
+    ("coco_inst", "segm", "AP50"): 59.7,
+    ("coco_inst", "segm", "AP75"): 40.8,
+}
+
+# (header, protocol, task, metric) in Table 1's column order.
+TABLE1 = [
+    ("VOC07 mAP", "voc07_svm", "voc07_cls", "mAP"),
+    ("IN-1% top-1", "in1pct", "classification", "top1"),
+    ("IN-1% top-5", "in1pct", "classification", "top5"),
+    ("IN-10% top-1", "in10pct", "classification", "top1"),
+    ("IN-10% top-5", "in10pct", "classification", "top5"),
+    ("VOC AP", "voc_det", "bbox", "AP"),
+    ("VOC AP50", "voc_det", "bbox", "AP50"),
+    ("VOC AP75", "voc_det", "bbox", "AP75"),
+    ("COCO APbb", "coco_inst", "bbox", "AP"),
+    ("COCO APbb50", "coco_inst", "bbox", "AP50"),
+    ("COCO APbb75", "coco_inst", "bbox", "AP75"),
+    ("COCO APmk", "coco_inst", "segm", "AP"),
+    ("COCO APmk50", "coco_inst", "segm", "AP50"),
+    ("COCO APmk75", "coco_inst", "segm", "AP75"),
+]
+APPENDIX = [
+    ("LVIS APbb", "lvis", "bbox", "AP"),
+    ("LVIS APmk", "lvis", "segm", "AP"),
+    ("LVIS APmk r/c/f", "lvis", "segm", "APr/APc/APf"),
+    ("Cityscapes mIoU", "cityscapes", "sem_seg", "mIoU"),
+    ("COCO-Stuff-10k FCN mIoU", "coco_stuff_fcn", "sem_seg", "mIoU"),
+    ("COCO-Stuff-10k probe mIoU", "coco_stuff_probe", "sem_seg", "mIoU"),
+]
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars -> float, NaN -> None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_metrics(path: str, record: Mapping[str, Any]) -> None:
+    atomic_write_bytes(path, json.dumps(_plain(record), indent=2, sort_keys=True).encode())
+
+
+def write_metrics_final(
+    cfg, results: Mapping[str, Any], eval_only: bool = False, config_file: str = ""
+) -> None:
+    """OUTPUT_DIR/metrics_final.json of a train_net run (main process only)."""
+    from detectron2.utils import comm
+
+    if not comm.is_main_process():
+        return
+    # detectron2 nests results by data set when there are several test sets.
+    tests = list(cfg.DATASETS.TEST)
+    per_dataset = {tests[0]: dict(results)} if len(tests) == 1 else dict(results)
+    record = {
+        "protocol": cfg.TRANSFER.PROTOCOL,
+        "config": config_file,
+        "weights": cfg.MODEL.WEIGHTS,
+        "eval_only": eval_only,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "datasets": {"train": list(cfg.DATASETS.TRAIN), "test": tests},
+        "results": per_dataset[tests[0]] if tests else {},
+        "results_per_dataset": per_dataset,
+    }
+    write_metrics(os.path.join(cfg.OUTPUT_DIR, METRICS_FILE), record)
+
+
+def load_runs(outdir: str) -> dict[str, list[dict]]:
+    """protocol -> records of every ``*/metrics_final.json`` (one level or two below outdir)."""
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for root, _dirs, files in sorted(os.walk(outdir)):
+        if METRICS_FILE not in files or root.count(os.sep) - outdir.count(os.sep) > 2:
+            continue
+        path = os.path.join(root, METRICS_FILE)
+        with open(path) as f:
+            try:
+                rec = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not rec.get("protocol"):
+            raise ValueError(f"{path}: no 'protocol' field")
+        rec["_path"] = os.path.relpath(path, outdir)
+        runs[rec["protocol"]].append(rec)
+    return dict(runs)
+
+
+def _value(rec: dict, task: str, metric: str) -> float | None:
+    res = rec.get("results", {}).get(task, {})
+    if "/" in metric:
+        return None
+    v = res.get(metric)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def summarize(runs: dict[str, list[dict]], columns: list[tuple[str, str, str, str]]) -> list[dict]:
+    out = []
+    for header, protocol, task, metric in columns:
+        recs = runs.get(protocol, [])
+        if "/" in metric:  # composite cell, e.g. LVIS APr/APc/APf
+            parts = []
+            for m in metric.split("/"):
+                vals = [v for r in recs if (v := _value(r, task, m)) is not None]
+                parts.append(sum(vals) / len(vals) if vals else None)
+            value: Any = parts if any(p is not None for p in parts) else None
+        else:
+            vals = [v for r in recs if (v := _value(r, task, metric)) is not None]
+            value = sum(vals) / len(vals) if vals else None
+        out.append(
+            {
+                "column": header,
+                "protocol": protocol,
+                "task": task,
+                "metric": metric,
+                "value": value,
+                "runs": len(recs),
+                "paper": PAPER_ROW.get((protocol, task, metric)),
+                "sources": [r["_path"] for r in recs],
+                "config": sorted({str(r.get("config", "")) for r in recs if r.get("config")}),
+            }
+        )
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, list):
+        return "/".join(_fmt(x) for x in v)
+    return f"{v:.1f}"
+
+
+def _markdown_table(title: str, cells: list[dict], with_paper: bool) -> list[str]:
+    lines = [f"## {title}", ""]
+    lines.append("| | " + " | ".join(c["column"] for c in cells) + " |")
+    lines.append("|---" * (len(cells) + 1) + "|")
+    lines.append("| this run | " + " | ".join(_fmt(c["value"]) for c in cells) + " |")
+    if with_paper:
+        lines.append("| CYBORGS (paper) | " + " | ".join(_fmt(c["paper"]) for c in cells) + " |")
+    lines.append("")
+    seen = set()
+    for c in cells:
+        if c["protocol"] in seen:
+            continue
+        seen.add(c["protocol"])
+        src = ", ".join(c["sources"]) if c["sources"] else "not run"
+        lines.append(
+            f"- `{c['protocol']}`: {PROTOCOLS.get(c['protocol'], '')} ({c['runs']} run(s); {src})"
+        )
+    lines.append("")
+    return lines
+
+
+# The protocol each column was produced with (SPEC §6), printed under the tables.
+PROTOCOLS = {
+    "voc07_svm": "VirTex VOC07 SVM: res5 GAP, L2-norm, LinearSVC per class, cost by 3-fold CV",
+    "in1pct": "ImageNet 1% (SimCLR list), R50 + linear head, 20 ep, steps 12/16 x0.2",
+    "in10pct": "ImageNet 10% (SimCLR list), R50 + linear head, 20 ep, steps 12/16 x0.2",
+    "voc_det": "Faster R-CNN R50-C4 + Res5ROIHeadsExtraNorm, VOC07+12, 24k (MoCo/VirTex)",
+    "coco_inst": "Mask R-CNN R50-FPN SyncBN, COCO 2x (VirTex)",
+    "lvis": "Mask R-CNN R50-FPN SyncBN, LVIS v1, RFS 0.001, 180k (VirTex)",
+    "cityscapes": "FCN R50-D8, crop 769, 40k, poly (mmseg)",
+    "coco_stuff_fcn": "FCN R50-D8 end-to-end, crop 512 (mmseg schedule)",
+    "coco_stuff_probe": "frozen res3.2 + 1x1 conv linear probe",
+}
+
+
+def collect(outdir: str) -> dict[str, Any]:
+    """Write ``results.md`` and ``results.json`` under ``outdir``; return the JSON content."""
+    if not os.path.isdir(outdir):
+        raise FileNotFoundError(f"results directory not found: {outdir}")
+    runs = load_runs(outdir)
+    table1, appendix = summarize(runs, TABLE1), summarize(runs, APPENDIX)
+    md = ["# CYBORGS transfer results", ""]
+    md += _markdown_table("Table 1", table1, with_paper=True)
+    md += _markdown_table("Appendix", appendix, with_paper=False)
+    data = {"table1": table1, "appendix": appendix, "outdir": os.path.abspath(outdir)}
+    atomic_write_bytes(os.path.join(outdir, "results.md"), "\n".join(md).encode())
+    write_metrics(os.path.join(outdir, "results.json"), data)
+    return data

@@ -1,0 +1,103 @@
+"""``TransferTrainer``: detectron2's ``DefaultTrainer`` with the transfer protocols' pieces.
+
+Evaluators from the data set's ``evaluator_type``, mmseg's poly LR, the semantic-segmentation
+crop pipeline (resize, then crop -- detectron2's default mapper crops before resizing),
+weights-only checkpoint loading, and a proof that the pretrained backbone loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import detectron2.data.transforms as T
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from cyborgs.transfer.evaluators import build_evaluator
+from cyborgs.transfer.load_check import assert_backbone_loaded, resnet_tensors_of_file
+from cyborgs.transfer.solver import build_lr_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+def build_checkpointer(model, save_dir: str, **checkpointables):
+    """Weights-only loading (SPEC §7): the suite's plain-only, atomic checkpointer (engine) if
+    present, else ours."""
+    try:
+        from cyborgs.engine.checkpoint import SafeCheckpointer as cls
+    except ImportError:
+        from cyborgs.transfer.safe_load import SafeDetectionCheckpointer as cls
+    return cls(model, save_dir, **checkpointables)
+
+
+def sem_seg_train_augmentations(cfg) -> list[T.Augmentation]:
+    augs: list[T.Augmentation] = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(
+            T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        )
+    augs.append(T.RandomFlip())
+    return augs
+
+
+class TransferTrainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            mapper = DatasetMapper(
+                cfg, is_train=True, augmentations=sem_seg_train_augmentations(cfg)
+            )
+            return build_detection_train_loader(cfg, mapper=mapper)
+        return super().build_train_loader(cfg)
+
+    def build_hooks(self):
+        # Replace the checkpointer before the hooks capture it: weights-only loads (SPEC §7).
+        self.checkpointer = build_checkpointer(
+            self.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
+
+    def train(self):
+        # detectron2 v0.6 returns the final evaluation only when EXPECTED_RESULTS is set.
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        resuming = resume and self.checkpointer.has_checkpoint()
+        super().resume_or_load(resume=resume)
+        if not resuming:
+            check_backbone_loaded(self.cfg, self.model, self.checkpointer)
+
+
+def check_backbone_loaded(cfg, model, checkpointer) -> None:
+    """Raise unless every ResNet tensor of ``model`` equals MODEL.WEIGHTS (SPEC §6)."""
+    if not cfg.MODEL.WEIGHTS or not cfg.TRANSFER.CHECK_BACKBONE_LOADED:
+        return
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    weights = checkpointer.path_manager.get_local_path(cfg.MODEL.WEIGHTS)
+    pretrained = resnet_tensors_of_file(checkpointer._load_file(weights)["model"])
+    # The frozen probe runs only up to its block's stage: later stages are legitimately unused.
+    allow_unused = cfg.MODEL.BACKBONE.NAME == "build_frozen_block_backbone"
+    report = assert_backbone_loaded(model, pretrained, cfg.MODEL.WEIGHTS, allow_unused)
+    if comm.is_main_process():
+        logger.info("Backbone check: %s", report.summary())

@@ -1,0 +1,58 @@
+"""collect_results: Table 1 / appendix layout with a number in every column (formatting test
+on metric files written here), runs averaged, bad files named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cyborgs.transfer.results import APPENDIX, TABLE1, collect, write_metrics
+
+
+def fake(outdir, sub, protocol, results):
+    write_metrics(
+        str(outdir / sub / "metrics_final.json"), {"protocol": protocol, "results": results}
+    )
+
+
+def test_every_column_filled_and_runs_averaged(tmp_path):
+    det = {"AP": 50.0, "AP50": 80.0, "AP75": 55.0}
+    fake(tmp_path, "voc07_svm", "voc07_svm", {"voc07_cls": {"mAP": 85.0}})
+    fake(tmp_path, "in1pct", "in1pct", {"classification": {"top1": 30.0, "top5": 58.0}})
+    fake(tmp_path, "in10pct", "in10pct", {"classification": {"top1": 60.0, "top5": 83.0}})
+    fake(tmp_path, "voc_det/run1", "voc_det", {"bbox": det})
+    fake(tmp_path, "voc_det/run2", "voc_det", {"bbox": {"AP": 52.0, "AP50": 82.0, "AP75": 57.0}})
+    fake(tmp_path, "coco_inst", "coco_inst", {"bbox": det, "segm": det})
+    lvis = dict(det, APr=10.0, APc=20.0, APf=30.0)
+    fake(tmp_path, "lvis", "lvis", {"bbox": lvis, "segm": lvis})
+    for p in ("cityscapes", "coco_stuff_fcn", "coco_stuff_probe"):
+        fake(tmp_path, p, p, {"sem_seg": {"mIoU": 40.0}})
+
+    data = collect(str(tmp_path))
+    assert len(data["table1"]) == len(TABLE1) and len(data["appendix"]) == len(APPENDIX)
+    assert all(c["value"] is not None for c in data["table1"] + data["appendix"])
+    voc_ap = next(c for c in data["table1"] if c["column"] == "VOC AP")
+    assert voc_ap["value"] == 51.0 and voc_ap["runs"] == 2 and voc_ap["paper"] == 58.0
+
+    md = (tmp_path / "results.md").read_text()
+    table1 = md.split("## Appendix")[0]
+    rows = {
+        line.split("|")[1].strip(): line for line in table1.splitlines() if line.startswith("| ")
+    }
+    ours = [c.strip() for c in rows["this run"].split("|")[2:-1]]
+    paper = [c.strip() for c in rows["CYBORGS (paper)"].split("|")[2:-1]]
+    assert len(ours) == len(paper) == 14 and "–" not in ours and "–" not in paper[:14]
+    assert paper[0] == "86.9" and ours[0] == "85.0" and ours[5] == "51.0"
+    assert "10.0/20.0/30.0" in md and "Faster R-CNN R50-C4" in md
+    assert json.loads((tmp_path / "results.json").read_text())["table1"][0]["value"] == 85.0
+
+
+def test_missing_benchmarks_show_dash_and_bad_file_is_named(tmp_path):
+    fake(tmp_path, "in1pct", "in1pct", {"classification": {"top1": 30.0, "top5": 58.0}})
+    data = collect(str(tmp_path))
+    assert data["table1"][0]["value"] is None and data["table1"][1]["value"] == 30.0
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics_final.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken/metrics_final.json"):
+        collect(str(tmp_path))

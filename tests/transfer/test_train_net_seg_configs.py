@@ -1,0 +1,108 @@
+"""Semantic-segmentation transfer: the demo twins train one step; the dilated backbone has
+output stride 8 with detectron2 names; the probe is frozen and conv-then-upsample is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+from cyborgs.transfer.convert import convert_checkpoint
+from cyborgs.transfer.preflight import preflight
+from cyborgs.transfer.setup import cpu_friendly, get_transfer_cfg
+from cyborgs.transfer.trainer import TransferTrainer
+
+SEG_CONFIGS = [
+    "demo_cityscapes_fcn_dilated.yaml",
+    "demo_coco_stuff10k_fcn.yaml",
+    "demo_coco_stuff10k_linear_probe.yaml",
+]
+
+
+@pytest.fixture(scope="module")
+def r18_pkl(tmp_path_factory):
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    torch.manual_seed(0)
+    state = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    d = tmp_path_factory.mktemp("r18seg")
+    torch.save({"model": {"backbone." + k: v for k, v in state.items()}}, d / "ckpt.pth")
+    convert_checkpoint(str(d / "ckpt.pth"), str(d / "r18.pkl"))
+    return str(d / "r18.pkl")
+
+
+@pytest.mark.parametrize("config", SEG_CONFIGS)
+def test_seg_demo_config_trains_one_step(config, tiny_data_root, r18_pkl, tmp_path):
+    cfg = get_transfer_cfg(
+        config,
+        ["MODEL.WEIGHTS", r18_pkl, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 1,
+         "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0],
+    )  # fmt: skip
+    preflight(cfg)
+    cfg.DATASETS.TEST = ()
+    trainer = TransferTrainer(cfg)
+    trainer.resume_or_load(resume=False)  # raises unless every backbone tensor loaded
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    losses = trainer.storage.latest()
+    assert torch.isfinite(torch.tensor(losses["total_loss"][0]))
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(before[k], v)]
+    if "linear_probe" in config:
+        assert sorted(changed) == ["sem_seg_head.predictor.bias", "sem_seg_head.predictor.weight"]
+    else:
+        assert "loss_sem_seg_aux" in losses
+        assert any(k.startswith("backbone.res5.") for k in changed)  # end-to-end
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_dilated_backbone_output_stride_8(depth):
+    opts = ["MODEL.RESNETS.DEPTH", depth]
+    if depth == 18:
+        opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+    cfg = cpu_friendly(get_transfer_cfg("cityscapes_fcn_R50_dilated.yaml", opts))
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    assert shapes["res4"].stride == 8 and shapes["res5"].stride == 8
+    out = backbone(torch.zeros(1, 3, 64, 96))
+    assert out["res5"].shape[-2:] == (8, 12) and out["res4"].shape[-2:] == (8, 12)
+    # Same names and shapes as the plain ResNet, so converted weights load unchanged.
+    plain = cfg.clone()
+    plain.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    plain.MODEL.RESNETS.RES5_DILATION = 1
+    ref = {k: v.shape for k, v in build_backbone(plain).state_dict().items()}
+    assert {k: v.shape for k, v in backbone.state_dict().items()} == ref
+    assert (
+        backbone.res5[1].conv2.dilation == (4, 4)
+        if depth == 18
+        else (backbone.res5[1].conv2.dilation == (4, 4))
+    )
+    assert backbone.res4[0].conv1.stride == (1, 1) and backbone.res4[0].shortcut.stride == (1, 1)
+
+
+def test_probe_conv_then_upsample_equals_upsample_then_conv():
+    torch.manual_seed(0)
+    feat = torch.randn(2, 16, 6, 7)
+    conv = torch.nn.Conv2d(16, 5, 1)
+    a = F.interpolate(conv(feat), scale_factor=8, mode="bilinear", align_corners=False)
+    b = conv(F.interpolate(feat, scale_factor=8, mode="bilinear", align_corners=False))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_probe_backbone_is_frozen_and_reads_res3_block2():
+    cfg = cpu_friendly(get_transfer_cfg("coco_stuff10k_linear_probe.yaml"))
+    backbone = build_backbone(cfg)
+    assert list(backbone.output_shape()) == ["res3.2"]
+    assert backbone.output_shape()["res3.2"].stride == 8
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone.train()
+    assert not backbone.training
+    x = torch.randn(1, 3, 64, 64)
+    expected = backbone.res3[2](backbone.res3[1](backbone.res3[0](backbone.res2(backbone.stem(x)))))
+    torch.testing.assert_close(backbone(x)["res3.2"], expected)
