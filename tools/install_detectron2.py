@@ -13,7 +13,9 @@ sdist whose Python sources equal the official v0.6 tag but which lacks the C++ s
    the NumPy aliases ``np.bool/np.int/np.float`` (NumPy >= 1.24), and the unconditional
    ``from detectron2 import _C`` in four modules, which becomes a proxy that raises a clear
    error only when a compiled op (deformable conv, rotated boxes, fast COCO eval) is called;
-4. writes a ``detectron2-0.6.dist-info`` with a RECORD, so ``pip uninstall detectron2`` works.
+4. writes a ``detectron2-0.6.dist-info`` with a RECORD, so ``pip uninstall detectron2`` works;
+5. mends the same NumPy aliases in ``lvis`` 0.5.3 (``lvis/eval.py`` uses ``np.float``), whose
+   evaluation API detectron2's ``LVISEvaluator`` calls; idempotent, whichever detectron2 is used.
 
 Every mend asserts how often its pattern occurs, so a different sdist fails loudly instead of
 being half-mended. The copy goes to a temporary folder renamed into place: an interrupted run
@@ -99,8 +101,14 @@ LITERAL_MENDS: list[tuple[str, str, str, int | None]] = [
 ]
 # NumPy removed these aliases of Python builtins in 1.24; they mean exactly the builtin.
 NUMPY_ALIAS = re.compile(r"\bnp\.(bool|int|float|object|str|long)\b(?![_\d])")
-NUMPY_BUILTIN = {"bool": "bool", "int": "int", "float": "float", "object": "object",
-                 "str": "str", "long": "int"}
+NUMPY_BUILTIN = {
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "object": "object",
+    "str": "str",
+    "long": "int",
+}
 
 
 def site_packages() -> Path:
@@ -123,8 +131,19 @@ def fetch_sdist(cache: Path) -> Path:
     if not target.exists() or sha256_of(target) != SDIST_SHA256:
         # --no-build-isolation: pip prepares metadata with this venv's torch (setup.py imports
         # it); with isolation it would fail before saving the file.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-               "--no-binary", ":all:", "-d", str(cache), f"{SDIST_NAME}=={SDIST_VERSION}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(cache),
+            f"{SDIST_NAME}=={SDIST_VERSION}",
+        ]
         print("[install_detectron2]", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     digest = sha256_of(target)
@@ -190,35 +209,70 @@ def install(cache: Path) -> None:
     site = site_packages()
     with tempfile.TemporaryDirectory(dir=site, prefix=".detectron2-install-") as tmp:
         with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers()
-                       if m.name.startswith(f"{SDIST_NAME}-{SDIST_VERSION}/detectron2/")]
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(f"{SDIST_NAME}-{SDIST_VERSION}/detectron2/")
+            ]
             tar.extractall(tmp, members=members, filter="data")
         pkg = Path(tmp) / f"{SDIST_NAME}-{SDIST_VERSION}" / "detectron2"
         applied = apply_mends(pkg)
-        (pkg / MARKER).write_text(json.dumps(
-            {"sdist": SDIST_FILE, "sha256": SDIST_SHA256, "mends": applied}, indent=1))
+        (pkg / MARKER).write_text(
+            json.dumps({"sdist": SDIST_FILE, "sha256": SDIST_SHA256, "mends": applied}, indent=1)
+        )
         final = site / "detectron2"
         if final.exists():
             shutil.rmtree(final)
         os.replace(pkg, final)
     write_dist_info(site, "detectron2")
-    print(f"[install_detectron2] installed detectron2 {SDIST_VERSION} (pure Python, "
-          f"{len(applied)} mends) into {final}")
+    print(
+        f"[install_detectron2] installed detectron2 {SDIST_VERSION} (pure Python, "
+        f"{len(applied)} mends) into {final}"
+    )
+
+
+def mend_numpy_aliases_in(module: str) -> int:
+    """Replace removed NumPy aliases in an installed pure-Python package; returns the count."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return 0
+    total = 0
+    for path in sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.py")):
+        text = path.read_text()
+        mended, n = NUMPY_ALIAS.subn(lambda m: NUMPY_BUILTIN[m.group(1)], text)
+        if n:
+            tmp = path.with_suffix(".py.cyborgs-tmp")
+            tmp.write_text(mended)
+            os.replace(tmp, path)
+            total += n
+    if total:
+        print(f"[install_detectron2] mended {total} removed NumPy alias(es) in {module}")
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=Path(".cache/detectron2"),
-                        help="where the downloaded sdist is kept (default: %(default)s)")
-    parser.add_argument("--force", action="store_true",
-                        help="reinstall even if this script installed detectron2 before")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".cache/detectron2"),
+        help="where the downloaded sdist is kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="reinstall even if this script installed detectron2 before",
+    )
     args = parser.parse_args(argv)
+    mend_numpy_aliases_in("lvis")
     found = existing_detectron2()
     if found is not None:
         location, marker = found
         if marker is None:
-            print(f"[install_detectron2] using the detectron2 already importable at {location}"
-                  " (left untouched)")
+            print(
+                f"[install_detectron2] using the detectron2 already importable at {location}"
+                " (left untouched)"
+            )
             return 0
         if marker.get("sha256") == SDIST_SHA256 and not args.force:
             print(f"[install_detectron2] detectron2 already installed at {location}")

@@ -15,16 +15,6 @@ from detectron2.evaluation import (
 
 from cyborgs.utils.env import HAS_D2_OPS
 
-
-def _lvis_numpy_compat() -> None:
-    # lvis 0.5.3 (lvis/eval.py) still uses ``np.float``, removed in NumPy 1.24; it means the
-    # builtin ``float``. tools/install_detectron2.py mends detectron2's sources but not lvis'.
-    import numpy as np
-
-    if "float" not in np.__dict__:
-        np.float = float  # type: ignore[attr-defined]
-
-
 # Types evaluated by their own tools rather than a detectron2 model.
 _OWN_TOOL = {"voc_cls": "tools/voc07_svm.py", "imagenet_cls": "tools/semi_supervised.py"}
 
@@ -38,7 +28,6 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
         # Without detectron2's compiled ops the fast COCO evaluator is unavailable (SPEC §7).
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=HAS_D2_OPS)
     if kind == "lvis":
-        _lvis_numpy_compat()
         return LVISEvaluator(
             dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE
         )

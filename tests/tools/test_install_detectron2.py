@@ -111,3 +111,10 @@ def test_dist_info_record_lists_every_file(tmp_path):
     meta = (site / "detectron2-0.6.dist-info" / "METADATA").read_text()
     assert "Name: detectron2" in meta
     json.dumps(record)  # plain strings only
+
+
+def test_lvis_eval_has_no_removed_numpy_alias():
+    import lvis.eval
+
+    assert not inst.NUMPY_ALIAS.search(Path(lvis.eval.__file__).read_text())
+    assert inst.mend_numpy_aliases_in("lvis") == 0  # idempotent: nothing left to mend
