@@ -1,0 +1,22 @@
+"""Training engine: trainer, EMA / loss-schedule hooks, safe checkpoints, CPU-capable launch."""
+
+from .checkpoint import SafeCheckpointer, UnsafeCheckpointError, check_plain, safe_load
+from .hooks import EMAHook, LossPhase, LossScheduleHook, RNGStateHook
+from .launch import launch
+from .nonfinite import NonFiniteLossError, check_finite_losses
+from .trainer import CyborgsTrainer
+
+__all__ = [
+    "CyborgsTrainer",
+    "EMAHook",
+    "LossPhase",
+    "LossScheduleHook",
+    "NonFiniteLossError",
+    "RNGStateHook",
+    "SafeCheckpointer",
+    "UnsafeCheckpointError",
+    "check_finite_losses",
+    "check_plain",
+    "launch",
+    "safe_load",
+]

@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Cost of one CYBORGS training step, and the share of it spent outside the backbone.
+
+    .venv/bin/python benchmarks/pretrain_step.py                       # CPU: R18 @ 64, batch 8
+    .venv/bin/python benchmarks/pretrain_step.py --full --out step.json  # + R50 @ 224
+    .venv/bin/python benchmarks/pretrain_step.py --device cuda --batch 64
+
+For each setting (R18 at 64 px; R50 at 224 px with ``--full`` or on CUDA) it builds the real
+``CYBORGS`` model and LARS, feeds synthetic two-view batches in the mapper's format (uint8
+images, 8 blocky mask ids per view, overlapping crop boxes, one flipped view; the data path is
+measured by ``dataloader.py``), and times after ``--warmup`` steps:
+
+* ``step``: forward (both losses active: contrastive + vMF, the most expensive phase), backward,
+  LARS step, EMA update of the target;
+* ``backbone``: only the backbone work the step contains -- online forward+backward of both
+  views plus the target forward of both views, same taps, same precision/layout.
+
+The two are timed alternately, rep by rep; ``overhead_fraction = 1 - backbone / step`` (from the
+fastest repetition of each) is everything beyond the backbone (heads, mask
+pooling, losses, per-step k-means, optimizer, EMA). Target: <= 0.15. Peak memory:
+``torch.cuda.max_memory_allocated`` on CUDA, the growth of the process's peak RSS
+(``getrusage``) on CPU -- an upper bound that includes allocator caching.
+JSON to stdout and ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from cyborgs.config import add_cyborgs_config
+
+TARGET_OVERHEAD = 0.15
+
+
+def make_cfg(depth: int, size: int, device: str) -> CfgNode:
+    cfg = get_cfg()
+    add_cyborgs_config(cfg)
+    base = "pretrain_configs/demo_R18.yaml" if depth == 18 else "pretrain_configs/Base-CYBORGS.yaml"
+    cfg.merge_from_file(base)
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.RESNETS.NORM = "BN"  # one process: SyncBN == BN, and SyncBN has no CPU kernel
+    cfg.CYBORGS.AUG.CROP_SIZE = size
+    return cfg
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(seed)
+    full = int(size * 1.25)
+    out = []
+    for i in range(batch):
+        views = []
+        for v in range(2):
+            cells = torch.randint(0, 8, (1, 1, 4, 4), generator=g).float()
+            mask = torch.nn.functional.interpolate(cells, size=(size, size), mode="nearest")
+            off = 0.0 if v == 0 else full - size
+            views.append(
+                {
+                    "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g),
+                    "mask": mask[0, 0].long(),
+                    "box": torch.tensor([off, off, off + size, off + size], dtype=torch.float32),
+                    "flip": bool(v),
+                }
+            )
+        out.append({"image_id": i, "height": full, "width": full, "views": views})
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _time_pair(fns, reps: int, warmup: int, device: torch.device) -> list[list[float]]:
+    """Time the callables alternately (rep by rep), so load drift on a shared machine hits
+    both alike; returns one list of seconds per callable."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    _sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def bench(depth: int, size: int, batch: int, device: str, reps: int, warmup: int) -> dict:
+    from detectron2.modeling import build_model
+
+    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
+    from cyborgs.solver import build_lars_optimizer
+
+    cfg = make_cfg(depth, size, device)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    dev = torch.device(device)
+    opt = build_lars_optimizer(cfg, model)
+    # The most expensive phase: contrastive on, vMF term on (epochs e % M == 0).
+    model.contrastive_weight = float(cfg.CYBORGS.CONTRASTIVE_WEIGHT)
+    model.vmf_weight = float(cfg.CYBORGS.VMF.LAMBDA)
+    model.vmf_num_clusters = int(cfg.CYBORGS.VMF.K)
+    data = synthetic_batch(batch, size)
+
+    def step() -> None:
+        losses = model(data)
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        model.update_target(0.996)
+
+    names = sorted(set(model.fusion_features) | set(model.bootstrap_features))
+    views = [
+        ((torch.stack([d["views"][v]["image"] for d in data]).to(dev).float() - model.pixel_mean)
+         / model.pixel_std)
+        for v in range(2)
+    ]  # fmt: skip
+
+    def run_backbone(bb: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if hasattr(model, "_run_backbone"):
+            return model._run_backbone(bb, x, names)
+        from cyborgs.modeling.backbone_taps import forward_taps
+
+        return forward_taps(bb, x, names)
+
+    def backbone_only() -> None:
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for x in views:
+            total = total + sum(f.float().mean() for f in run_backbone(model.backbone, x).values())
+        total.backward()
+        with torch.no_grad():
+            for x in views:
+                run_backbone(model.target_backbone, x)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss0 = _peak_rss_mb()
+    for _ in range(max(warmup, 1)):  # peak memory of the full step alone
+        step()
+    _sync(dev)
+    peak = (
+        torch.cuda.max_memory_allocated(dev) / 2**20
+        if dev.type == "cuda"
+        else _peak_rss_mb() - rss0
+    )
+    step_t, bb_t = _time_pair([step, backbone_only], reps, 0, dev)
+    # min: the least-disturbed repetition (shared machines); medians are reported too
+    s, b = min(step_t), min(bb_t)
+    overhead = max(0.0, 1.0 - b / s)
+    return {
+        "setting": f"R{depth}@{size}",
+        "batch": batch,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "step_s": {"min": s, "median": statistics.median(step_t), "all": step_t},
+        "backbone_s": {"min": b, "median": statistics.median(bb_t), "all": bb_t},
+        "images_per_s": batch / s,
+        "overhead_fraction": overhead,
+        "overhead_target": TARGET_OVERHEAD,
+        "meets_target": overhead <= TARGET_OVERHEAD,
+        "peak_memory_mb": peak,
+        "peak_memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss_growth",
+        "losses": ["loss_mask_contrastive", "loss_vmf"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=None, help="images per step (CPU 8, CUDA 64)")
+    p.add_argument("--reps", type=int, default=None, help="timed steps (CPU 3, CUDA 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 5)")
+    p.add_argument("--full", action="store_true", help="also R50 @ 224 on CPU (slow)")
+    p.add_argument("--only", choices=["r18", "r50"], default=None, help="run one setting")
+    p.add_argument("--out", default="", help="also write the JSON here")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    batch = args.batch or (64 if cuda else 8)
+    reps = args.reps or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    settings = [(18, 64), (50, 224)] if (cuda or args.full) else [(18, 64)]
+    if args.only:
+        settings = [(18, 64)] if args.only == "r18" else [(50, 224)]
+    results = [bench(d, s, batch, args.device, reps, warmup) for d, s in settings]
+    report = {
+        "benchmark": "pretrain_step",
+        "target": f"overhead_fraction <= {TARGET_OVERHEAD} (everything beyond the backbone)",
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

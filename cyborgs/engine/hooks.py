@@ -1,0 +1,222 @@
+"""Training hooks of the CYBORGS pretrainer.
+
+Order in :meth:`CyborgsTrainer.build_hooks` (detectron2 runs hooks in registration order)::
+
+    IterationTimer
+    LossScheduleHook   before_step: sets model.contrastive_weight / vmf_weight / vmf_num_clusters
+    BootstrapHook      after_step of an epoch's last step: a bootstrap round (cyborgs.bootstrap),
+                       before the checkpointer so a checkpoint records the round it follows
+    EMAHook            after_step:  model.update_target(momentum(iter))
+    LRScheduler        after_step
+    PeriodicCheckpointer (main process; after EMA so the saved target is the updated one)
+    PeriodicWriter       (main process)
+    RNGStateHook       last: restores RNG states in before_train, after every other hook
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cyborgs.solver.schedule import ema_momentum
+
+__all__ = [
+    "EMAHook",
+    "LossPhase",
+    "LossScheduleHook",
+    "RNGStateHook",
+    "capture_rng_state",
+    "restore_rng_state",
+    "unwrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DDP (attributes like ``vmf_weight`` live there)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class EMAHook(HookBase):
+    """Update the target encoder after every optimizer step (SPEC §5, BYOL).
+
+    Momentum at iteration k of K = ``SOLVER.MAX_ITER``: ``CYBORGS.EMA.SCHEDULE`` "cosine"
+    ``1 - (1 - base)(cos(pi k / K) + 1) / 2`` or "constant" ``base``. Stateless: the momentum
+    is a function of the iteration and the target weights are in the model's state_dict, so a
+    resumed run continues exactly.
+    """
+
+    def __init__(self, base_momentum: float, schedule: str = "cosine") -> None:
+        self.base = float(base_momentum)
+        self.schedule = str(schedule)
+        ema_momentum(self.base, 0, 1, self.schedule)  # validate keys at build time
+
+    def before_train(self) -> None:
+        if not hasattr(unwrap_model(self.trainer.model), "update_target"):
+            raise AttributeError(
+                f"{type(unwrap_model(self.trainer.model)).__name__} has no update_target("
+                "momentum): the CYBORGS meta-architecture must provide it for the EMA target"
+            )
+
+    def momentum(self, iteration: int) -> float:
+        return ema_momentum(self.base, iteration, self.trainer.max_iter, self.schedule)
+
+    def after_step(self) -> None:
+        m = self.momentum(self.trainer.iter)
+        unwrap_model(self.trainer.model).update_target(m)
+        self.trainer.storage.put_scalar("ema_momentum", m, smoothing_hint=False)
+
+
+@dataclass(frozen=True)
+class LossPhase:
+    """Loss weights of one epoch."""
+
+    epoch: int
+    name: str  # "vmf_warmup" | "contrastive"
+    contrastive_weight: float
+    vmf_weight: float
+    vmf_num_clusters: int
+
+
+class LossScheduleHook(HookBase):
+    """Set the model's loss weights for the current epoch, before each step (SPEC §4).
+
+    * epochs ``e < VMF.WARMUP_EPOCHS``: vMF only (contrastive 0, vMF 1, K = VMF.WARMUP_K);
+    * afterwards: contrastive ``CYBORGS.CONTRASTIVE_WEIGHT``; vMF ``VMF.LAMBDA`` in epochs with
+      ``e % VMF.PERIOD_EPOCHS == 0`` (never when PERIOD_EPOCHS == 0), else 0; K = ``VMF.K``.
+
+    The epoch is ``iter // iters_per_epoch``. For the bootstrap hook (registered right after
+    this one, so it sees the phase of the step about to run):
+
+    * ``current`` -- the :class:`LossPhase` of the step about to run;
+    * ``epoch_started`` -- True when this step is the first of an epoch;
+    * ``warmup_just_ended`` -- True on the first step of epoch ``VMF.WARMUP_EPOCHS`` (iteration 0
+      when there is no warm-up): the moment for the first bootstrap round. After a resume it is
+      True again only if the run resumes exactly at that step.
+
+    The hook keeps no state beyond the iteration, so resume is exact.
+    """
+
+    def __init__(self, cfg: CfgNode, iters_per_epoch: int) -> None:
+        if iters_per_epoch <= 0:
+            raise ValueError(f"iters_per_epoch must be > 0, got {iters_per_epoch}")
+        v = cfg.CYBORGS.VMF
+        if v.WARMUP_EPOCHS < 0 or v.PERIOD_EPOCHS < 0:
+            raise ValueError(
+                "CYBORGS.VMF.WARMUP_EPOCHS and CYBORGS.VMF.PERIOD_EPOCHS must be >= 0, got "
+                f"{v.WARMUP_EPOCHS} and {v.PERIOD_EPOCHS}"
+            )
+        self.ipe = int(iters_per_epoch)
+        self.warmup_epochs = int(v.WARMUP_EPOCHS)
+        self.warmup_k = int(v.WARMUP_K)
+        self.k = int(v.K)
+        self.lam = float(v.LAMBDA)
+        self.period = int(v.PERIOD_EPOCHS)
+        self.contrastive_weight = float(cfg.CYBORGS.CONTRASTIVE_WEIGHT)
+        self.current: LossPhase | None = None
+        self.epoch_started = False
+        self.warmup_just_ended = False
+
+    def phase_at_epoch(self, epoch: int) -> LossPhase:
+        if epoch < self.warmup_epochs:
+            return LossPhase(epoch, "vmf_warmup", 0.0, 1.0, self.warmup_k)
+        vmf_on = self.period > 0 and epoch % self.period == 0
+        return LossPhase(
+            epoch, "contrastive", self.contrastive_weight, self.lam if vmf_on else 0.0, self.k
+        )
+
+    def phase_at_iter(self, iteration: int) -> LossPhase:
+        return self.phase_at_epoch(iteration // self.ipe)
+
+    def before_step(self) -> None:
+        it = self.trainer.iter
+        self.current = p = self.phase_at_iter(it)
+        self.epoch_started = it % self.ipe == 0
+        self.warmup_just_ended = it == self.warmup_epochs * self.ipe
+        model = unwrap_model(self.trainer.model)
+        model.contrastive_weight = p.contrastive_weight
+        model.vmf_weight = p.vmf_weight
+        model.vmf_num_clusters = p.vmf_num_clusters
+        if self.epoch_started or it == self.trainer.start_iter:
+            logger.info(
+                f"Epoch {p.epoch} ({p.name}): contrastive_weight={p.contrastive_weight}, "
+                f"vmf_weight={p.vmf_weight}, vmf_num_clusters={p.vmf_num_clusters}"
+            )
+        s = self.trainer.storage
+        s.put_scalar("epoch", p.epoch, smoothing_hint=False)
+        s.put_scalar("contrastive_weight", p.contrastive_weight, smoothing_hint=False)
+        s.put_scalar("vmf_weight", p.vmf_weight, smoothing_hint=False)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python / numpy / torch (and CUDA) RNG states as plain values (weights_only-safe)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class RNGStateHook(HookBase):
+    """Save the RNG states with each checkpoint and restore them on resume.
+
+    Model-side randomness (mask-id sampling, k-means init) draws from the global RNGs, so an
+    exact resume needs them. Restoring happens in ``before_train`` of this hook, registered
+    last, so no other hook's ``before_train`` shifts the streams. Checkpoints are written by
+    the main process, so they hold rank 0's states; other ranks are re-seeded from
+    (iteration, rank) on resume -- a multi-process resume is exact for rank 0 only.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state
+
+    def before_train(self) -> None:
+        if self._pending is None:
+            return
+        if comm.get_rank() == 0:
+            restore_rng_state(self._pending)
+        else:
+            from detectron2.utils.env import seed_all_rng
+
+            seed_all_rng((int(self.trainer.iter) * 1_000_003 + comm.get_rank()) % 2**31)
+        self._pending = None

@@ -1,0 +1,361 @@
+"""``CyborgsTrainer``: detectron2's DefaultTrainer shape, with CYBORGS's schedule and hooks.
+
+What differs from ``DefaultTrainer`` and why:
+
+* Schedules are in epochs (SPEC §5): ``iters_per_epoch = ceil(dataset_size / IMS_PER_BATCH)``
+  and ``SOLVER.MAX_ITER = EPOCHS * iters_per_epoch`` are computed here (the config's MAX_ITER is
+  ignored); LR warm-up + cosine/step via :mod:`cyborgs.solver.schedule`.
+* Optimizer: LARS (or SGD) with biases/norm parameters excluded (``SOLVER.OPTIMIZER``).
+* Exact resume: the checkpoint holds model (online, target, heads), optimizer, LR scheduler,
+  iteration, every hook's state (RNG states included), the data seed, and the config/args as
+  strings -- all plain, loaded with ``weights_only=True`` (:mod:`cyborgs.engine.checkpoint`).
+  The data loader is built lazily *after* ``resume_or_load`` so it can start at the resumed
+  iteration (``build_pretrain_train_loader(cfg, start_iter=...)``), and its construction does
+  not consume the global RNG streams.
+* Non-finite loss terms stop training before the update, naming the term and the iteration.
+* Scalars: ``images_per_sec``, ``lr``, ``ema_momentum``, ``epoch``, the loss weights, every
+  ``loss_*`` term, and ``data/num_skipped_images`` (rank 0's count) once the loader reports
+  skipped images through the items' ``"skipped_files"``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer, iters_per_epoch
+
+from .checkpoint import RunInfo, SafeCheckpointer
+from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
+from .nonfinite import NonFiniteLossError, check_finite_losses
+
+__all__ = ["CyborgsTrainer", "ResumableLoader", "preserve_rng"]
+
+logger = logging.getLogger(__name__)
+
+
+class preserve_rng:  # noqa: N801 - used like a function: ``with preserve_rng(): ...``
+    """Context manager restoring python/numpy/torch RNG states on exit."""
+
+    def __enter__(self) -> None:
+        from .hooks import capture_rng_state
+
+        self._state = capture_rng_state()
+
+    def __exit__(self, *exc: object) -> None:
+        from .hooks import restore_rng_state
+
+        restore_rng_state(self._state)
+
+
+class ResumableLoader:
+    """Iterable whose underlying loader is built on the first ``next``, at ``start_iter``.
+
+    ``SimpleTrainer`` calls ``iter(loader)`` in its constructor, before ``resume_or_load`` knows
+    where training restarts; deferring the build lets the stream start at the resumed
+    iteration and avoids spawning workers twice. ``restart(iteration)`` drops the current
+    iterator so the next batch comes from a fresh loader positioned at ``iteration`` (for a
+    bootstrap round that changed the masks workers read).
+    """
+
+    def __init__(self, build: Callable[[int], Any], positionable: bool = True) -> None:
+        self._build = build
+        self.positionable = positionable
+        self.start_iter = 0
+        self.loader: Any = None
+        self._it: Iterator[Any] | None = None
+
+    def __iter__(self) -> ResumableLoader:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            with preserve_rng():
+                self.loader = self._build(self.start_iter)
+                self._it = iter(self.loader)
+        return next(self._it)
+
+    def restart(self, iteration: int) -> None:
+        if self._it is not None and not self.positionable:
+            # Rebuilding a loader that cannot start at ``iteration`` would replay the stream
+            # from its beginning; keeping the running one is the lesser evil.
+            logger.info("Data loader cannot be positioned (no start_iter): not restarting it")
+            return
+        self._it = None
+        self.loader = None
+        self.start_iter = int(iteration)
+
+
+class _CyborgsStep(SimpleTrainer):
+    """One optimisation step: finite-loss check before backward, throughput logging."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader: ResumableLoader,
+        optimizer: torch.optim.Optimizer,
+        *,
+        ims_per_batch: int,
+        stop_on_nonfinite: bool,
+    ) -> None:
+        super().__init__(model, data_loader, optimizer)
+        self.ims_per_batch = ims_per_batch
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self.num_skipped = 0  # this rank's skipped images since the (re)start
+
+    def run_step(self) -> None:
+        assert self.model.training, "[CyborgsTrainer] model was switched to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self._count_skipped(data)
+        loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        if not loss_dict:
+            raise RuntimeError(
+                f"The model returned no loss term at iteration {self.iter}; check "
+                "CYBORGS.CONTRASTIVE_WEIGHT and CYBORGS.VMF.LAMBDA (both zero?)"
+            )
+        if self.stop_on_nonfinite:
+            self._check_finite(loss_dict)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        if len(loss_dict) == 1 and comm.is_main_process():
+            # detectron2 logs the named terms only when there are several; during the vMF
+            # warm-up there is one, and its curve should still be under its own name.
+            storage = get_event_storage()
+            storage.put_scalar(next(iter(loss_dict)), storage.history("total_loss").latest())
+        self.optimizer.step()
+        step_time = time.perf_counter() - start
+        if comm.is_main_process():
+            storage = get_event_storage()
+            storage.put_scalar("images_per_sec", self.ims_per_batch / max(step_time, 1e-9))
+            if self.num_skipped:
+                storage.put_scalar(
+                    "data/num_skipped_images", self.num_skipped, smoothing_hint=False
+                )
+
+    def _check_finite(self, loss_dict: dict[str, torch.Tensor]) -> None:
+        # All ranks must stop together: a rank that raised alone would leave the others
+        # waiting in the next collective until the process-group timeout.
+        if comm.get_world_size() > 1:
+            finite = all(bool(torch.isfinite(v).all()) for v in loss_dict.values())
+            flag = torch.tensor(
+                [0.0 if finite else 1.0], device=next(iter(loss_dict.values())).device
+            )
+            dist.all_reduce(flag)
+            if finite and flag.item() > 0:
+                raise NonFiniteLossError(
+                    f"Non-finite loss on another rank at iteration {self.iter} (see its log)"
+                )
+        check_finite_losses(loss_dict, self.iter)
+
+    def _count_skipped(self, data: Any) -> None:
+        # The pretraining loader puts the files it had to skip (unreadable images) since the
+        # previous item into each item's "skipped_files"; count them (this rank only).
+        if not isinstance(data, list):
+            return
+        for d in data:
+            files = d.get("skipped_files") if isinstance(d, dict) else None
+            if files:
+                self.num_skipped += len(files)
+                logger.warning(f"Skipped {len(files)} unreadable image(s): {files[:5]}")
+
+
+def _create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model``, except that CPU modules get no ``device_ids`` (DDP
+    rejects them; detectron2 v0.6 assumes one GPU per process)."""
+    if comm.get_world_size() == 1 or next(model.parameters()).device.type == "cuda":
+        return create_ddp_model(model, **kwargs)
+    return DistributedDataParallel(model, **kwargs)
+
+
+class CyborgsTrainer(DefaultTrainer):
+    """Pretrainer for the ``CYBORGS`` meta-architecture (see module docstring).
+
+    Attributes for hooks: ``iters_per_epoch``; ``loss_schedule`` (the
+    :class:`~cyborgs.engine.hooks.LossScheduleHook`: ``current`` phase, ``epoch_started``,
+    ``warmup_just_ended``); ``restart_data_loader(iteration)`` (used by the BootstrapHook after
+    a round, so prefetched batches with old masks are dropped); ``data_seed``.
+    """
+
+    def __init__(self, cfg: CfgNode, args: Any = None) -> None:
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        if cfg.SOLVER.AMP.ENABLED:
+            raise ValueError("SOLVER.AMP.ENABLED is not supported by CyborgsTrainer")
+        cfg = cfg.clone()
+        cfg.defrost()
+        self.iters_per_epoch = iters_per_epoch(self.dataset_size(cfg), cfg.SOLVER.IMS_PER_BATCH)
+        cfg.SOLVER.MAX_ITER = int(round(cfg.SOLVER.EPOCHS * self.iters_per_epoch))
+        # One data seed for the whole run (sampler order, per-sample augmentation). Drawn once
+        # and saved in the checkpoint when SEED < 0, so a resumed run sees the same stream.
+        self.data_seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+        cfg.freeze()
+        logger.info(
+            f"{self.iters_per_epoch} iterations/epoch, {cfg.SOLVER.EPOCHS} epochs = "
+            f"{cfg.SOLVER.MAX_ITER} iterations (global batch {cfg.SOLVER.IMS_PER_BATCH})"
+        )
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        self._loader = ResumableLoader(self._build_loader_at, self.loader_is_positionable())
+        # Phases change which parameters receive gradients (no contrastive heads during the
+        # vMF warm-up), so DDP must tolerate unused parameters.
+        model = _create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=True)
+        self._trainer = _CyborgsStep(
+            model,
+            self._loader,
+            optimizer,
+            ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+            stop_on_nonfinite=cfg.SOLVER.STOP_ON_NONFINITE,
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer.add_checkpointable("run_info", RunInfo(cfg.dump(), str(args or "")))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.loss_schedule = LossScheduleHook(cfg, self.iters_per_epoch)
+        self.register_hooks(self.build_hooks())
+
+    # ---- builders (classmethods so subclasses/tests can swap one piece) ----
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        import cyborgs.modeling  # noqa: F401  (registers CYBORGS in META_ARCH_REGISTRY)
+
+        model = build_model(cfg)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"Model {type(model).__name__}: {n / 1e6:.2f}M trainable parameters")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_lars_optimizer(cfg, model)
+
+    def build_lr_scheduler(self, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:  # type: ignore[override]
+        return build_epoch_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
+
+    @classmethod
+    def dataset_size(cls, cfg: CfgNode) -> int:
+        from cyborgs.data.pretrain_loader import pretrain_dataset_size
+
+        return int(pretrain_dataset_size(cfg))
+
+    @classmethod
+    def loader_is_positionable(cls) -> bool:
+        """Whether :meth:`build_train_loader` honours ``start_iter`` (exact resume)."""
+        if cls.build_train_loader.__func__ is not CyborgsTrainer.build_train_loader.__func__:
+            return True  # a subclass's own loader: trusted to honour start_iter
+        from cyborgs.data.pretrain_loader import build_pretrain_train_loader
+
+        return "start_iter" in inspect.signature(build_pretrain_train_loader).parameters
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0) -> Any:  # type: ignore[override]
+        """``build_pretrain_train_loader(cfg, start_iter=...)``: the stream must begin at
+        global sample ``start_iter * IMS_PER_BATCH`` for an exact resume."""
+        from cyborgs.data.pretrain_loader import build_pretrain_train_loader
+
+        if "start_iter" in inspect.signature(build_pretrain_train_loader).parameters:
+            return build_pretrain_train_loader(cfg, start_iter=start_iter)
+        if start_iter > 0:
+            logger.warning(
+                "build_pretrain_train_loader has no start_iter: the data stream restarts from "
+                "its beginning after resume (the run continues, but not bit-exactly)."
+            )
+        return build_pretrain_train_loader(cfg)
+
+    def _build_loader_at(self, start_iter: int) -> Any:
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.SEED = self.data_seed
+        cfg.freeze()
+        logger.info(f"Building the training data loader at iteration {start_iter}")
+        return self.build_train_loader(cfg, start_iter=start_iter)
+
+    def restart_data_loader(self, iteration: int | None = None) -> None:
+        """Rebuild the loader at ``iteration`` (default: the step about to run)."""
+        self._loader.restart(self.iter if iteration is None else iteration)
+
+    def build_bootstrap_hook(self) -> hooks.HookBase | None:
+        """The bootstrap-round hook, when ``CYBORGS.MASKS.SOURCE`` is "bootstrap".
+
+        ``cyborgs.bootstrap.BootstrapHook(cfg, iters_per_epoch=...)`` runs rounds in
+        ``after_step`` at epoch boundaries (and a missed one in ``before_train``), then calls
+        :meth:`restart_data_loader`. It sits before the checkpointer, so a checkpoint records
+        the rounds completed before it.
+        """
+        if self.cfg.CYBORGS.MASKS.SOURCE != "bootstrap":
+            return None
+        from cyborgs.bootstrap import BootstrapHook
+
+        return BootstrapHook(self.cfg, iters_per_epoch=self.iters_per_epoch)
+
+    def build_hooks(self) -> list[hooks.HookBase | None]:
+        cfg = self.cfg
+        ret: list[hooks.HookBase | None] = [
+            hooks.IterationTimer(),
+            self.loss_schedule,
+            self.build_bootstrap_hook(),
+            EMAHook(cfg.CYBORGS.EMA.BASE_MOMENTUM, cfg.CYBORGS.EMA.SCHEDULE),
+            hooks.LRScheduler(),
+        ]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(
+                hooks.PeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
+            )
+        ret.append(RNGStateHook())
+        return ret
+
+    # ---- resume ----
+    def resume_or_load(self, resume: bool = True) -> None:
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+        self._loader.restart(self.start_iter)
+
+    def state_dict(self) -> dict[str, Any]:
+        ret = super().state_dict()
+        # detectron2 v0.6's DefaultTrainer does not save the optimizer; we do.
+        ret["_trainer"] = self._trainer.state_dict()
+        ret["data_seed"] = self.data_seed
+        return ret
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "data_seed" in state_dict:
+            self.data_seed = int(state_dict["data_seed"])
+
+    def train(self) -> None:  # type: ignore[override]
+        # Fail at iteration 0, not at the first checkpoint an epoch later, if some hook's state
+        # is not plain.
+        from .checkpoint import check_plain
+
+        check_plain(self.state_dict(), where="trainer state")
+        super().train()
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        return unwrap_model(self.model)

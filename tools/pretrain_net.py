@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""CYBORGS self-supervised pretraining (paper §3; SPEC §2-5).
+
+    tools/pretrain_net.py --config-file pretrain_configs/cyborgs_R50_coco_800ep.yaml \
+        --num-gpus 8 OUTPUT_DIR output/cyborgs_r50
+    tools/pretrain_net.py --config-file pretrain_configs/demo_R18.yaml     # CPU, minutes
+
+Writes OUTPUT_DIR/{config.yaml, args.json, log.txt, metrics.json, events.out.tfevents.*,
+model_*.pth, last_checkpoint}. ``--resume`` continues exactly from last_checkpoint. Convert the
+result for transfer with tools/convert_to_detectron2.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import cyborgs.data.datasets  # noqa: F401  (registers the pretraining sets, demo_* twins)
+from cyborgs.config import add_cyborgs_config
+from cyborgs.engine.launch import launch
+from cyborgs.engine.trainer import CyborgsTrainer
+
+logger = logging.getLogger("cyborgs.tools.pretrain_net")
+
+EPILOG = """
+Tuning advice
+-------------
+Batch size and LR (LARS): the paper uses SOLVER.IMS_PER_BATCH 64 (global, over all processes)
+  with SOLVER.BASE_LR 0.1; the authors' code 128 with 0.2. Scale BASE_LR linearly with the batch
+  (BASE_LR = 0.1 * batch / 64). LARS rescales each layer by its trust ratio, so it tolerates large
+  batches, but keep SOLVER.WARMUP_EPOCHS (10) when raising the LR; a NaN in the first epochs
+  means the LR is too high for the batch.
+EMA momentum: CYBORGS.EMA.BASE_MOMENTUM 0.996 suits hundreds of epochs. For short runs (a few
+  epochs, or tiny data sets) lower it (0.99 or even 0.9), otherwise the target encoder barely
+  moves from its random init and the losses stall; the cosine schedule always ends at 1.0.
+Data workers: DATALOADER.NUM_WORKERS 4-8 per GPU keeps a V100 busy at 224 px; with images/s in
+  metrics.json falling while data_time grows, raise it. On a 2-core CPU use 0-2.
+vMF warm-up: CYBORGS.VMF.WARMUP_EPOCHS (paper 5, K = VMF.WARMUP_K 8) trains the encoder with the
+  clustering loss alone so the first bootstrap round has structure to find; then the contrastive
+  loss starts and the vMF term returns with weight VMF.LAMBDA every VMF.PERIOD_EPOCHS epochs.
+  Bootstrap rounds run right after the warm-up and every BOOTSTRAP.PERIOD_EPOCHS epochs; scale
+  all epoch keys down together for short runs.
+Schedules are in epochs (SOLVER.EPOCHS, SOLVER.WARMUP_EPOCHS, SOLVER.STEP_EPOCHS); SOLVER.MAX_ITER
+  is computed from the data set size and ignored in the config. SOLVER.CHECKPOINT_PERIOD is in
+  iterations (the log prints iterations/epoch).
+On a machine without CUDA, MODEL.DEVICE is set to cpu automatically and SyncBN becomes BN;
+  --num-gpus N then starts N CPU processes (gloo).
+
+Examples:
+  tools/pretrain_net.py --config-file pretrain_configs/demo_R18.yaml SOLVER.EPOCHS 2
+  tools/pretrain_net.py --config-file pretrain_configs/cyborgs_R50_coco_800ep.yaml --num-gpus 8
+  tools/pretrain_net.py --config-file ... --resume     # continue from OUTPUT_DIR/last_checkpoint
+"""
+
+
+def build_cfg(config_file: str, opts: list[str]) -> tuple[CfgNode, list[str]]:
+    """Merged config plus notes about automatic CPU adjustments (logged after logger setup)."""
+    cfg = get_cfg()
+    add_cyborgs_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"--config-file {config_file} does not exist")
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts or [])
+    notes: list[str] = []
+    if not torch.cuda.is_available():
+        if cfg.MODEL.DEVICE != "cpu":
+            notes.append(f"CUDA is not available: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
+            cfg.MODEL.DEVICE = "cpu"
+        if cfg.MODEL.RESNETS.NORM == "SyncBN":
+            # torch's SyncBatchNorm refuses CPU tensors once a process group exists; with one
+            # process it is plain BN anyway.
+            notes.append("CUDA is not available: MODEL.RESNETS.NORM SyncBN -> BN")
+            cfg.MODEL.RESNETS.NORM = "BN"
+    return cfg, notes
+
+
+def setup(args) -> CfgNode:
+    cfg, notes = build_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)  # logger, env info, OUTPUT_DIR/config.yaml, seeding
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")
+    for n in notes:
+        logger.info(n)
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        with open(os.path.join(cfg.OUTPUT_DIR, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+    return cfg
+
+
+def main(args) -> None:
+    cfg = setup(args)
+    if args.eval_only:
+        raise SystemExit(
+            "pretrain_net.py has no evaluation: convert the checkpoint with "
+            "tools/convert_to_detectron2.py and evaluate it with tools/train_net.py"
+        )
+    trainer = CyborgsTrainer(cfg, args=vars(args))
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+
+
+def get_parser():
+    parser = default_argument_parser(epilog=EPILOG)
+    parser.description = __doc__.split("\n\n")[0]
+    return parser
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    sys.exit(0)
