@@ -38,7 +38,7 @@ demo_flag=(); [ $demo = 1 ] && demo_flag=(--demo)
 mkdir -p "$out"
 weights="$out/backbone.pkl"
 "$py" tools/convert_to_detectron2.py "$ckpt" "$weights" --check c4,fpn
-depth=$("$py" -c "import sys; from cyborgs.transfer.safe_load import load_weights_pickle as l; from cyborgs.transfer.convert import infer_depth as d; print(d(l(sys.argv[1])['model']))" "$weights")
+depth=$("$py" -c "import sys; from cyborgs.engine.checkpoint import safe_load_pickle as l; from cyborgs.transfer.convert import infer_depth as d; print(d(l(sys.argv[1])['model']))" "$weights")
 echo "[convert_and_finetune] ResNet-$depth backbone -> $weights; benchmarks: ${benches[*]}"
 
 # Model overrides that follow the converted depth (the configs say R50; demo twins R18).

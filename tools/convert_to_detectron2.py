@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 
+from cyborgs.engine.checkpoint import safe_load
 from cyborgs.transfer.convert import convert_checkpoint, infer_depth
-from cyborgs.transfer.safe_load import load_torch_checkpoint
 from cyborgs.transfer.verify import TRANSFER_MODELS, verify_transfer_loading
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         import torchvision
 
         tv = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-        tv_state = load_torch_checkpoint(args.output)
+        tv_state = safe_load(args.output)
         tv_state.update({k: v for k, v in tv.state_dict().items() if k.startswith("fc.")})
         tv.load_state_dict(tv_state, strict=True)
         print(f"[check torchvision] loads into torchvision resnet{depth} (strict; fc untouched)")

@@ -98,6 +98,8 @@ _UNSUPPORTED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([
 
 def safe_load(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` with a clear error naming file and type."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -121,6 +123,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol-5 arrays
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def __init__(self, f: Any, path: str) -> None:
@@ -138,6 +142,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def safe_load_pickle(path: str) -> Any:
     """Load a detectron2-style ``.pkl`` admitting only numpy arrays and plain containers."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file not found: {path}")
     with open(path, "rb") as f:
         return _RestrictedUnpickler(f, path).load()
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from cyborgs.transfer.safe_load import load_torch_checkpoint
+from cyborgs.engine.checkpoint import safe_load
 
 # Prefixes of the online / target encoder inside the CYBORGS meta-architecture's state_dict.
 # The first one found wins; ``module.`` (DDP) is stripped beforehand.
@@ -184,7 +184,7 @@ def convert_checkpoint(
     prefix: str | None = None,
 ) -> dict[str, np.ndarray | torch.Tensor]:
     """Convert one checkpoint; returns the (detectron2-named) backbone weights written."""
-    checkpoint = load_torch_checkpoint(ckpt_path)
+    checkpoint = safe_load(ckpt_path)
     state = extract_backbone_state_dict(checkpoint, source=source, prefix=prefix, path=ckpt_path)
     inferred = infer_depth(state)
     if depth is not None and depth != inferred:

@@ -11,9 +11,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from cyborgs.engine.checkpoint import safe_load_pickle
 from cyborgs.transfer.convert import infer_depth
 from cyborgs.transfer.load_check import assert_backbone_loaded
-from cyborgs.transfer.safe_load import load_weights_pickle
 
 # SPEC §6 pixel statistics (torchvision's), in [0, 1] units.
 MEAN = [0.485, 0.456, 0.406]
@@ -47,7 +47,7 @@ class ImageList(Dataset):
 
 def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> ResNet:
     """detectron2 ResNet (BN, up to res5) holding the converted weights; every tensor checked."""
-    state = load_weights_pickle(weights)["model"] if weights else None
+    state = safe_load_pickle(weights)["model"] if weights else None
     if state is not None:
         found = infer_depth(state)
         if depth is not None and depth != found:

@@ -15,6 +15,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
+from cyborgs.engine.checkpoint import SafeCheckpointer
 from cyborgs.transfer.evaluators import build_evaluator
 from cyborgs.transfer.load_check import assert_backbone_loaded, resnet_tensors_of_file
 from cyborgs.transfer.solver import build_lr_scheduler
@@ -23,13 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_checkpointer(model, save_dir: str, **checkpointables):
-    """Weights-only loading (SPEC §7): the suite's plain-only, atomic checkpointer (engine) if
-    present, else ours."""
-    try:
-        from cyborgs.engine.checkpoint import SafeCheckpointer as cls
-    except ImportError:
-        from cyborgs.transfer.safe_load import SafeDetectionCheckpointer as cls
-    return cls(model, save_dir, **checkpointables)
+    """Weights-only loading (SPEC §7) and plain, atomic saves: the suite's checkpointer."""
+    return SafeCheckpointer(model, save_dir, **checkpointables)
 
 
 def sem_seg_train_augmentations(cfg) -> list[T.Augmentation]:

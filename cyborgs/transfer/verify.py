@@ -6,8 +6,8 @@ import logging
 
 from detectron2.modeling import build_model
 
+from cyborgs.engine.checkpoint import SafeCheckpointer, safe_load_pickle
 from cyborgs.transfer.load_check import LoadReport, assert_backbone_loaded
-from cyborgs.transfer.safe_load import SafeDetectionCheckpointer, load_weights_pickle
 from cyborgs.transfer.setup import cpu_friendly, get_transfer_cfg
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def depth_opts(depth: int) -> list[str]:
 def load_and_check(config: str, weights: str, depth: int, allow_unused: bool) -> LoadReport:
     cfg = cpu_friendly(get_transfer_cfg(config, depth_opts(depth)))
     model = build_model(cfg)
-    SafeDetectionCheckpointer(model).load(weights)
-    pretrained = load_weights_pickle(weights)["model"]
+    SafeCheckpointer(model).load(weights)
+    pretrained = safe_load_pickle(weights)["model"]
     return assert_backbone_loaded(model, pretrained, f"{weights} -> {config}", allow_unused)
 
 

@@ -12,12 +12,12 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from cyborgs.engine.checkpoint import UnsafeCheckpointError, safe_load_pickle
 from cyborgs.transfer.convert import (
     convert_checkpoint,
     detectron2_to_torchvision_name,
     extract_backbone_state_dict,
 )
-from cyborgs.transfer.safe_load import load_weights_pickle
 from cyborgs.transfer.verify import load_and_check, verify_transfer_loading
 
 
@@ -54,7 +54,7 @@ def test_round_trip_and_transfer_loading(tmp_path, depth):
     out = tmp_path / "backbone.pkl"
     convert_checkpoint(str(ckpt), str(out))
 
-    data = load_weights_pickle(str(out))
+    data = safe_load_pickle(str(out))
     assert data["__author__"] == "CYBORGS" and data["matching_heuristics"] is True
     expected = {k for k in online if not k.endswith("num_batches_tracked")}
     assert set(data["model"]) == expected
@@ -76,7 +76,7 @@ def test_target_source_and_bad_checkpoints(tmp_path):
     _, target = write_cyborgs_checkpoint(ckpt, 18)
     out = tmp_path / "target.pkl"
     convert_checkpoint(str(ckpt), str(out), source="target")
-    got = load_weights_pickle(str(out))["model"]
+    got = safe_load_pickle(str(out))["model"]
     np.testing.assert_array_equal(got["stem.conv1.weight"], target["stem.conv1.weight"].numpy())
 
     with pytest.raises(ValueError, match="--depth 50 but the weights are a ResNet-18"):
@@ -105,7 +105,7 @@ def test_check_catches_weights_that_did_not_land(tmp_path):
     write_cyborgs_checkpoint(ckpt, 18)
     out = tmp_path / "w.pkl"
     convert_checkpoint(str(ckpt), str(out))
-    data = load_weights_pickle(str(out))
+    data = safe_load_pickle(str(out))
     # Renamed key: detectron2's heuristics skip it silently; the check must not.
     data["model"]["res3.0.conv1.weightX"] = data["model"].pop("res3.0.conv1.weight")
     with open(out, "wb") as f:
@@ -118,8 +118,8 @@ def test_unsafe_pickle_is_refused(tmp_path):
     evil = tmp_path / "evil.pkl"
     with open(evil, "wb") as f:
         pickle.dump({"model": {}, "__author__": "x", "f": print}, f)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load 'builtins.print'"):
-        load_weights_pickle(str(evil))
+    with pytest.raises(UnsafeCheckpointError, match="contains builtins.print"):
+        safe_load_pickle(str(evil))
 
 
 @pytest.mark.parametrize("depth", [18, 50])
