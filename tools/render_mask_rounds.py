@@ -53,9 +53,9 @@ def render(store, dicts: list[dict], rounds: list[int], read_image) -> np.ndarra
 def save_png(array: np.ndarray, path: str) -> None:
     from PIL import Image
 
-    tmp = f"{path}.tmp.png"
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    from cyborgs.utils.atomic import atomic_write
+
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 def main(argv: list[str] | None = None) -> int:

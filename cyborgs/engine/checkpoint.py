@@ -16,22 +16,20 @@ and the type. Writes go to a temp file in the same directory, are fsync'ed and t
 from __future__ import annotations
 
 import collections
-import io
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from cyborgs.utils.atomic import atomic_write, atomic_write_bytes
+
 __all__ = [
     "RunInfo",
     "SafeCheckpointer",
     "UnsafeCheckpointError",
-    "atomic_write_bytes",
     "check_plain",
     "safe_load",
     "safe_load_pickle",
@@ -74,23 +72,6 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
         "numbers, strings, None and lists/tuples/dicts of them (convert it in the state_dict "
         "that produced it, e.g. numpy -> torch.from_numpy / .item())"
     )
-
-
-def atomic_write_bytes(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call ``write(f)`` on a temp file next to ``path``, fsync, then ``os.replace`` it."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 _UNSUPPORTED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
@@ -178,12 +159,12 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write_bytes(save_file, lambda f: torch.save(data, f))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write_bytes(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write_bytes(path, last_filename_basename.encode())
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         if filename.endswith(".pkl"):

@@ -29,12 +29,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from cyborgs.utils.atomic import atomic_write_bytes
 
 __all__ = ["MaskStore", "image_key", "store_root", "upsample_nearest"]
 
@@ -73,19 +74,6 @@ def upsample_nearest(label_map: np.ndarray, out_hw: tuple[int, int]) -> np.ndarr
     rows = (np.arange(oh, dtype=np.int64) * h) // oh
     cols = (np.arange(ow, dtype=np.int64) * w) // ow
     return label_map[rows[:, None], cols[None, :]]
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def encode_label_map(label_map: np.ndarray) -> bytes:
@@ -147,7 +135,8 @@ class MaskStore:
         path = self._path(round_id, image_id)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = encode_label_map(np.ascontiguousarray(label_map))
-        _atomic_write_bytes(path, data)
+        # Per-image files skip fsync: the manifest (fsynced, written last) vouches for them.
+        atomic_write_bytes(path, data, fsync=False)
         return len(data)
 
     def finish_round(self, round_id: int, manifest: dict | None = None) -> dict:
@@ -174,7 +163,7 @@ class MaskStore:
             created=time.time(),
             format="png-L",
         )
-        _atomic_write_bytes(os.path.join(d, _MANIFEST), json.dumps(m, indent=1).encode())
+        atomic_write_bytes(os.path.join(d, _MANIFEST), json.dumps(m, indent=1).encode())
         self.set_current(round_id)
         return m
 
@@ -186,7 +175,7 @@ class MaskStore:
         rec = {"round": None if round_id is None else int(round_id)}
         if round_id is not None:
             rec["dir"] = self.round_dirname(round_id)
-        _atomic_write_bytes(self.pointer_path, json.dumps(rec).encode())
+        atomic_write_bytes(self.pointer_path, json.dumps(rec).encode())
 
     # ---- reading ----
     def is_complete(self, round_id: int) -> bool:

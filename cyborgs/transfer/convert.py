@@ -9,16 +9,15 @@ key set against a freshly built ResNet of the same depth, and write it in detect
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from cyborgs.engine.checkpoint import safe_load
+from cyborgs.utils.atomic import atomic_write_bytes
 
 # Prefixes of the online / target encoder inside the CYBORGS meta-architecture's state_dict.
 # The first one found wins; ``module.`` (DDP) is stripped beforehand.
@@ -136,23 +135,6 @@ def to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
         if k.endswith(".running_var"):
             out[k[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
     return out
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a temp file in the target directory, then rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_detectron2_pkl(state: Mapping[str, torch.Tensor], path: str) -> None:

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from cyborgs.transfer.convert import atomic_write_bytes
+from cyborgs.utils.atomic import atomic_write_bytes
 
 METRICS_FILE = "metrics_final.json"
 

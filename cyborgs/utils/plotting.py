@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from cyborgs.utils.atomic import atomic_write
 
 __all__ = ["load_metrics", "plot_training", "bootstrap_rounds", "PANEL_TITLES"]
 
@@ -178,17 +179,7 @@ def plot_training(metrics: Mapping[str, Series], out_path: str | os.PathLike) ->
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("iteration")
 
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    # Temp file in the destination directory, then rename: a reader (or a dashboard polling the
-    # PNG) never sees a half-written image, and a failed render leaves the old one in place.
-    fd, tmp = tempfile.mkstemp(prefix=".plot_training.", suffix=".png", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # A reader (or a dashboard polling the PNG) never sees a half-written image, and a failed
+    # render leaves the old one in place.
+    atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=100))
     return [ax.get_title() for ax in axes]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from cyborgs.data.synthetic import Scene
+from cyborgs.utils.atomic import atomic_write_bytes
 
 __all__ = [
     "SceneRecord",
@@ -64,11 +64,8 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write through a temp file and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # No fsync: the tree is staged and only marked DONE once complete (see build.py).
+    atomic_write_bytes(path, data, fsync=False)
 
 
 def write_json(path: Path, obj: Any) -> None:
