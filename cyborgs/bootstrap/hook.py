@@ -19,11 +19,18 @@ initial round at iteration 0).
 
 Metrics (EventStorage): bootstrap/time_s, images_per_s, bytes_per_image, k_mean, and
 mask_miou (Hungarian, per image; ``quality.py``) when the data set has a labeled twin.
+
+Test instrumentation: the environment variable ``CYBORGS_TEST_BOOTSTRAP_DELAY_S`` (seconds,
+default unset = 0) makes every label-map write of a round sleep that long afterwards, so a test
+can reliably kill a run *during* a round (``tests/bootstrap/test_kill_during_bootstrap.py``).
+Never set it in real runs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +55,36 @@ QUALITY_MAX_IMAGES = 500
 RoundFn = Callable[..., dict]
 # quality_fn(store, round_id) -> {"miou": float, ...} or None
 QualityFn = Callable[[MaskStore, int], dict | None]
+
+
+# Test instrumentation only (see the module docstring).
+TEST_DELAY_ENV = "CYBORGS_TEST_BOOTSTRAP_DELAY_S"
+
+
+class _SlowWritesStore:
+    """TEST INSTRUMENTATION: a ``MaskStore`` whose ``write`` sleeps ``delay_s`` after each map,
+    stretching a round so a test can kill the process in the middle of it."""
+
+    def __init__(self, store: MaskStore, delay_s: float) -> None:
+        self._store = store
+        self._delay_s = float(delay_s)
+
+    def write(self, *args: Any, **kwargs: Any) -> int:
+        n = self._store.write(*args, **kwargs)
+        time.sleep(self._delay_s)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _round_store(store: MaskStore) -> MaskStore:
+    """The store handed to the round runner: ``store`` itself unless the test delay is set."""
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+    if delay > 0:
+        logger.warning(f"{TEST_DELAY_ENV}={delay}: test instrumentation slows this round down")
+        return _SlowWritesStore(store, delay)  # type: ignore[return-value]
+    return store
 
 
 def due_epochs(warmup_epochs: int, period_epochs: int, max_epoch: int) -> list[int]:
@@ -163,7 +200,7 @@ class BootstrapHook(HookBase):
             stats = self.round_fn(
                 self.trainer.model,
                 dicts,
-                store,
+                _round_store(store),
                 round_id,
                 epoch=epoch,
                 iteration=iteration,

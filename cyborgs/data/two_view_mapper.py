@@ -31,9 +31,12 @@ IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombEr
 class TwoViewDatasetMapper:
     """Map ``{"file_name", "image_id", ...}`` to ``{"image_id", "height", "width", "views"}``.
 
-    Randomness: one ``numpy.random.Generator`` per process and data-loader worker, seeded from
-    ``seed`` (cfg.SEED), the worker id and the rank, created lazily in the worker (after the
-    fork) so workers never share a stream. ``seed=None`` draws fresh entropy.
+    Randomness: the pretraining loader passes ``rng=`` per sample
+    (``default_rng([SEED, stream position])``, see ``pretrain_loader``), which makes a batch
+    independent of the number of workers and of loader restarts. Called without ``rng``, the
+    mapper uses its own generator per process and data-loader worker, seeded from ``seed``
+    (cfg.SEED), the worker id and the rank, created lazily in the worker (after the fork) so
+    workers never share a stream; ``seed=None`` draws fresh entropy.
     """
 
     @configurable

@@ -9,8 +9,11 @@ from PIL import Image
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data.image_folder import IMAGE_FOLDER_DATASET, load_image_folder
 from cyborgs.data.pretrain_loader import (
+    PositionalBatchStream,
     SkippingMapDataset,
     build_pretrain_train_loader,
+    epoch_permutation,
+    index_at_position,
     pretrain_dataset_size,
 )
 
@@ -101,3 +104,33 @@ def test_skipping_dataset_gives_up_on_an_all_broken_set():
     )
     with pytest.raises(RuntimeError, match="5 images in a row"):
         ds[0]
+
+
+def test_stream_positions_shard_the_global_batch_across_ranks():
+    # Map each item to (position, index) so the test sees exactly what the stream addressed.
+    ds = SkippingMapDataset(
+        list(range(5)), lambda d, rng: {"d": d, "u": float(rng.random())}, seed=3
+    )
+    streams = [
+        PositionalBatchStream(ds, seed=3, global_batch=6, rank=r, world_size=3, start_iter=4)
+        for r in range(3)
+    ]
+    # iteration 4 of a global batch of 6 = positions 24..29, rank r holds 24 + 2r, 25 + 2r
+    assert [s.positions(4) for s in streams] == [[24, 25], [26, 27], [28, 29]]
+    batches = [next(iter(s)) for s in streams]
+    got = [item["d"] for b in batches for item in b]
+    assert got == [index_at_position(3, p, 5) for p in range(24, 30)]
+    # positions 24 (epoch 4, slot 4) and 25.. (epoch 5): each epoch is a full permutation
+    assert got[0] == epoch_permutation(3, 4, 5)[4] and got[1:] == list(epoch_permutation(3, 5, 5))
+    # each sample's augmentation generator is default_rng([seed, position])
+    assert batches[1][0]["u"] == np.random.default_rng([3, 26]).random()
+    with pytest.raises(ValueError, match="multiple"):
+        PositionalBatchStream(ds, seed=0, global_batch=5, rank=0, world_size=2)
+
+
+def test_replacement_of_a_broken_image_depends_on_the_position_only():
+    broken = {2}
+    ds = SkippingMapDataset(list(range(6)), lambda d: None if d in broken else {"d": d}, seed=1)
+    a = ds.map_at(40, 2)
+    assert a["skipped_files"] == ["index 2"] and a["d"] != 2
+    assert ds.map_at(40, 2)["d"] == a["d"]  # again, or in another worker: the same image
