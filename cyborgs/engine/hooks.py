@@ -148,14 +148,8 @@ class LossScheduleHook(HookBase):
         model.contrastive_weight = p.contrastive_weight
         model.vmf_weight = p.vmf_weight
         model.vmf_num_clusters = p.vmf_num_clusters
-        # The vMF loss seeds its per-step k-means init from a call counter that is not in the
-        # model's state_dict, so a resumed run would restart it at 0 and draw other inits than
-        # the uninterrupted run. Pin it to the iteration: the seed becomes a function of the
-        # step, as the loss intends ("inits differ between steps yet a run is reproducible").
-        # (Stop-gap until the loss takes the step as a public attribute; see the engine report.)
-        vmf_loss = getattr(model, "vmf_loss", None)
-        if vmf_loss is not None and hasattr(vmf_loss, "_calls"):
-            vmf_loss._calls = int(it)
+        # The vMF k-means init is seeded by the step, so a resumed run matches a straight one.
+        model.vmf_step = int(it)
         if self.epoch_started or it == self.trainer.start_iter:
             logger.info(
                 f"Epoch {p.epoch} ({p.name}): contrastive_weight={p.contrastive_weight}, "

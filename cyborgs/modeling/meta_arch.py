@@ -159,6 +159,9 @@ class CYBORGS(nn.Module):
         self.contrastive_weight = float(contrastive_weight)
         self.vmf_weight = float(vmf_weight)
         self.vmf_num_clusters = int(vmf_k)
+        # Training step, set by the schedule hook: seeds the vMF k-means init so a resumed run
+        # draws the same prototypes as an uninterrupted one.
+        self.vmf_step = 0
 
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError(
@@ -346,7 +349,9 @@ class CYBORGS(nn.Module):
         if use_v:
             on = tuple(fuse_features(f, vmf_names) for f in online)
             tg = tuple(fuse_features(f, vmf_names).detach() for f in target)
-            parts = self.vmf_loss(on, tg, boxes, flips, num_clusters=self.vmf_num_clusters)
+            parts = self.vmf_loss(
+                on, tg, boxes, flips, num_clusters=self.vmf_num_clusters, seed=self.vmf_step
+            )
             losses["loss_vmf"] = self.vmf_weight * parts["total"]
             _put_scalars(
                 **{

@@ -214,13 +214,16 @@ def test_vmf_loss_sees_the_configured_feature(model, monkeypatch, feature, chann
     seen = {}
     real = model.vmf_loss.forward
 
-    def spy(online, target, boxes, flips, num_clusters=None):
-        seen.update(online=online, target=target, boxes=boxes, flips=flips, k=num_clusters)
-        return real(online, target, boxes, flips, num_clusters=num_clusters)
+    def spy(online, target, boxes, flips, num_clusters=None, seed=None):
+        seen.update(
+            online=online, target=target, boxes=boxes, flips=flips, k=num_clusters, seed=seed
+        )
+        return real(online, target, boxes, flips, num_clusters=num_clusters, seed=seed)
 
     monkeypatch.setattr(model.vmf_loss, "forward", spy)
     monkeypatch.setattr(model, "vmf_feature", feature)
     model.contrastive_weight, model.vmf_weight, model.vmf_num_clusters = 0.0, 0.5, 3
+    model.vmf_step = 11
     try:
         batch = two_view_batch(b=2, seed=2)
         model(batch)
@@ -233,6 +236,7 @@ def test_vmf_loss_sees_the_configured_feature(model, monkeypatch, feature, chann
         [True, True],
     ]
     assert seen["k"] == 3
+    assert seen["seed"] == 11  # the step seeds k-means, so resume draws the same prototypes
 
 
 def test_mapper_output_trains_end_to_end(model, tmp_path):

@@ -202,3 +202,20 @@ def test_euclidean_module_and_bad_arguments():
         VMFClusteringLoss(distance="cosine")
     with pytest.raises(ValueError, match="shapes"):
         VMFClusteringLoss()((views[0], views[1]), (views[0], views[1][:, :4]), boxes, flips)
+
+
+def test_explicit_seed_makes_prototypes_independent_of_call_history():
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 8, 4, 4) for _ in range(2)]
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0], [8.0, 8.0, 40.0, 40.0]]] * 2)
+    flips = torch.zeros(2, 2, dtype=torch.bool)
+    fresh = VMFClusteringLoss(num_clusters=3, kmeans_iters=0)
+    used = VMFClusteringLoss(num_clusters=3, kmeans_iters=0)
+    for _ in range(3):  # advance the internal counter: a resumed run's loss has not seen these
+        used(tuple(feats), tuple(feats), boxes, flips)
+    a = fresh(tuple(feats), tuple(feats), boxes, flips, seed=7)["total"]
+    b = used(tuple(feats), tuple(feats), boxes, flips, seed=7)["total"]
+    assert torch.equal(a, b)
+    c = fresh(tuple(feats), tuple(feats), boxes, flips)["total"]  # counter 0, not seed 7
+    d = fresh(tuple(feats), tuple(feats), boxes, flips, seed=7)["total"]
+    assert torch.equal(d, a) and not torch.equal(c, a)

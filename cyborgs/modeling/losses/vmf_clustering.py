@@ -111,6 +111,7 @@ class VMFClusteringLoss(nn.Module):
         boxes: Tensor[B, 2, 4], crop boxes (x0, y0, x1, y1) of the views in image pixels.
         flips: BoolTensor[B, 2], horizontal flip per view.
         num_clusters: overrides ``self.num_clusters`` for this call (warm-up K vs later K).
+        seed: seed of the k-means init (the training step); default: an internal call counter.
 
     Returns:
         {"intra": Tensor[], "inter": Tensor[], "total": Tensor[]}; "inter" is a zero (attached
@@ -141,8 +142,9 @@ class VMFClusteringLoss(nn.Module):
         self.inter_grid = int(inter_grid)
         self.distance = distance
         self.kmeans_backend = kmeans_backend
-        # Seed of the k-means init; advanced every call so inits differ between steps yet a
-        # run is reproducible.
+        # Seed of the k-means init when forward() gets none: advanced every call so inits differ
+        # between steps yet a run is reproducible. Trainers pass the step instead, which also
+        # survives a resume (this counter is not in any state_dict).
         self._calls = 0
 
     def _d(self, feats: torch.Tensor, protos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -155,6 +157,7 @@ class VMFClusteringLoss(nn.Module):
         boxes: torch.Tensor,
         flips: torch.Tensor,
         num_clusters: int | None = None,
+        seed: int | None = None,
     ) -> dict[str, torch.Tensor]:
         if len(online) != 2 or len(target) != 2:
             raise ValueError("online and target must be (view 1, view 2) pairs of feature maps")
@@ -167,8 +170,9 @@ class VMFClusteringLoss(nn.Module):
         k = self.num_clusters if num_clusters is None else int(num_clusters)
         if k < 1:
             raise ValueError(f"num_clusters must be >= 1, got {k}")
-        seed = self._calls
-        self._calls += 1
+        if seed is None:
+            seed = self._calls
+            self._calls += 1
 
         target = tuple(t.detach() for t in target)
         prototypes, intra = [], []
