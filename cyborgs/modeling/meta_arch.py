@@ -96,6 +96,7 @@ class CYBORGS(nn.Module):
         gather_distributed: bool = True,
         channels_last: str | bool = "auto",
         bf16: str | bool = "auto",
+        head_norm: str = "BN",
     ) -> None:
         """
         Args:
@@ -107,6 +108,8 @@ class CYBORGS(nn.Module):
             vmf_weight: initial weight of the vMF term (the schedule hook sets it).
             channels_last, bf16: "auto" (on iff the model is on CUDA), "on", "off"
                 (CYBORGS.GPU.CHANNELS_LAST / CYBORGS.GPU.BF16).
+            head_norm: "BN" or "SyncBN" in the projector/predictor (from_config: the backbone's
+                MODEL.RESNETS.NORM, as BYOL synchronises its heads when the backbone is).
             Other args: see ``cyborgs/config.py`` (same names).
         """
         super().__init__()
@@ -133,8 +136,10 @@ class CYBORGS(nn.Module):
         self.backbone = backbone
         channels = tap_channels(backbone, self.fusion_features + self.bootstrap_features)
         in_dim = fused_channels(channels, self.fusion_features)
-        self.projector = MLPHead(in_dim, projector_hidden_dim, projector_out_dim)
-        self.predictor = MLPHead(projector_out_dim, projector_hidden_dim, projector_out_dim)
+        self.projector = MLPHead(in_dim, projector_hidden_dim, projector_out_dim, head_norm)
+        self.predictor = MLPHead(
+            projector_out_dim, projector_hidden_dim, projector_out_dim, head_norm
+        )
         # Target f_ξ and g_ξ start equal to the online ones (BYOL) and only move by EMA.
         self.target_backbone = copy.deepcopy(self.backbone)
         self.target_projector = copy.deepcopy(self.projector)
@@ -218,6 +223,7 @@ class CYBORGS(nn.Module):
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "channels_last": c.GPU.CHANNELS_LAST,
             "bf16": c.GPU.BF16,
+            "head_norm": "SyncBN" if cfg.MODEL.RESNETS.NORM == "SyncBN" else "BN",
         }
 
     @property

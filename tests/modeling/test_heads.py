@@ -29,3 +29,11 @@ def test_bn_sees_all_leading_vectors():
 def test_rejects_bad_dims():
     with pytest.raises(ValueError, match="hidden_dim"):
         MLPHead(4, 0, 2)
+
+
+def test_syncbn_head_keeps_state_dict_keys_and_rejects_unknown_norm():
+    bn, sync = MLPHead(8, 16, 4), MLPHead(8, 16, 4, norm="SyncBN")
+    assert isinstance(sync[1], torch.nn.SyncBatchNorm)
+    assert bn.state_dict().keys() == sync.state_dict().keys()  # EMA and export unaffected
+    with pytest.raises(ValueError, match="'BN' or 'SyncBN'"):
+        MLPHead(8, 16, 4, norm="GN")
