@@ -320,7 +320,12 @@ class CyborgsTrainer(DefaultTrainer):
             hooks.LRScheduler(),
         ]
         if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
+            ret.append(
+                hooks.PeriodicCheckpointer(
+                    self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=keep or None
+                )
+            )
             ret.append(
                 hooks.PeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
             )

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 _OPTS = [
     "SOLVER.EPOCHS", "2",
     "SOLVER.IMS_PER_BATCH", "8",
-    "SOLVER.CHECKPOINT_PERIOD", "3",
+    "SOLVER.CHECKPOINT_PERIOD", "1",
+    "SOLVER.CHECKPOINTS_TO_KEEP", "2",
     "DATALOADER.NUM_WORKERS", "0",
     "CYBORGS.AUG.CROP_SIZE", "48",
     "CYBORGS.BOOTSTRAP.INPUT_SIZE", "64",
@@ -54,6 +55,11 @@ def test_pretrain_writes_checkpoint_and_metrics(tiny_data_root, tmp_path) -> Non
 
     assert (out / "config.yaml").is_file() and (out / "args.json").is_file()
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    # a checkpoint every iteration, only the newest 2 kept (fvcore counts model_final)
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000004.pth",
+        "model_final.pth",
+    ]
     ck = safe_load(str(out / "model_final.pth"))  # plain: loads with weights_only=True
     assert ck["iteration"] == 5
     assert any(k.startswith("target_backbone.") for k in ck["model"])
