@@ -145,8 +145,8 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # "cosine" or "step" (authors' code: step at 768/784 epochs, x0.1).
     _C.SOLVER.EPOCH_SCHEDULE = "cosine"
     _C.SOLVER.STEP_EPOCHS = (768, 784)
-    # Newest checkpoints kept on disk, model_final.pth counted (older model_XXXXXXX.pth are
-    # deleted; model_final.pth is never deleted). Each holds online + target + optimizer state: ~140 MB for R18, ~600 MB
+    # Newest periodic checkpoints kept on disk (older model_XXXXXXX.pth are deleted;
+    # model_final.pth is written besides and never deleted). Each holds online + target + optimizer state: ~140 MB for R18, ~600 MB
     # for R50. 0 keeps all.
     _C.SOLVER.CHECKPOINTS_TO_KEEP = 3
     # Stop with a clear message when a loss term is not finite.

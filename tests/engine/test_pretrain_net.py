@@ -55,9 +55,10 @@ def test_pretrain_writes_checkpoint_and_metrics(tiny_data_root, tmp_path) -> Non
 
     assert (out / "config.yaml").is_file() and (out / "args.json").is_file()
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
-    # a checkpoint every iteration, only the newest 2 kept (fvcore counts model_final)
+    # a checkpoint every iteration, only the newest 2 periodic ones kept, plus model_final
     assert sorted(p.name for p in out.glob("model_*.pth")) == [
         "model_0000004.pth",
+        "model_0000005.pth",
         "model_final.pth",
     ]
     ck = safe_load(str(out / "model_final.pth"))  # plain: loads with weights_only=True
