@@ -56,3 +56,21 @@ def test_missing_benchmarks_show_dash_and_bad_file_is_named(tmp_path):
     (tmp_path / "broken" / "metrics_final.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken/metrics_final.json"):
         collect(str(tmp_path))
+
+
+def test_demo_runs_are_flagged_and_name_what_ran(tmp_path):
+    write_metrics(
+        str(tmp_path / "voc_det" / "metrics_final.json"),
+        {
+            "protocol": "voc_det",
+            "config": "transfer_configs/demo_voc_det_C4.yaml",
+            "datasets": {"train": ["demo_voc_2007_trainval"], "test": ["demo_voc_2007_test"]},
+            "results": {"bbox": {"AP": 1.0, "AP50": 2.0, "AP75": 0.5}},
+        },
+    )
+    md = (collect(str(tmp_path)), (tmp_path / "results.md").read_text())[1]
+    assert "**Demo scale**" in md
+    assert "as run: transfer_configs/demo_voc_det_C4.yaml" in md
+    fake(tmp_path, "voc_det", "voc_det", {"bbox": {"AP": 1.0}})  # real data: no demo banner
+    collect(str(tmp_path))
+    assert "Demo scale" not in (tmp_path / "results.md").read_text()
