@@ -17,7 +17,7 @@ if a later round finished after it was saved, and (ii) runs the latest due round
 has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 this is the
 initial round at iteration 0).
 
-Metrics (EventStorage): bootstrap/time_s, images_per_s, bytes_per_image, k_mean, and
+Metrics (EventStorage): bootstrap/round, time_s, images_per_s, bytes_per_image, k_mean, and
 mask_miou (Hungarian, per image; ``quality.py``) when the data set has a labeled twin.
 
 Test instrumentation: the environment variable ``CYBORGS_TEST_BOOTSTRAP_DELAY_S`` (seconds,
@@ -244,6 +244,8 @@ class BootstrapHook(HookBase):
         if storage is not None and metrics:
             for k, vals in metrics.items():
                 storage.put_scalar(f"bootstrap/{k}", float(np.mean(vals)), smoothing_hint=False)
+            # The round id (= epoch) lets plots label rounds correctly across resumes.
+            storage.put_scalar("bootstrap/round", float(round_id), smoothing_hint=False)
 
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:

@@ -102,6 +102,7 @@ def test_schedule_switches_rounds_and_logs(tmp_path):
     assert storage.history("bootstrap/k_mean").latest() == 4.0
     assert storage.history("bootstrap/images_per_s").latest() == pytest.approx(10.0)
     assert storage.history("bootstrap/bytes_per_image").latest() > 0
+    assert [v for v, _ in storage.history("bootstrap/round").values()] == [2, 4, 8, 12]
 
 
 def test_period_zero_only_post_warmup_round(tmp_path):
