@@ -86,7 +86,6 @@ def test_pretrain_writes_checkpoint_and_metrics(tiny_data_root, tmp_path) -> Non
     assert (out / "model_final.pth").stat().st_mtime_ns == before
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU gloo path")
 def test_pretrain_two_cpu_processes(tiny_data_root, tmp_path) -> None:
     out = tmp_path / "ddp"
@@ -94,6 +93,10 @@ def test_pretrain_two_cpu_processes(tiny_data_root, tmp_path) -> None:
     _run([*cfg, "--dist-url", "auto", "OUTPUT_DIR", str(out), *_OPTS], tiny_data_root, 600)
     ck = safe_load(str(out / "model_final.pth"))
     assert ck["iteration"] == 5
+    assert "World size: 2" in (out / "log.txt").read_text()  # really two processes (gloo)
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    contrastive = [r["loss_mask_contrastive"] for r in rows if "loss_mask_contrastive" in r]
+    assert contrastive and all(torch.isfinite(torch.tensor(contrastive)))
 
 
 @pytest.mark.parametrize(
