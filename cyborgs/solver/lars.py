@@ -68,38 +68,48 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr = group["lr"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if any(g.is_sparse for g in grads):
+                raise RuntimeError("LARS does not support sparse gradients")
+            # One foreach kernel per operation over the whole group instead of a Python loop of
+            # small kernels per parameter (the loop cost ~12% of an R18@64 step on CPU).
+            if group["lars_exclude"]:
+                d = [g.clone() for g in grads]
+            else:
+                wd = group["weight_decay"]
+                w_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                denom = g_norm + wd * w_norm + group["eps"]
+                # Trust ratio 1 when either norm is zero (fresh zero-init layers, or no
+                # gradient signal): dividing would give 0 or inf and stall/explode the layer.
+                ratio = torch.where(
+                    (w_norm > 0) & (g_norm > 0),
+                    group["trust_coefficient"] * w_norm / denom,
+                    torch.ones_like(w_norm),
+                )
+                d = (
+                    torch._foreach_add(grads, params, alpha=wd)
+                    if wd
+                    else [g.clone() for g in grads]
+                )
+                torch._foreach_mul_(d, list(ratio.unbind()))
             momentum = group["momentum"]
-            exclude = group["lars_exclude"]
-            wd = 0.0 if exclude else group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if g.is_sparse:
-                    raise RuntimeError("LARS does not support sparse gradients")
-                if exclude:
-                    d = g.clone()
-                else:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    denom = g_norm + wd * w_norm + group["eps"]
-                    # Trust ratio 1 when either norm is zero (fresh zero-init layers, or no
-                    # gradient signal): dividing would give 0 or inf and stall/explode the layer.
-                    ratio = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        group["trust_coefficient"] * w_norm / denom,
-                        torch.ones_like(w_norm),
-                    )
-                    d = (g + wd * p) * ratio
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None or momentum == 0.0:
-                    buf = d
-                else:
-                    buf.mul_(momentum).add_(d)
-                state["momentum_buffer"] = buf
-                p.add_(buf, alpha=-lr)
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            # A parameter's first update (or no momentum) starts its buffer at the update; the
+            # others accumulate. Parameters can join late (the predictor gets no gradient
+            # during the vMF warm-up), so this is decided per parameter.
+            fresh = [i for i, b in enumerate(bufs) if b is None or momentum == 0.0]
+            running = [i for i, b in enumerate(bufs) if b is not None and momentum != 0.0]
+            for i in fresh:
+                bufs[i] = self.state[params[i]]["momentum_buffer"] = d[i]
+            if running:
+                old = [bufs[i] for i in running]
+                torch._foreach_mul_(old, momentum)
+                torch._foreach_add_(old, [d[i] for i in running])
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
         return loss
 
 

@@ -100,3 +100,39 @@ def test_build_from_cfg() -> None:
     cfg.SOLVER.OPTIMIZER = "adamw"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_lars_optimizer(cfg, model)
+
+
+def _reference_lars(params, grads_per_step, lr, momentum, wd, trust, eps=1e-9):
+    """Plain per-parameter loop: the update rule, written out independently."""
+    ws = [p.detach().clone() for p in params]
+    bufs = [None] * len(ws)
+    for grads in grads_per_step:
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            wn, gn = ws[i].norm(), g.norm()
+            ratio = trust * wn / (gn + wd * wn + eps) if wn > 0 and gn > 0 else 1.0
+            d = (g + wd * ws[i]) * ratio
+            bufs[i] = d.clone() if bufs[i] is None else bufs[i] * momentum + d
+            ws[i] = ws[i] - lr * bufs[i]
+    return ws
+
+
+def test_late_joining_parameter_keeps_the_others_momentum() -> None:
+    # The predictor gets no gradient during the vMF warm-up; when it joins, the backbone's
+    # momentum buffers must keep accumulating, not restart.
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(2, 5))
+    steps = [
+        [torch.randn(4, 3), None],
+        [torch.randn(4, 3), torch.randn(2, 5)],
+        [torch.randn(4, 3), torch.randn(2, 5)],
+    ]
+    expected = _reference_lars([a, b], steps, lr=0.5, momentum=0.9, wd=1e-2, trust=1e-3)
+    opt = LARS([a, b], lr=0.5, momentum=0.9, weight_decay=1e-2, trust_coefficient=1e-3, eps=1e-9)
+    for grads in steps:
+        for p, g in zip((a, b), grads, strict=True):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+    torch.testing.assert_close(a.detach(), expected[0])
+    torch.testing.assert_close(b.detach(), expected[1])
