@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from cyborgs.transfer.convert import convert_checkpoint
 from cyborgs.transfer.preflight import preflight
 from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer
@@ -19,21 +15,6 @@ DEMO_CONFIGS = [
     "demo_coco_mask_rcnn_FPN.yaml",
     "demo_lvis_v1_mask_rcnn_FPN.yaml",
 ]
-
-
-@pytest.fixture(scope="module")
-def r18_weights(tmp_path_factory):
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-    torch.manual_seed(0)
-    state = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
-    d = tmp_path_factory.mktemp("r18")
-    torch.save({"model": {"backbone." + k: v for k, v in state.items()}}, d / "ckpt.pth")
-    convert_checkpoint(str(d / "ckpt.pth"), str(d / "r18.pkl"))
-    return str(d / "r18.pkl")
 
 
 def one_step_cfg(config: str, weights: str, out: str):
@@ -51,8 +32,8 @@ def one_step_cfg(config: str, weights: str, out: str):
 
 
 @pytest.mark.parametrize("config", DEMO_CONFIGS)
-def test_demo_config_trains_one_step(config, tiny_data_root, r18_weights, tmp_path):
-    cfg = one_step_cfg(config, r18_weights, str(tmp_path))
+def test_demo_config_trains_one_step(config, tiny_data_root, r18_converted_pkl, tmp_path):
+    cfg = one_step_cfg(config, r18_converted_pkl, str(tmp_path))
     preflight(cfg)
     cfg.DATASETS.TEST = ()  # evaluation has its own tests
     trainer = TransferTrainer(cfg)
@@ -82,8 +63,8 @@ def test_missing_weights_and_data_fail_before_training(tiny_data_root, tmp_path)
         preflight(cfg)
 
 
-def test_num_classes_mismatch_is_caught(tiny_data_root, r18_weights, tmp_path):
-    cfg = one_step_cfg("demo_coco_mask_rcnn_FPN.yaml", r18_weights, str(tmp_path))
+def test_num_classes_mismatch_is_caught(tiny_data_root, r18_converted_pkl, tmp_path):
+    cfg = one_step_cfg("demo_coco_mask_rcnn_FPN.yaml", r18_converted_pkl, str(tmp_path))
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 80
     with pytest.raises(ValueError, match="NUM_CLASSES is 80 but data set 'demo_coco_2017_train'"):
         preflight(cfg)

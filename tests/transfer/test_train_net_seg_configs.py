@@ -6,12 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from cyborgs.transfer.convert import convert_checkpoint
 from cyborgs.transfer.preflight import preflight
 from cyborgs.transfer.setup import cpu_friendly, get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer
@@ -23,26 +19,11 @@ SEG_CONFIGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def r18_pkl(tmp_path_factory):
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-    torch.manual_seed(0)
-    state = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
-    d = tmp_path_factory.mktemp("r18seg")
-    torch.save({"model": {"backbone." + k: v for k, v in state.items()}}, d / "ckpt.pth")
-    convert_checkpoint(str(d / "ckpt.pth"), str(d / "r18.pkl"))
-    return str(d / "r18.pkl")
-
-
 @pytest.mark.parametrize("config", SEG_CONFIGS)
-def test_seg_demo_config_trains_one_step(config, tiny_data_root, r18_pkl, tmp_path):
+def test_seg_demo_config_trains_one_step(config, tiny_data_root, r18_converted_pkl, tmp_path):
     cfg = get_transfer_cfg(
         config,
-        ["MODEL.WEIGHTS", r18_pkl, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 1,
+        ["MODEL.WEIGHTS", r18_converted_pkl, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 1,
          "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0],
     )  # fmt: skip
     preflight(cfg)
