@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 
 import cyborgs.data.datasets  # noqa: F401  (registers the pretraining sets, demo_* twins)
 from cyborgs.config import add_cyborgs_config
-from cyborgs.engine.launch import launch
+from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.trainer import CyborgsTrainer
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
@@ -115,14 +115,5 @@ def get_parser():
 
 
 if __name__ == "__main__":
-    args = get_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, get_parser().parse_args())
     sys.exit(0)

@@ -16,14 +16,10 @@ import sys
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
+from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (SPEC §7)
 from cyborgs.transfer.results import write_metrics_final
 from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer, build_checkpointer, check_backbone_loaded
-
-try:
-    from cyborgs.engine.launch import launch  # CPU multi-process capable (SPEC §7)
-except ImportError:
-    from detectron2.engine import launch
 
 
 def setup(args):
@@ -57,16 +53,7 @@ def main(args):
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = default_argument_parser().parse_args(argv)
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, default_argument_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "find_free_port", "launch"]
+__all__ = ["DEFAULT_TIMEOUT", "find_free_port", "launch", "launch_from_args"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 logger = logging.getLogger(__name__)
@@ -115,3 +115,18 @@ def _cpu_worker(
     local_group, comm._LOCAL_PROCESS_GROUP = comm._LOCAL_PROCESS_GROUP, None
     dist.destroy_process_group(local_group)
     dist.destroy_process_group()
+
+
+def launch_from_args(main_func: Callable[..., Any], args: Any) -> None:
+    """``launch(main_func, ...)`` with the distributed options of detectron2's
+    ``default_argument_parser`` (``--num-gpus --num-machines --machine-rank --dist-url``);
+    ``main_func`` receives ``args``."""
+    print("Command Line Args:", args)
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
