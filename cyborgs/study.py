@@ -461,6 +461,9 @@ def execute_run(
         },
     }
     _write_json(d / RESULT_FILE, record)
+    # The fine-tuned weights are not needed once their metrics are read (~50 MB each).
+    for p in tr.glob("*/model_*.pth"):
+        p.unlink()
     return record
 
 

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
 
     runs = plan_runs(root, args.variants, args.seeds, budget)
-    todo = [r for r in runs if r.status != "done"]
+    # Seed-major order: if the study is stopped early, every variant has the same seeds done.
+    todo = sorted((r for r in runs if r.status != "done"), key=lambda r: r.seed)
     print(
         f"[study] budget {budget.name}, {len(args.variants)} variant(s) x {len(args.seeds)} "
         f"seed(s) = {len(runs)} runs; {len(runs) - len(todo)} already complete, {len(todo)} to "

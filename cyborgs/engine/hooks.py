@@ -8,9 +8,10 @@ Order in :meth:`CyborgsTrainer.build_hooks` (detectron2 runs hooks in registrati
                        before the checkpointer so a checkpoint records the round it follows
     EMAHook            after_step:  model.update_target(momentum(iter))
     LRScheduler        after_step
+    RNGStateHook       after_step: gathers every rank's RNG states on checkpoint iterations;
+                       before_train: restores them, after every hook whose before_train draws
     PeriodicCheckpointer (main process; after EMA so the saved target is the updated one)
     PeriodicWriter       (main process)
-    RNGStateHook       last: restores RNG states in before_train, after every other hook
 """
 
 from __future__ import annotations
@@ -194,31 +195,60 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class RNGStateHook(HookBase):
-    """Save the RNG states with each checkpoint and restore them on resume.
+    """Save every rank's RNG states with each checkpoint and restore them on resume.
 
     Model-side randomness (mask-id sampling, k-means init) draws from the global RNGs, so an
-    exact resume needs them. Restoring happens in ``before_train`` of this hook, registered
-    last, so no other hook's ``before_train`` shifts the streams. Checkpoints are written by
-    the main process, so they hold rank 0's states; other ranks are re-seeded from
-    (iteration, rank) on resume -- a multi-process resume is exact for rank 0 only.
+    exact resume needs them, on every rank: each rank samples its own mask ids. Checkpoints are
+    written by the main process alone, so on a checkpoint iteration (``(iter + 1) % period == 0``
+    or the last one, as detectron2's ``PeriodicCheckpointer``) every rank captures its states
+    in ``after_step`` and rank 0 gathers them; the hook is registered right before the
+    checkpointer so nothing draws in between. ``state_dict`` is ``{"ranks": [state of rank 0,
+    state of rank 1, ...]}``.
+
+    On resume each rank restores its own entry in ``before_train`` (this hook comes after every
+    hook whose ``before_train`` may draw). A checkpoint from another world size, or one written
+    outside a checkpoint iteration, restores rank 0 exactly and re-seeds the other ranks from
+    (iteration, rank), with a warning.
     """
 
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+    def __init__(self, checkpoint_period: int = 0) -> None:
+        self.period = int(checkpoint_period)
+        self._pending: list[dict[str, Any]] | None = None
+        self._gathered: tuple[int, list[dict[str, Any]]] | None = None  # (iter, states)
+
+    def _is_checkpoint_iter(self, it: int) -> bool:
+        last = it >= self.trainer.max_iter - 1
+        return last or (self.period > 0 and (it + 1) % self.period == 0)
+
+    def after_step(self) -> None:
+        if comm.get_world_size() > 1 and self._is_checkpoint_iter(int(self.trainer.iter)):
+            # a collective: every rank reaches it at the same iteration
+            self._gathered = (int(self.trainer.iter), comm.all_gather(capture_rng_state()))
 
     def state_dict(self) -> dict[str, Any]:
-        return capture_rng_state()
+        if self._gathered is not None and self._gathered[0] == int(self.trainer.iter):
+            return {"ranks": self._gathered[1]}
+        return {"ranks": [capture_rng_state()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._pending = state
+        # checkpoints written before per-rank states held rank 0's state dict itself
+        self._pending = list(state["ranks"]) if "ranks" in state else [state]
 
     def before_train(self) -> None:
         if self._pending is None:
             return
-        if comm.get_rank() == 0:
-            restore_rng_state(self._pending)
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if len(self._pending) == world or rank == 0:
+            restore_rng_state(self._pending[rank])
         else:
             from detectron2.utils.env import seed_all_rng
 
-            seed_all_rng((int(self.trainer.iter) * 1_000_003 + comm.get_rank()) % 2**31)
+            if rank == 1:
+                logging.getLogger(__name__).warning(
+                    "RNG states of %d rank(s) in the checkpoint, world size %d: ranks > 0 are "
+                    "re-seeded, so this resume is not bit-exact",
+                    len(self._pending),
+                    world,
+                )
+            seed_all_rng((int(self.trainer.iter) * 1_000_003 + rank) % 2**31)
         self._pending = None

@@ -318,6 +318,8 @@ class CyborgsTrainer(DefaultTrainer):
             self.build_bootstrap_hook(),
             EMAHook(cfg.CYBORGS.EMA.BASE_MOMENTUM, cfg.CYBORGS.EMA.SCHEDULE),
             hooks.LRScheduler(),
+            # every rank: gathers the RNG states the checkpointer saves next (a collective)
+            RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD),
         ]
         if comm.is_main_process():
             keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
@@ -329,7 +331,6 @@ class CyborgsTrainer(DefaultTrainer):
             ret.append(
                 hooks.PeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
             )
-        ret.append(RNGStateHook())
         return ret
 
     # ---- resume ----

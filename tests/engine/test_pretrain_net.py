@@ -94,6 +94,7 @@ def test_pretrain_two_cpu_processes(tiny_data_root, tmp_path) -> None:
     ck = safe_load(str(out / "model_final.pth"))
     assert ck["iteration"] == 5
     assert "World size: 2" in (out / "log.txt").read_text()  # really two processes (gloo)
+    assert len(ck["trainer"]["hooks"]["RNGStateHook"]["ranks"]) == 2  # both ranks' RNG streams
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     contrastive = [r["loss_mask_contrastive"] for r in rows if "loss_mask_contrastive" in r]
     assert contrastive and all(torch.isfinite(torch.tensor(contrastive)))
