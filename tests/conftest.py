@@ -38,6 +38,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _image_size_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests (and their subprocesses) cache image sizes in a temp dir, not in ``~/.cache``."""
+    saved = os.environ.get("CYBORGS_CACHE_DIR")
+    os.environ["CYBORGS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cyborgs_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("CYBORGS_CACHE_DIR", None)
+    else:
+        os.environ["CYBORGS_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory: pytest.TempPathFactory):
     """The ``tiny`` preset (seed 0), generated once per session. ``CYBORGS_DEMO_DATASETS`` (the

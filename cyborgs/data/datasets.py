@@ -42,8 +42,8 @@ from detectron2.data.datasets.coco import load_coco_json, load_sem_seg
 from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.data.datasets.pascal_voc import load_voc_instances
-from PIL import Image
 
+from cyborgs.data.image_sizes import read_image_sizes
 from cyborgs.data.synthetic import THING_CLASSES
 from cyborgs.data.writers.coco import coco_category_ids
 from cyborgs.data.writers.coco_stuff import COCO_STUFF_171_CLASSES
@@ -131,22 +131,23 @@ def _register(
 
 
 def load_unlabeled_images(image_root: str) -> list[dict]:
-    """Every image file directly in ``image_root`` (sorted), sizes read from the headers."""
+    """Every image file directly in ``image_root`` (sorted), sizes read from the headers (cached
+    across runs: :mod:`cyborgs.data.image_sizes`)."""
     names = sorted(f for f in os.listdir(image_root) if f.endswith(_IMAGE_EXTS))
     if not names:
         raise FileNotFoundError(f"no images (*.jpg, *.png) found in {image_root}")
     out = []
-    for f in names:
+    for f, size in zip(names, read_image_sizes(image_root, names), strict=True):
         path = os.path.join(image_root, f)
-        with Image.open(path) as im:  # reads the header only
-            w, h = im.size
+        if isinstance(size, str):
+            raise OSError(f"cannot read the image header of {path}: {size}")
         stem = os.path.splitext(f)[0]
         out.append(
             {
                 "file_name": path,
                 "image_id": int(stem) if stem.isdigit() else stem,
-                "height": h,
-                "width": w,
+                "height": size[1],
+                "width": size[0],
             }
         )
     return out

@@ -2,7 +2,7 @@
 
 Every image under the root (recursive, sorted) becomes ``{"file_name", "image_id", "height",
 "width"}`` with ``image_id`` = the path relative to the root (POSIX separators; stable, so mask
-stores can key on it). Sizes come from the image headers (PIL reads no pixel data for them).
+stores can key on it). Sizes come from the image headers, cached across runs (:mod:`cyborgs.data.image_sizes`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
+
+from cyborgs.data.image_sizes import read_image_sizes
 
 __all__ = [
     "IMAGE_FOLDER_DATASET",
@@ -36,17 +37,15 @@ def load_image_folder(root: str) -> list[dict]:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                 rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
                 paths.append(rel)
+    paths.sort()  # one global order over relative paths, whatever the walk order
     dicts, bad = [], []
-    for rel in sorted(paths):  # one global order over relative paths, whatever the walk order
+    for rel, size in zip(paths, read_image_sizes(root, paths), strict=True):
         path = os.path.join(root, *rel.split("/"))
-        try:
-            with Image.open(path) as im:  # header only
-                w, h = im.size
-        except (OSError, SyntaxError, ValueError) as e:
-            logger.warning(f"Skipping unreadable image {path} in the image folder: {e}")
+        if isinstance(size, str):
+            logger.warning(f"Skipping unreadable image {path} in the image folder: {size}")
             bad.append(path)
             continue
-        dicts.append({"file_name": path, "image_id": rel, "height": h, "width": w})
+        dicts.append({"file_name": path, "image_id": rel, "height": size[1], "width": size[0]})
     if not dicts:
         raise FileNotFoundError(
             f"CYBORGS.DATA.IMAGE_FOLDER={root!r} holds no readable image "

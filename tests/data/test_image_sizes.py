@@ -1,0 +1,92 @@
+"""Image sizes from headers, cached across calls and invalidated by a changed file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cyborgs.data import image_sizes
+from cyborgs.data.datasets import load_unlabeled_images
+from cyborgs.data.image_sizes import cache_file_for, read_image_sizes
+
+
+def _image(path, w: int, h: int, fmt: str = "JPEG") -> None:
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path, format=fmt)
+
+
+@pytest.fixture()
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CYBORGS_CACHE_DIR", str(tmp_path / "cache"))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _image(d / "000000000001.jpg", 40, 30)
+    _image(d / "000000000002.png", 17, 23, "PNG")
+    return d
+
+
+def _count_opens(monkeypatch) -> list[str]:
+    opened: list[str] = []
+    real = image_sizes.Image.open
+
+    def counting_open(path, *a, **k):
+        opened.append(os.path.basename(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(image_sizes.Image, "open", counting_open)
+    return opened
+
+
+def test_sizes_are_read_then_cached(root, monkeypatch) -> None:
+    names = ["000000000001.jpg", "000000000002.png"]
+    opened = _count_opens(monkeypatch)
+    assert read_image_sizes(str(root), names) == [(40, 30), (17, 23)]
+    assert sorted(opened) == names
+    cache = json.loads(open(cache_file_for(str(root))).read())
+    assert cache["root"] == str(root) and set(cache["entries"]) == set(names)
+
+    opened.clear()
+    assert read_image_sizes(str(root), names) == [(40, 30), (17, 23)]
+    assert opened == []  # every size from the cache
+
+    # a replaced image (new size, new mtime) is re-read; the other stays cached
+    _image(root / "000000000002.png", 31, 11, "PNG")
+    st = os.stat(root / "000000000002.png")
+    os.utime(root / "000000000002.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert read_image_sizes(str(root), names) == [(40, 30), (31, 11)]
+    assert opened == ["000000000002.png"]
+
+
+def test_unreadable_image_is_reported_not_cached(root) -> None:
+    (root / "broken.jpg").write_bytes(b"not an image")
+    sizes = read_image_sizes(str(root), ["000000000001.jpg", "broken.jpg", "missing.jpg"])
+    assert sizes[0] == (40, 30)
+    assert isinstance(sizes[1], str) and isinstance(sizes[2], str)
+    entries = json.loads(open(cache_file_for(str(root))).read())["entries"]
+    assert list(entries) == ["000000000001.jpg"]
+
+
+def test_corrupt_or_unwritable_cache_only_costs_speed(root, tmp_path, monkeypatch, caplog) -> None:
+    cache = cache_file_for(str(root))
+    os.makedirs(os.path.dirname(cache))
+    with open(cache, "w") as f:
+        f.write("{ truncated")
+    assert read_image_sizes(str(root), ["000000000001.jpg"]) == [(40, 30)]
+    assert "unreadable image-size cache" in caplog.text and cache in caplog.text
+
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    monkeypatch.setenv("CYBORGS_CACHE_DIR", str(blocker))  # cache dir cannot be created
+    assert read_image_sizes(str(root), ["000000000001.jpg"]) == [(40, 30)]
+    assert "Could not write the image-size cache" in caplog.text
+
+
+def test_unlabeled_loader_uses_sizes_and_names_bad_file(root) -> None:
+    dicts = load_unlabeled_images(str(root))
+    assert [(d["image_id"], d["width"], d["height"]) for d in dicts] == [(1, 40, 30), (2, 17, 23)]
+    (root / "000000000003.jpg").write_bytes(b"garbage")
+    with pytest.raises(OSError, match="000000000003.jpg"):
+        load_unlabeled_images(str(root))
