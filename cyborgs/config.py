@@ -98,6 +98,10 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.BOOTSTRAP.KMEANS_BACKEND = "auto"
     # Image size fed to the encoder when bootstrapping (shorter side; 0 = as stored).
     c.BOOTSTRAP.INPUT_SIZE = 224
+    # Mirror each image this many pixels outwards before the bootstrap forward, then crop the
+    # features back (a multiple of the feature stride, 8 for res3; 0 = off). Keeps the backbone's
+    # zero padding off the image's own border, which otherwise forms a strip cluster of its own.
+    c.BOOTSTRAP.BORDER_PAD = 0
     c.BOOTSTRAP.BATCH_SIZE = 16
     # Dense-CRF refinement of bootstrapped masks (Table 2b; paper: off).
     c.BOOTSTRAP.CRF = False

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, dicts, store, args.round,
             features=list(b.FEATURES), group_size=b.GROUP_SIZE, k_min=b.K_MIN, k_max=b.K_MAX,
             kmeans_iters=b.KMEANS_ITERS, backend=b.KMEANS_BACKEND, input_size=b.INPUT_SIZE,
+            border_pad=b.BORDER_PAD,
             batch_size=b.BATCH_SIZE, seed=max(cfg.SEED, 0), crf=b.CRF,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )  # fmt: skip

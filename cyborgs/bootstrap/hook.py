@@ -276,6 +276,7 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
         kmeans_iters=b.KMEANS_ITERS,
         backend=b.KMEANS_BACKEND,
         input_size=b.INPUT_SIZE,
+        border_pad=b.BORDER_PAD,
         batch_size=b.BATCH_SIZE,
         seed=cfg.SEED if cfg.SEED >= 0 else 0,
         crf=b.CRF,

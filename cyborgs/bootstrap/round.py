@@ -83,7 +83,14 @@ def _identity(x):
     return x
 
 
-def _pad_batch(images: list[np.ndarray], pad_value: torch.Tensor, device) -> torch.Tensor:
+def _pad_batch(
+    images: list[np.ndarray], pad_value: torch.Tensor, device, border: int = 0
+) -> torch.Tensor:
+    """Images at the top-left of a [B, 3, H, W] canvas (H, W multiples of the largest stride),
+    each framed by ``border`` pixels of its own mirror image (see ``border_pad``)."""
+    if border > 0:
+        images = [np.pad(im, ((border, border), (border, border), (0, 0)), "symmetric")
+                  for im in images]  # fmt: skip
     H = max(im.shape[0] for im in images)
     W = max(im.shape[1] for im in images)
     H = math.ceil(H / _SIZE_DIVISIBILITY) * _SIZE_DIVISIBILITY
@@ -91,7 +98,7 @@ def _pad_batch(images: list[np.ndarray], pad_value: torch.Tensor, device) -> tor
     # Pad with the pixel mean (zero after the model's normalisation), as detectron2 does.
     out = pad_value.view(1, 3, 1, 1).expand(len(images), 3, H, W).clone()
     for i, im in enumerate(images):
-        t = torch.from_numpy(im).permute(2, 0, 1)
+        t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)
         out[i, :, : im.shape[0], : im.shape[1]] = t
     return out.to(device, non_blocking=True)
 
@@ -114,6 +121,7 @@ def run_bootstrap_round(
     kmeans_iters: int = 20,
     backend: str = "auto",
     input_size: int = 224,
+    border_pad: int = 0,
     batch_size: int = 16,
     seed: int = 0,
     crf: bool = False,
@@ -129,6 +137,11 @@ def run_bootstrap_round(
 
     ``manage_round`` (single process): begin the round first and finish (make current) after.
     Distributed callers (``BootstrapHook``) pass False and begin/finish around barriers.
+    ``border_pad`` (pixels, a multiple of the feature stride; 0: off) mirrors each image that
+    far outwards before the forward and crops the features back to the image: the backbone's
+    zero padding then falls on the mirrored frame, so the image's own border locations do not
+    form a "border" cluster of their own (stride-2 convolutions pad asymmetrically, which makes
+    the top row and left column of a zero-padded map stand apart).
     ``kmeans`` defaults to ``cyborgs.clustering.spherical_kmeans``.
 
     Returns stats: images, time_s, images_per_s, forward_s, forward_share (backbone forward
@@ -142,6 +155,8 @@ def run_bootstrap_round(
         )
     if group_size < 1 or batch_size < 1:
         raise ValueError("CYBORGS.BOOTSTRAP.GROUP_SIZE and BATCH_SIZE must be >= 1")
+    if border_pad < 0:
+        raise ValueError(f"CYBORGS.BOOTSTRAP.BORDER_PAD must be >= 0 pixels, got {border_pad}")
     if kmeans is None:
         from cyborgs.clustering import spherical_kmeans as kmeans
     if crf:
@@ -176,17 +191,24 @@ def run_bootstrap_round(
     def flush_batch() -> None:
         nonlocal forward_s
         imgs = [im for _, im in batch]
-        x = _pad_batch(imgs, pad_value, device)
+        x = _pad_batch(imgs, pad_value, device, border_pad)
         _sync(device)
         t0 = time.perf_counter()
         feats = extract_bootstrap_features(net, x, features)
         _sync(device)
         forward_s += time.perf_counter() - t0
         stride = x.shape[-2] / feats.shape[-2]
+        o = border_pad / stride
+        if o != int(o):
+            raise ValueError(
+                f"CYBORGS.BOOTSTRAP.BORDER_PAD={border_pad} is not a multiple of the bootstrap "
+                f"feature stride {stride:g} of {list(features)}"
+            )
+        o = int(o)
         for (image_id, im), f in zip(batch, feats, strict=True):
             fh = math.ceil(im.shape[0] / stride)
             fw = math.ceil(im.shape[1] / stride)
-            pending.append((image_id, im, f[:, :fh, :fw]))
+            pending.append((image_id, im, f[:, o : o + fh, o : o + fw]))
         batch.clear()
 
     def cluster_group(items) -> None:
@@ -279,6 +301,7 @@ def run_bootstrap_round(
                     k_max=k_max,
                     kmeans_iters=kmeans_iters,
                     input_size=input_size,
+                    border_pad=border_pad,
                     seed=seed,
                     crf=crf,
                 ),

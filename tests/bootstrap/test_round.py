@@ -140,3 +140,54 @@ def test_round_with_crf_refinement(tmp_path):
         m = store.read(d["image_id"])
         w = m.shape[1]
         assert len(np.unique(m[:, : w // 2])) == 1 and m[0, 0] != m[0, -1]
+
+
+class _ZeroPadNet(torch.nn.Module):
+    """Stride-8 encoder of three 3x3 stride-2 convolutions with zero padding (like a ResNet
+    stem): on a one-colour image, the top row and left column of its map differ from the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(4, 4, 3, stride=2, padding=1) for _ in range(3)
+        )
+        for c in self.convs:
+            torch.nn.init.constant_(c.weight, 1.0 / 36)
+            # a bias, unlike the zero-padded sums, does not shrink at the border, so the border
+            # features point elsewhere (not just shorter: features are L2-normalised)
+            c.bias.data = torch.tensor([0.3, 0.0, 0.0, 0.0])
+
+    def extract_features(self, images, names):
+        x = images.float() / 255.0
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        for c in self.convs:
+            x = c(x)
+        return {n: x for n in names}
+
+
+def test_border_pad_keeps_zero_padding_off_the_image(tmp_path):
+    p = tmp_path / "flat.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(p)
+    dicts = [{"file_name": str(p), "image_id": 0, "height": 64, "width": 64}]
+    kw = dict(group_size=1, k_min=2, k_max=2, kmeans_iters=5, backend="torch", input_size=0)
+    maps = {}
+    for pad in (0, 16):
+        store = MaskStore(str(tmp_path / f"pad{pad}"))
+        run_bootstrap_round(_ZeroPadNet(), dicts, store, 0, border_pad=pad, **kw)
+        maps[pad] = store.read(0)
+    assert maps[0].shape == maps[16].shape == (8, 8)  # features cropped back to the image
+    # unpadded: the zero-padded top row / left column form a segment of their own
+    assert len(np.unique(maps[0])) == 2 and maps[0][0, 0] != maps[0][4, 4]
+    assert len(np.unique(maps[0][1:, 1:])) == 1
+    # mirrored frame: every location of the flat image has the same feature -> one segment
+    assert len(np.unique(maps[16])) == 1
+
+
+def test_border_pad_must_be_a_multiple_of_the_stride(tmp_path):
+    dicts = _write_images(tmp_path, n=1)
+    store = MaskStore(str(tmp_path / "s"))
+    with pytest.raises(ValueError, match="BORDER_PAD=4 is not a multiple"):
+        run_bootstrap_round(_ColourNet(), dicts, store, 0, border_pad=4, backend="torch",
+                            input_size=0)  # fmt: skip
+    with pytest.raises(ValueError, match="BORDER_PAD must be >= 0"):
+        run_bootstrap_round(_ColourNet(), dicts, store, 1, border_pad=-8, input_size=0)
