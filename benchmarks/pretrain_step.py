@@ -21,7 +21,13 @@ fastest repetition of each) is everything beyond the backbone (heads, mask
 pooling, losses, per-step k-means, optimizer, EMA). Target: <= 0.15. Peak memory:
 ``torch.cuda.max_memory_allocated`` on CUDA, the growth of the process's peak RSS
 (``getrusage``) on CPU -- an upper bound that includes allocator caching.
-JSON to stdout and ``--out``.
+
+Throughput of the backbone work: its FLOPs per step are counted once with
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, forward and backward),
+then ``backbone_tflops_per_s`` = FLOPs / ``backbone`` time and ``step_backbone_tflops_per_s`` =
+FLOPs / ``step`` time (the backbone work's rate inside the real step). ``peak_fraction`` divides
+the latter by the device's dense bf16 peak: a table of data-center GPUs by name, or
+``--peak-tflops`` (null on CPU unless given). JSON to stdout and ``--out``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,36 @@ from detectron2.config import CfgNode, get_cfg
 from cyborgs.config import add_cyborgs_config
 
 TARGET_OVERHEAD = 0.15
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched
+# against torch.cuda.get_device_name in this order (more specific names first).
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+)
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The table's dense bf16 peak for ``device_name``, or None when the device is not listed."""
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key in device_name:
+            return peak
+    return None
+
+
+def count_flops(fn) -> int:
+    """Convolution / matmul FLOPs (forward and backward) of one call of ``fn``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def make_cfg(depth: int, size: int, device: str) -> CfgNode:
@@ -101,7 +137,15 @@ def _time_pair(fns, reps: int, warmup: int, device: torch.device) -> list[list[f
     return times
 
 
-def bench(depth: int, size: int, batch: int, device: str, reps: int, warmup: int) -> dict:
+def bench(
+    depth: int,
+    size: int,
+    batch: int,
+    device: str,
+    reps: int,
+    warmup: int,
+    peak_tflops: float | None = None,
+) -> dict:
     from detectron2.modeling import build_model
 
     import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
@@ -162,9 +206,16 @@ def bench(depth: int, size: int, batch: int, device: str, reps: int, warmup: int
         if dev.type == "cuda"
         else _peak_rss_mb() - rss0
     )
+    flops = count_flops(backbone_only)
     step_t, bb_t = _time_pair([step, backbone_only], reps, 0, dev)
     # min: the least-disturbed repetition (shared machines); medians are reported too
     s, b = min(step_t), min(bb_t)
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    peak, peak_source = peak_tflops, "--peak-tflops"
+    if peak is None:
+        peak = bf16_peak_tflops(device_name) if dev.type == "cuda" else None
+        peak_source = "table (dense bf16)" if peak is not None else "unknown"
+    step_rate = flops / s / 1e12
     overhead = max(0.0, 1.0 - b / s)
     # Most steps have no vMF term (only epochs e % M == 0 do): time that phase too.
     model.vmf_weight = 0.0
@@ -176,11 +227,21 @@ def bench(depth: int, size: int, batch: int, device: str, reps: int, warmup: int
         "setting": f"R{depth}@{size}",
         "batch": batch,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device_name": device_name,
         "torch_threads": torch.get_num_threads(),
+        "precision": {
+            "bf16_autocast": bool(model.uses_bf16),
+            "channels_last": bool(model.uses_channels_last),
+        },
         "step_s": {"min": s, "median": statistics.median(step_t), "all": step_t},
         "backbone_s": {"min": b, "median": statistics.median(bb_t), "all": bb_t},
         "images_per_s": batch / s,
+        "backbone_tflop_per_step": flops / 1e12,
+        "backbone_tflops_per_s": flops / b / 1e12,
+        "step_backbone_tflops_per_s": step_rate,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "peak_fraction": step_rate / peak if peak else None,
         "overhead_fraction": overhead,
         "overhead_target": TARGET_OVERHEAD,
         "meets_target": overhead <= TARGET_OVERHEAD,
@@ -209,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 5)")
     p.add_argument("--full", action="store_true", help="also R50 @ 224 on CPU (slow)")
     p.add_argument("--only", choices=["r18", "r50"], default=None, help="run one setting")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s for peak_fraction (default: bf16 table of known GPUs)",
+    )
     p.add_argument("--out", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -220,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = [(18, 64), (50, 224)] if (cuda or args.full) else [(18, 64)]
     if args.only:
         settings = [(18, 64)] if args.only == "r18" else [(50, 224)]
-    results = [bench(d, s, batch, args.device, reps, warmup) for d, s in settings]
+    results = [bench(d, s, batch, args.device, reps, warmup, args.peak_tflops) for d, s in settings]
     report = {
         "benchmark": "pretrain_step",
         "target": f"overhead_fraction <= {TARGET_OVERHEAD} (everything beyond the backbone)",
