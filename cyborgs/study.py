@@ -5,7 +5,7 @@ The driver is ``tools/study.py``; this module holds the reusable pieces:
 
 * :data:`VARIANTS`: variant name -> config overrides on ``pretrain_configs/demo_R18.yaml``;
 * :data:`BUDGETS`: ``micro`` (a few iterations, tests / smoke checks) and ``study`` (~2 h on
-  2 CPU cores for 7 variants x 3 seeds), pretraining and transfer overrides plus time estimates;
+  2 CPU cores for 8 variants x 3 seeds), pretraining and transfer overrides plus time estimates;
 * run planning and resumability (:func:`plan_runs`, :func:`run_is_complete`);
 * one run's stages (:func:`execute_run`: pretrain or random init -> convert -> linear probe ->
   VOC detection -> ``result.json``);
@@ -101,6 +101,16 @@ VARIANTS: dict[str, Variant] = {
             bootstrap=True,
             paper="Table 2h λ = 0",
         ),
+        # Suite addition, not a paper row: CYBORGS with the bootstrap features computed on images
+        # mirrored 16 px outwards (CYBORGS.BOOTSTRAP.BORDER_PAD), so the backbone's zero padding
+        # does not give the image border a segment of its own.
+        Variant(
+            "cyborgs_border_pad",
+            "CYBORGS, bootstrap BORDER_PAD 16",
+            (("CYBORGS.BOOTSTRAP.BORDER_PAD", 16),),
+            bootstrap=True,
+            paper="suite addition (not in the paper)",
+        ),
         Variant(
             "ground_truth",
             "ground-truth masks (oracle)",
@@ -152,14 +162,14 @@ class Budget:
 # 64, 2 cores) -> ~17 s/epoch. 12 epochs = 156 iterations ~ 203 s, + ~25 s start-up/fixed-mask
 # caching. Bootstrap variants add 4 rounds (epochs 1, 3, 6, 9: ~30 s + 3 x ~6 s) ~ 50 s.
 # Evaluation per run: convert ~5 s + probe ~15 s + VOC det ~45 s + start-ups ~15 s ~ 80 s.
-# 7 variants x 3 seeds: 4 fixed-mask x 3 x 228 s + 2 bootstrap x 3 x 278 s + 21 x 80 s
-# (random init: no pretraining) = 2736 + 1668 + 1680 ~ 6100 s ~ 1.7 h; ~2 h with slack.
+# 8 variants x 3 seeds: 4 fixed-mask x 3 x 228 s + 3 bootstrap x 3 x 278 s + 24 x 80 s
+# (random init: no pretraining) = 2736 + 2502 + 1920 ~ 7160 s ~ 2 h.
 STUDY_ARITHMETIC = (
     "study budget: demo data (400 images), batch 32 -> 13 it/epoch at ~1.3 s/it (R18, crop 64, "
     "2 cores) ~ 17 s/epoch; 12 epochs = 156 it ~ 203 s (+ ~25 s start-up); bootstrap variants "
     "+ 4 rounds (epochs 1, 3, 6, 9) ~ 50 s; evaluation per run ~ 80 s (convert 5 + probe 15 + "
-    "VOC det 45 + start-ups 15). 7 variants x 3 seeds: 12 x 228 + 6 x 278 + 21 x 80 ~ 6100 s "
-    "~ 1.7 h (random init has no pretraining); about 2 h with slack."
+    "VOC det 45 + start-ups 15). 8 variants x 3 seeds: 12 x 228 + 9 x 278 + 24 x 80 ~ 7160 s "
+    "~ 2 h (random init has no pretraining)."
 )
 
 BUDGETS: dict[str, Budget] = {
@@ -634,6 +644,17 @@ def evaluate_claims(agg: Mapping) -> list[dict]:
     return claims
 
 
+def suite_findings(agg: Mapping) -> list[dict]:
+    """Comparisons for the suite's own additions (same rule; empty when the variant is absent)."""
+    if "cyborgs_border_pad" not in agg:
+        return []
+    out = []
+    for key in ("mask_miou_last", "probe_miou", "voc_ap"):
+        c = compare(_m(agg, "cyborgs_border_pad", key), _m(agg, "cyborgs", key))
+        out.append({"test": f"cyborgs_border_pad > cyborgs ({key})", **c})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
@@ -749,6 +770,15 @@ def write_report(
                 extra += f"; {ch['why']}"
             md.append(f"   - {ch['test']}: {ch['verdict']}{extra}")
     md.append("")
+    extra = suite_findings(agg)
+    if extra:
+        md += ["## Suite additions (not paper claims)", ""]
+        for ch in extra:
+            diff = f"; difference {ch['diff']:+.3f}" if "diff" in ch else ""
+            sp = f", pooled std {ch['pooled_std']:.3f}" if "pooled_std" in ch else ""
+            md.append(f"- {ch['test']}: **{ch['verdict']}**{diff}{sp}")
+        md.append("")
+    data["suite_findings"] = extra
     atomic_write_bytes(root / "study.md", "\n".join(md).encode())
     _write_json(root / "study.json", data)
     return data

@@ -55,12 +55,18 @@ EXPECTED = {
         "CYBORGS.VMF.PERIOD_EPOCHS": 2,
         "CYBORGS.VMF.LAMBDA": 0.1,
         "CYBORGS.BOOTSTRAP.PERIOD_EPOCHS": 3,
+        "CYBORGS.BOOTSTRAP.BORDER_PAD": 0,  # the paper's (and the authors') behaviour
     },
     # λ = 0 after the warm-up; the warm-up (initial masks) is kept
     "cyborgs_no_vmf": {
         "CYBORGS.MASKS.SOURCE": "bootstrap",
         "CYBORGS.VMF.WARMUP_EPOCHS": 1,
         "CYBORGS.VMF.LAMBDA": 0.0,
+    },
+    "cyborgs_border_pad": {
+        "CYBORGS.MASKS.SOURCE": "bootstrap",
+        "CYBORGS.VMF.LAMBDA": 0.1,
+        "CYBORGS.BOOTSTRAP.BORDER_PAD": 16,
     },
     "ground_truth": {
         "CYBORGS.MASKS.SOURCE": "ground_truth",
@@ -107,7 +113,9 @@ def test_variant_table_maps_to_intended_overrides() -> None:
                 ("demo_coco_2017_train_unlabeled",)
             )  # fmt: skip
     assert not VARIANTS["random"].pretrain
-    assert {n for n, v in VARIANTS.items() if v.bootstrap} == {"cyborgs", "cyborgs_no_vmf"}
+    assert {n for n, v in VARIANTS.items() if v.bootstrap} == {
+        "cyborgs", "cyborgs_no_vmf", "cyborgs_border_pad",
+    }  # fmt: skip
 
 
 def test_budget_overrides_and_study_schedule() -> None:
@@ -121,7 +129,7 @@ def test_budget_overrides_and_study_schedule() -> None:
     assert due_epochs(cfg.CYBORGS.VMF.WARMUP_EPOCHS, cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS, 12) == [
         1, 3, 6, 9,
     ]  # fmt: skip
-    # estimated total of 7 x 3 runs stays around 2 h on 2 cores
+    # estimated total of 8 x 3 runs stays around 2 h on 2 cores
     total = sum(study.estimate_run_s(v, BUDGETS["study"]) for v in VARIANTS.values()) * 3
     assert 1.25 * 3600 < total < 2.1 * 3600
 
@@ -202,6 +210,17 @@ def test_claims_do_not_hold() -> None:
     # missing variants -> inconclusive, never a crash
     few = aggregate([_rec("cyborgs", 0, 1.0, 1.0)])
     assert {c["verdict"] for c in evaluate_claims(few)} == {"inconclusive"}
+
+
+def test_suite_findings_compare_border_pad_with_cyborgs() -> None:
+    recs = _records([15.0, 15.5, 16.0], [30.0, 31.0, 32.0], [0.30, 0.31, 0.32])
+    assert study.suite_findings(aggregate(recs)) == []  # variant absent: no section
+    recs += [_rec("cyborgs_border_pad", s, 15.5, 31.0, [(1, 0.25), (3, 0.40 + 0.01 * s)])
+             for s in range(3)]  # fmt: skip
+    found = {f["test"]: f for f in study.suite_findings(aggregate(recs))}
+    assert found["cyborgs_border_pad > cyborgs (mask_miou_last)"]["verdict"] == "holds"
+    assert found["cyborgs_border_pad > cyborgs (mask_miou_last)"]["diff"] == pytest.approx(0.10)
+    assert found["cyborgs_border_pad > cyborgs (probe_miou)"]["verdict"] == "does not hold"
 
 
 def _fake_complete(root: Path, variant: str, seed: int, budget) -> Path:
