@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 __all__ = ["spherical_kmeans", "register_kmeans_backend", "KMEANS_BACKENDS"]
 
-# A backend takes unit-norm float32 points [N, D], k (<= distinct points), iters and seed, and
-# returns unit-norm centroids [k, D] on the points' device.
-KmeansBackend = Callable[[torch.Tensor, int, int, int], torch.Tensor]
+# A backend takes unit-norm float32 points [N, D], distinct unit-norm initial centroids [k, D]
+# (the k-means++ seeds, so k <= distinct points) and iters, and returns unit-norm centroids
+# [k, D] on the points' device.
+KmeansBackend = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 KMEANS_BACKENDS: dict[str, KmeansBackend] = {}
 
 
@@ -62,11 +63,11 @@ def spherical_kmeans(
         raise ValueError(f"iters must be >= 0, got {iters}")
     name = _resolve_backend(backend, x.device)
     xn = F.normalize(x.detach().float(), dim=1)
-    # Cap k so every cluster can own a point. torch.unique sorts rows: cheap next to k-means.
-    k = min(int(k), xn.shape[0])
-    if k > 1:
-        k = min(k, torch.unique(xn, dim=0).shape[0])
-    centroids = KMEANS_BACKENDS[name](xn, k, int(iters), int(seed))
+    # k-means++ stops seeding when every point coincides with a seed, which caps k at the number
+    # of distinct points (so every cluster can own one) without sorting the rows.
+    gen = torch.Generator(device=xn.device).manual_seed(int(seed))
+    init = _kmeans_pp_init(xn, min(int(k), xn.shape[0]), gen)
+    centroids = KMEANS_BACKENDS[name](xn, init, int(iters))
     centroids = F.normalize(centroids.to(xn.device, torch.float32), dim=1)
     labels = (xn @ centroids.T).argmax(dim=1)
     return centroids.to(x.dtype), labels
@@ -102,25 +103,36 @@ def _faiss():
 
 
 # ---------------------------------------------------------------------------- torch backend
+# Squared chordal distances below this are the same point: float32 rounding leaves ~1e-7 of
+# 2 - 2cos between a unit vector and a rescaled copy of it.
+_SAME_POINT = 1e-6
+
+
+def _chordal(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """|x - c|^2 = 2 - 2cos of unit vectors, with same-point rounding set to exactly 0."""
+    d = 2.0 - 2.0 * (c @ x.T)
+    return torch.where(d < _SAME_POINT, torch.zeros_like(d), d)
+
+
 def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding (as scikit-learn) with the chordal distance |x-c|^2 = 2 - 2cos.
 
     Each step draws 2 + log(k) candidates proportionally to the distance to the closest seed and
     keeps the one that lowers the potential most; plain k-means++ too often drops two seeds in
-    one well-separated cluster.
+    one well-separated cluster. A point at distance 0 is never drawn, so the seeds are distinct,
+    and seeding stops once every point coincides with a seed: min(k, distinct points) seeds.
     """
     N = x.shape[0]
     trials = 2 + int(math.log(k)) if k > 1 else 1
     first = torch.randint(N, (1,), generator=gen, device=x.device)
     chosen = [first]
-    closest = (2.0 - 2.0 * (x @ x[first[0]])).clamp(min=0.0)
+    closest = _chordal(x, x[first[0]])
     for _ in range(1, k):
         total = closest.sum()
-        if total <= 0:  # every point coincides with a seed (cannot happen after the k cap)
-            cand = torch.randint(N, (trials,), generator=gen, device=x.device)
-        else:
-            cand = torch.multinomial(closest / total, trials, replacement=True, generator=gen)
-        dist = torch.minimum(closest[None], (2.0 - 2.0 * (x[cand] @ x.T)).clamp(min=0.0))
+        if total <= 0:  # every point coincides with a seed: no distinct point is left
+            break
+        cand = torch.multinomial(closest / total, trials, replacement=True, generator=gen)
+        dist = torch.minimum(closest[None], _chordal(x, x[cand]))
         best = dist.sum(dim=1).argmin()
         chosen.append(cand[best : best + 1])
         closest = dist[best]
@@ -128,9 +140,8 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
 
 
 @register_kmeans_backend("torch")
-def _torch_kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    centroids = _kmeans_pp_init(x, k, gen)
+def _torch_kmeans(x: torch.Tensor, init: torch.Tensor, iters: int) -> torch.Tensor:
+    centroids, k = init, init.shape[0]
     labels = None
     for _ in range(iters):
         sims = x @ centroids.T
@@ -154,13 +165,13 @@ _GPU_RESOURCES: dict[int, object] = {}
 
 
 @register_kmeans_backend("faiss")
-def _faiss_kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
+def _faiss_kmeans(x: torch.Tensor, init: torch.Tensor, iters: int) -> torch.Tensor:
     faiss = _faiss()
     N, D = x.shape
+    k = init.shape[0]
     data = x.cpu().numpy()
     clus = faiss.Clustering(D, k)
     clus.niter = max(1, iters)
-    clus.seed = seed
     clus.spherical = True  # renormalise centroids after every update
     clus.verbose = False
     # FAISS subsamples to 256 points per centroid by default (at k = 2 only 512 of a
@@ -168,8 +179,8 @@ def _faiss_kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tenso
     clus.max_points_per_centroid = max(N // max(k, 1) + 1, 256)
     clus.min_points_per_centroid = 1
     # Seed FAISS with our k-means++ init (FAISS alone draws k random points, which often puts
-    # two seeds in one cluster and misses another); centroids given before train() are used.
-    init = _kmeans_pp_init(x, k, torch.Generator(device=x.device).manual_seed(seed))
+    # two seeds in one cluster and misses another); centroids given before train() are used,
+    # and with no subsampling FAISS draws no random numbers of its own.
     faiss.copy_array_to_vector(init.cpu().numpy().reshape(-1), clus.centroids)
     index = _faiss_index(faiss, D, x.device)
     clus.train(data, index)

@@ -64,6 +64,19 @@ def test_k_capped_at_points_and_distinct_points(backend):
     assert _same_partition(labels, torch.tensor([0, 1, 2, 0, 1, 2, 0]))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_points_within_rounding_are_one_point(backend):
+    # 2 directions, 20 copies each jittered by 1e-5 (squared chordal distance ~1e-10, float
+    # rounding territory): k = 10 is capped at 2, and the seeds are 2 distinct directions.
+    g = torch.Generator().manual_seed(1)
+    base = F.normalize(torch.randn(2, 8, generator=g), dim=1)
+    x = base.repeat_interleave(20, dim=0) + 1e-5 * torch.randn(40, 8, generator=g)
+    c, labels = spherical_kmeans(x, 10, iters=5, backend=backend)
+    assert c.shape == (2, 8)
+    assert _same_partition(labels, torch.tensor([0] * 20 + [1] * 20))
+    torch.testing.assert_close((c @ base.T).abs().max(dim=1).values, torch.ones(2))
+
+
 def test_single_cluster_is_the_mean_direction():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     c, labels = spherical_kmeans(x, 1, backend="torch")
