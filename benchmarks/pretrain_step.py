@@ -211,10 +211,10 @@ def bench(
     # min: the least-disturbed repetition (shared machines); medians are reported too
     s, b = min(step_t), min(bb_t)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    peak, peak_source = peak_tflops, "--peak-tflops"
-    if peak is None:
-        peak = bf16_peak_tflops(device_name) if dev.type == "cuda" else None
-        peak_source = "table (dense bf16)" if peak is not None else "unknown"
+    peak_tf, peak_source = peak_tflops, "--peak-tflops"
+    if peak_tf is None:
+        peak_tf = bf16_peak_tflops(device_name) if dev.type == "cuda" else None
+        peak_source = "table (dense bf16)" if peak_tf is not None else "unknown"
     step_rate = flops / s / 1e12
     overhead = max(0.0, 1.0 - b / s)
     # Most steps have no vMF term (only epochs e % M == 0 do): time that phase too.
@@ -239,9 +239,9 @@ def bench(
         "backbone_tflop_per_step": flops / 1e12,
         "backbone_tflops_per_s": flops / b / 1e12,
         "step_backbone_tflops_per_s": step_rate,
-        "peak_tflops": peak,
+        "peak_tflops": peak_tf,
         "peak_source": peak_source,
-        "peak_fraction": step_rate / peak if peak else None,
+        "peak_fraction": step_rate / peak_tf if peak_tf else None,
         "overhead_fraction": overhead,
         "overhead_target": TARGET_OVERHEAD,
         "meets_target": overhead <= TARGET_OVERHEAD,

@@ -23,6 +23,7 @@ def test_pretrain_step_benchmark_reports_both_phases(tmp_path):
         assert 0.0 <= phase["overhead_fraction"] < 1.0
         assert phase["meets_target"] == (phase["overhead_fraction"] <= 0.15)
     assert r18["images_per_s"] == 2 / r18["step_s"]["min"]
+    assert isinstance(r18["peak_memory_mb"], float) and r18["peak_memory_mb"] >= 0
     _check_flops(r18)
 
 
