@@ -664,6 +664,12 @@ def _fmt(ms: Mapping | None, digits: int = 2) -> str:
     return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f} (n={ms['n']})"
 
 
+def _numbers(check: Mapping) -> str:
+    """ "; difference +d, pooled std s" of a comparison, for the parts it has."""
+    out = f"; difference {check['diff']:+.3f}" if "diff" in check else ""
+    return out + (f", pooled std {check['pooled_std']:.3f}" if "pooled_std" in check else "")
+
+
 def _plot_bars(agg: Mapping, variants: Sequence[str], path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -761,24 +767,15 @@ def write_report(
     for c in claims:
         md.append(f"{c['id']}. **{c['verdict']}**: {c['claim']} (metric: {c['metric']})")
         for ch in c["checks"]:
-            extra = ""
-            if "diff" in ch:
-                extra += f"; difference {ch['diff']:+.3f}"
-            if "pooled_std" in ch:
-                extra += f", pooled std {ch['pooled_std']:.3f}"
-            if "why" in ch:
-                extra += f"; {ch['why']}"
-            md.append(f"   - {ch['test']}: {ch['verdict']}{extra}")
+            why = f"; {ch['why']}" if "why" in ch else ""
+            md.append(f"   - {ch['test']}: {ch['verdict']}{_numbers(ch)}{why}")
     md.append("")
-    extra = suite_findings(agg)
-    if extra:
+    findings = suite_findings(agg)
+    if findings:
         md += ["## Suite additions (not paper claims)", ""]
-        for ch in extra:
-            diff = f"; difference {ch['diff']:+.3f}" if "diff" in ch else ""
-            sp = f", pooled std {ch['pooled_std']:.3f}" if "pooled_std" in ch else ""
-            md.append(f"- {ch['test']}: **{ch['verdict']}**{diff}{sp}")
+        md += [f"- {ch['test']}: **{ch['verdict']}**{_numbers(ch)}" for ch in findings]
         md.append("")
-    data["suite_findings"] = extra
+    data["suite_findings"] = findings
     atomic_write_bytes(root / "study.md", "\n".join(md).encode())
     _write_json(root / "study.json", data)
     return data

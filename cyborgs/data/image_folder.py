@@ -2,7 +2,8 @@
 
 Every image under the root (recursive, sorted) becomes ``{"file_name", "image_id", "height",
 "width"}`` with ``image_id`` = the path relative to the root (POSIX separators; stable, so mask
-stores can key on it). Sizes come from the image headers, cached across runs (:mod:`cyborgs.data.image_sizes`).
+stores can key on it). Sizes come from the image headers, cached across runs
+(:mod:`cyborgs.data.image_sizes`).
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ def _axis_weights(start: torch.Tensor, end: torch.Tensor, size: int, g: int) -> 
     start = start - 0.5  # aligned=True: cell k's centre is at k + 0.5
     extent = end - 0.5 - start
     bin_size = extent / g  # [B]
-    n = torch.ceil(extent / g).clamp(min=0)  # samples per bin, per ROI (0: empty ROI)
-    n_max = max(1, int(n.max().item())) if n.numel() else 1
+    # Samples per bin, per ROI (0: empty ROI). A static bound instead of n.max().item(), which
+    # would sync the GPU on every call: ROIs of corresponding_grids lie inside the map (extent
+    # <= size, +1 for rounding); longer ROIs get at most n_max samples per bin.
+    n_max = -(-size // g) + 1
+    n = torch.ceil(extent / g).clamp(min=0, max=n_max)
     n1 = n.clamp(min=1)[:, None, None]
     i = torch.arange(g, device=start.device, dtype=start.dtype)[None, :, None]
     k = torch.arange(n_max, device=start.device, dtype=start.dtype)[None, None, :]
