@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import check_source_image, register_mask_source
 from .store import MaskStore, store_root
 
 __all__ = ["BootstrapMaskSource"]
@@ -45,8 +45,7 @@ class BootstrapMaskSource:
         return self._round
 
     def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
-        if not isinstance(image, np.ndarray) or image.ndim < 2:
-            raise ValueError(f"mask source 'bootstrap' expects an image array, got {type(image)}")
+        check_source_image(image, "bootstrap")
         r = self.current_round()
         hw = image.shape[:2]
         if r is None:
@@ -54,4 +53,4 @@ class BootstrapMaskSource:
         return self.store.read(dataset_dict["image_id"], out_hw=hw, round_id=r)
 
 
-MASK_SOURCE_REGISTRY._do_register("bootstrap", BootstrapMaskSource)
+register_mask_source("bootstrap")(BootstrapMaskSource)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import register_mask_source
 
 __all__ = ["felzenszwalb_mask", "cap_ids_by_size", "FelzenszwalbMaskSource"]
 
@@ -74,4 +74,4 @@ class FelzenszwalbMaskSource:
         )
 
 
-MASK_SOURCE_REGISTRY._do_register("felzenszwalb", FelzenszwalbMaskSource)
+register_mask_source("felzenszwalb")(FelzenszwalbMaskSource)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import MASK_SOURCE_REGISTRY
-from .whole import _check_image
+from .registry import check_source_image, register_mask_source
 
 __all__ = ["GridMask"]
 
@@ -30,7 +29,7 @@ class GridMask:
         return cls(grid_size=int(cfg.CYBORGS.MASKS.GRID_SIZE))
 
     def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
-        _check_image(image, "grid")
+        check_source_image(image, "grid")
         h, w = image.shape[:2]
         n = self.grid_size
         rows = (np.arange(h) * n) // h
@@ -38,5 +37,4 @@ class GridMask:
         return (rows[:, None] * n + cols[None, :]).astype(np.uint8)
 
 
-# fvcore's ``register`` keys on ``__name__``; the registry's contract keys on the source name.
-MASK_SOURCE_REGISTRY._do_register("grid", GridMask)
+register_mask_source("grid")(GridMask)

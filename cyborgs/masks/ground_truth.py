@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import register_mask_source
 from .store import upsample_nearest
 
 __all__ = [
@@ -154,4 +154,4 @@ class GroundTruthMaskSource:
         )
 
 
-MASK_SOURCE_REGISTRY._do_register("ground_truth", GroundTruthMaskSource)
+register_mask_source("ground_truth")(GroundTruthMaskSource)

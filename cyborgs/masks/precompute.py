@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .registry import check_source_image
 from .store import MaskStore, store_root
 
 __all__ = ["StoredMaskSource", "precompute_masks", "cached_mask_source", "params_tag"]
@@ -34,8 +35,7 @@ class StoredMaskSource:
         self.store, self.name, self.round_id = MaskStore(root), name, round_id
 
     def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
-        if not isinstance(image, np.ndarray) or image.ndim < 2:
-            raise ValueError(f"mask source {self.name!r} expects an image array, got {type(image)}")
+        check_source_image(image, self.name)
         return self.store.read(
             dataset_dict["image_id"], out_hw=image.shape[:2], round_id=self.round_id
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 from detectron2.utils.registry import Registry
 
 MASK_SOURCE_REGISTRY = Registry("MASK_SOURCE")
@@ -17,6 +18,15 @@ giving one mask id (0..255) per pixel at the image's resolution. Sources that st
 (bootstrapped rounds, precomputed heuristics) keep them at a lower resolution and upsample with
 nearest neighbour here. A source must be picklable (it runs inside data-loader workers).
 """
+
+
+def check_source_image(image, source: str) -> None:
+    """The argument check every mask source makes: ``image`` must be an np.ndarray [H, W, ...]."""
+    if not isinstance(image, np.ndarray) or image.ndim < 2:
+        raise ValueError(
+            f"mask source {source!r} expects an image np.ndarray[H, W, 3], got "
+            f"{type(image).__name__} with shape {getattr(image, 'shape', None)}"
+        )
 
 
 def register_mask_source(name: str):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import register_mask_source
 
 __all__ = ["selective_search_boxes", "boxes_to_mask", "selective_search_mask", "HAS_XIMGPROC"]
 
@@ -211,4 +211,4 @@ class SelectiveSearchMaskSource:
         )
 
 
-MASK_SOURCE_REGISTRY._do_register("selective_search", SelectiveSearchMaskSource)
+register_mask_source("selective_search")(SelectiveSearchMaskSource)

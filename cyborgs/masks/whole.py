@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import check_source_image, register_mask_source
 
 __all__ = ["WholeImageMask"]
-
-
-def _check_image(image: np.ndarray, source: str) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim < 2:
-        raise ValueError(
-            f"mask source {source!r} expects an image np.ndarray[H, W, 3], got "
-            f"{type(image).__name__} with shape {getattr(image, 'shape', None)}"
-        )
 
 
 class WholeImageMask:
@@ -25,9 +17,8 @@ class WholeImageMask:
         return cls()
 
     def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
-        _check_image(image, "whole")
+        check_source_image(image, "whole")
         return np.zeros(image.shape[:2], dtype=np.uint8)
 
 
-# fvcore's ``register`` keys on ``__name__``; the registry's contract keys on the source name.
-MASK_SOURCE_REGISTRY._do_register("whole", WholeImageMask)
+register_mask_source("whole")(WholeImageMask)
