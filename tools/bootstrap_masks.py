@@ -62,25 +62,17 @@ def main(argv: list[str] | None = None) -> dict:
     from detectron2.data import DatasetCatalog
 
     from cyborgs.bootstrap.hook import _ground_truth_quality
-    from cyborgs.bootstrap.round import run_bootstrap_round
+    from cyborgs.bootstrap.round import round_settings, run_bootstrap_round
     from cyborgs.masks.store import MaskStore, store_root
 
     model, cfg = build_model_and_cfg(args.config_file, args.weights, args.opts)
-    b = cfg.CYBORGS.BOOTSTRAP
     out = {}
     for name in [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN):
         dicts = DatasetCatalog.get(name)
         store = MaskStore(store_root(cfg, "bootstrap", name))
         if store.current_round() == args.round:
             store.set_current(None)  # rewriting the current round: readers see none meanwhile
-        stats = run_bootstrap_round(
-            model, dicts, store, args.round,
-            features=list(b.FEATURES), group_size=b.GROUP_SIZE, k_min=b.K_MIN, k_max=b.K_MAX,
-            kmeans_iters=b.KMEANS_ITERS, backend=b.KMEANS_BACKEND, input_size=b.INPUT_SIZE,
-            border_pad=b.BORDER_PAD,
-            batch_size=b.BATCH_SIZE, seed=max(cfg.SEED, 0), crf=b.CRF,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-        )  # fmt: skip
+        stats = run_bootstrap_round(model, dicts, store, args.round, **round_settings(cfg))
         stats.pop("k_values")
         q = _ground_truth_quality(name, dicts)
         if q is not None:

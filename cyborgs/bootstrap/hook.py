@@ -193,9 +193,8 @@ class BootstrapHook(HookBase):
         metrics: dict[str, list[float]] = {}
         for name, dicts, store in self.datasets:
             if rank == 0:
-                if store.current_round() == round_id:  # stale pointer from an aborted run
-                    store.set_current(None)
-                store.begin_round(round_id)
+                # replace: a stale pointer from an aborted run may name this round
+                store.begin_round(round_id, replace_current=True)
             comm.synchronize()
             stats = self.round_fn(
                 self.trainer.model,
@@ -264,25 +263,9 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
     import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
     from cyborgs.masks.store import store_root
 
-    from .round import run_bootstrap_round
+    from .round import round_settings, run_bootstrap_round
 
-    b = cfg.CYBORGS.BOOTSTRAP
-    round_fn = functools.partial(
-        run_bootstrap_round,
-        features=list(b.FEATURES),
-        group_size=b.GROUP_SIZE,
-        k_min=b.K_MIN,
-        k_max=b.K_MAX,
-        kmeans_iters=b.KMEANS_ITERS,
-        backend=b.KMEANS_BACKEND,
-        input_size=b.INPUT_SIZE,
-        border_pad=b.BORDER_PAD,
-        batch_size=b.BATCH_SIZE,
-        seed=cfg.SEED if cfg.SEED >= 0 else 0,
-        crf=b.CRF,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        manage_round=False,
-    )
+    round_fn = functools.partial(run_bootstrap_round, **round_settings(cfg), manage_round=False)
     datasets, quality = [], {}
     for name in cfg.DATASETS.TRAIN:
         dicts = DatasetCatalog.get(name)
@@ -294,7 +277,7 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
         "round_fn": round_fn,
         "datasets": datasets,
         "warmup_epochs": cfg.CYBORGS.VMF.WARMUP_EPOCHS,
-        "period_epochs": b.PERIOD_EPOCHS,
+        "period_epochs": cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS,
         "quality_fns": quality,
     }
 

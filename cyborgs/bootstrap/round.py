@@ -28,13 +28,39 @@ from cyborgs.masks.store import MaskStore
 
 from .features import extract_bootstrap_features
 
-__all__ = ["run_bootstrap_round", "shard_indices", "compact_labels", "load_resized_image"]
+__all__ = [
+    "round_settings",
+    "run_bootstrap_round",
+    "shard_indices",
+    "compact_labels",
+    "load_resized_image",
+]
 
 logger = logging.getLogger(__name__)
 
 # Images are padded to a multiple of this (the largest backbone stride) when batched, so every
 # feature map's stride divides the padded size and the valid region of each image is exact.
 _SIZE_DIVISIBILITY = 32
+
+
+def round_settings(cfg) -> dict[str, Any]:
+    """Keyword arguments of :func:`run_bootstrap_round` from ``cfg.CYBORGS.BOOTSTRAP`` (as the
+    hook and ``tools/bootstrap_masks.py`` run it)."""
+    b = cfg.CYBORGS.BOOTSTRAP
+    return dict(
+        features=list(b.FEATURES),
+        group_size=b.GROUP_SIZE,
+        k_min=b.K_MIN,
+        k_max=b.K_MAX,
+        kmeans_iters=b.KMEANS_ITERS,
+        backend=b.KMEANS_BACKEND,
+        input_size=b.INPUT_SIZE,
+        border_pad=b.BORDER_PAD,
+        batch_size=b.BATCH_SIZE,
+        seed=max(cfg.SEED, 0),
+        crf=b.CRF,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
 
 
 def shard_indices(num_images: int, round_id: int, seed: int, world_size: int, rank: int):

@@ -74,9 +74,8 @@ def precompute_masks(
     0 of ``store`` and make it current. All ranks call it (``synchronize`` is the barrier)."""
     t0 = time.perf_counter()
     if rank == 0:
-        if store.current_round() == 0:  # recomputing on purpose: readers see none meanwhile
-            store.set_current(None)
-        store.begin_round(0)
+        # recomputing on purpose: readers see no round meanwhile
+        store.begin_round(0, replace_current=True)
     synchronize()
     shard = list(items)[rank::world_size]
     loader = torch.utils.data.DataLoader(

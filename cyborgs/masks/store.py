@@ -108,9 +108,12 @@ class MaskStore:
         return os.path.join(self.root, _POINTER)
 
     # ---- writing ----
-    def begin_round(self, round_id: int) -> None:
+    def begin_round(self, round_id: int, *, replace_current: bool = False) -> None:
         """Start writing round ``round_id``; any earlier (partial or stale) directory of that id
-        is removed. The current round cannot be rewritten while readers may use it."""
+        is removed. The current round cannot be rewritten while readers may use it, unless
+        ``replace_current``: then 'current' first points at no round (readers see none)."""
+        if replace_current and self.current_round() == int(round_id):
+            self.set_current(None)
         if self.current_round() == int(round_id):
             raise ValueError(
                 f"{self.root}: round {round_id} is the current round; point 'current' elsewhere "
