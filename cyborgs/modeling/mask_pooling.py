@@ -24,7 +24,7 @@ _ONE_HOT_CHUNK_ELEMENTS = 1 << 26
 def _check_ids(masks: torch.Tensor, num_ids: int) -> None:
     if masks.numel() == 0:
         return
-    lo, hi = int(masks.min()), int(masks.max())
+    lo, hi = torch.stack(torch.aminmax(masks)).tolist()  # one pass, one sync
     if lo < 0 or hi >= num_ids:
         # Never drop ids silently (the authors' one-hot of width 81 lost every id >= 81).
         raise ValueError(
@@ -117,9 +117,10 @@ def sample_mask_ids(
     B = grid_masks.shape[0]
     if grid_masks.numel() == 0:
         raise ValueError("grid_masks is empty: no ids to sample from")
-    if int(grid_masks.min()) < 0:
+    lo, hi = torch.stack(torch.aminmax(grid_masks)).tolist()  # one pass, one sync
+    if lo < 0:
         raise ValueError("grid_masks must hold non-negative ids")
-    width = int(grid_masks.max()) + 1
+    width = hi + 1
     present = torch.zeros(B, width, device=grid_masks.device)
     present.scatter_(1, grid_masks.reshape(B, -1).long(), 1.0)
     # multinomial over a 0/1 presence row is uniform over the ids present.

@@ -396,12 +396,17 @@ class CYBORGS(nn.Module):
             (self.backbone, self.target_backbone),
             (self.projector, self.target_projector),
         ):
+            # foreach kernels: one launch per dtype/device group, not per tensor (as LARS)
             on_params = dict(online.named_parameters())
-            for name, p_t in target.named_parameters():
-                p_t.mul_(m).add_(on_params[name].detach(), alpha=1.0 - m)
+            pairs = [(p, on_params[n].detach()) for n, p in target.named_parameters()]
+            tp, op = zip(*pairs, strict=True)
+            torch._foreach_mul_(list(tp), m)
+            torch._foreach_add_(list(tp), list(op), alpha=1.0 - m)
             on_bufs = dict(online.named_buffers())
-            for name, b_t in target.named_buffers():
-                b_t.copy_(on_bufs[name])
+            pairs = [(b, on_bufs[n]) for n, b in target.named_buffers()]
+            if pairs:
+                tb, ob = zip(*pairs, strict=True)
+                torch._foreach_copy_(list(tb), list(ob))
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
