@@ -50,7 +50,7 @@ def check_num_classes(cfg) -> None:
             raise ValueError(f"{key} is {n} but data set '{name}' has {len(classes)} classes")
 
 
-def check_weights(cfg, eval_only: bool, resume: bool) -> None:
+def check_weights(cfg, eval_only: bool) -> None:
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         if eval_only or not cfg.TRANSFER.CHECK_BACKBONE_LOADED:
@@ -72,4 +72,4 @@ def check_weights(cfg, eval_only: bool, resume: bool) -> None:
 def preflight(cfg, eval_only: bool = False, resume: bool = False) -> None:
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_num_classes(cfg)
-    check_weights(cfg, eval_only, resume)
+    check_weights(cfg, eval_only)

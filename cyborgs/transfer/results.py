@@ -120,8 +120,6 @@ def load_runs(outdir: str) -> dict[str, list[dict]]:
 
 def _value(rec: dict, task: str, metric: str) -> float | None:
     res = rec.get("results", {}).get(task, {})
-    if "/" in metric:
-        return None
     v = res.get(metric)
     return float(v) if isinstance(v, int | float) else None
 

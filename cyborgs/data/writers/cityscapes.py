@@ -57,13 +57,15 @@ def cityscapes_stem(rec: SceneRecord) -> tuple[str, str]:
     return city, f"{city}_000000_{rec.index:06d}"
 
 
+_LUT_TRAIN = semantic_to_train_id()
+_LUT_LABEL = np.zeros(256, dtype=np.uint16)
+for _i, (_, _label_id, _) in enumerate(_SEM_INFO):
+    _LUT_LABEL[_i] = _label_id
+
+
 def _label_maps(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lut_train = semantic_to_train_id()
-    lut_label = np.zeros(256, dtype=np.uint16)
-    for i, (_, label_id, _) in enumerate(_SEM_INFO):
-        lut_label[i] = label_id
-    train_ids = lut_train[scene.semantic]
-    label_ids = lut_label[scene.semantic]
+    train_ids = _LUT_TRAIN[scene.semantic]
+    label_ids = _LUT_LABEL[scene.semantic]
     instance_ids = label_ids.copy()
     counters: dict[int, int] = {}
     for j, inst in enumerate(scene.instances):

@@ -52,12 +52,9 @@ def encode_jpeg(image: np.ndarray) -> bytes:
 def encode_png(array: np.ndarray) -> bytes:
     """uint8 [H,W] / [H,W,3] or uint16 [H,W] (saved as 16-bit grey) to PNG bytes."""
     buf = io.BytesIO()
-    if array.dtype == np.uint16:
-        img = Image.fromarray(array)  # mode "I;16"
-    elif array.dtype == np.uint8:
-        img = Image.fromarray(array)
-    else:
+    if array.dtype not in (np.uint8, np.uint16):  # uint16 is saved in mode "I;16"
         raise TypeError(f"encode_png expects uint8 or uint16, got {array.dtype}")
+    img = Image.fromarray(array)
     img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
