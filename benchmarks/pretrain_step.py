@@ -173,17 +173,11 @@ def bench(
 
     names = sorted(set(model.fusion_features) | set(model.bootstrap_features))
     views = [
-        ((torch.stack([d["views"][v]["image"] for d in data]).to(dev).float() - model.pixel_mean)
-         / model.pixel_std)
-        for v in range(2)
-    ]  # fmt: skip
+        model._normalize(torch.stack([d["views"][v]["image"] for d in data])) for v in range(2)
+    ]
 
     def run_backbone(bb: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if hasattr(model, "_run_backbone"):
-            return model._run_backbone(bb, x, names)
-        from cyborgs.modeling.backbone_taps import forward_taps
-
-        return forward_taps(bb, x, names)
+        return model._run_backbone(bb, x, names)
 
     def backbone_only() -> None:
         opt.zero_grad(set_to_none=True)

@@ -62,8 +62,10 @@ def image_iou(
 def image_miou(pred: np.ndarray, gt: np.ndarray, ignore_index: int | None = 255) -> float:
     """Mean IoU over the classes present in ``gt`` (NaN when every pixel is ignored)."""
     stats = image_iou(pred, gt, ignore_index)
-    if not stats:
-        return float("nan")
+    return _mean_iou(stats) if stats else float("nan")
+
+
+def _mean_iou(stats: dict) -> float:
     return float(np.mean([tp / (tp + fp + fn) for tp, fp, fn in stats.values()]))
 
 
@@ -81,9 +83,7 @@ class MaskQuality:
             return
         for c, v in stats.items():
             self._totals[c] += np.asarray(v)
-        self._per_image.append(
-            float(np.mean([tp / (tp + fp + fn) for tp, fp, fn in stats.values()]))
-        )
+        self._per_image.append(_mean_iou(stats))
 
     def compute(self) -> dict[str, float]:
         if not self._per_image:
