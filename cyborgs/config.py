@@ -112,7 +112,10 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Warm-up epochs with only the vMF loss (paper W = 5) and its K (paper: 8 for COCO).
     c.VMF.WARMUP_EPOCHS = 5
     c.VMF.WARMUP_K = 8
-    # Clusters per view for prototypes after the warm-up (not given by the paper; we keep 8).
+    # K of the per-view prototypes after the warm-up (SPEC §4): "uniform" draws K for each
+    # step from {BOOTSTRAP.K_MIN..K_MAX} (§3.4 reuses §3.3's K; the authors' code draws per
+    # step), seeded by the step so resume is exact; "fixed" uses VMF.K at every step.
+    c.VMF.K_SAMPLING = "uniform"
     c.VMF.K = 8
     # After the warm-up the loss is added with weight LAMBDA during epochs e with e % M == 0
     # (paper λ = 0.1, M = 5; Table 2g/2h; M = 0 disables it after the warm-up).

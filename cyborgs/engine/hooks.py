@@ -87,7 +87,10 @@ class LossPhase:
     name: str  # "vmf_warmup" | "contrastive"
     contrastive_weight: float
     vmf_weight: float
-    vmf_num_clusters: int
+    # K of the vMF k-means is drawn uniformly from {vmf_k_min..vmf_k_max} for each step
+    # (equal bounds: a fixed K); see LossScheduleHook.vmf_k_at_iter.
+    vmf_k_min: int
+    vmf_k_max: int
 
 
 class LossScheduleHook(HookBase):
@@ -95,7 +98,10 @@ class LossScheduleHook(HookBase):
 
     * epochs ``e < VMF.WARMUP_EPOCHS``: vMF only (contrastive 0, vMF 1, K = VMF.WARMUP_K);
     * afterwards: contrastive ``CYBORGS.CONTRASTIVE_WEIGHT``; vMF ``VMF.LAMBDA`` in epochs with
-      ``e % VMF.PERIOD_EPOCHS == 0`` (never when PERIOD_EPOCHS == 0), else 0; K = ``VMF.K``.
+      ``e % VMF.PERIOD_EPOCHS == 0`` (never when PERIOD_EPOCHS == 0), else 0; K drawn per step
+      from {BOOTSTRAP.K_MIN..K_MAX} (``VMF.K_SAMPLING "uniform"``, SPEC §4) or ``VMF.K``
+      (``"fixed"``). The draw is seeded by the step alone (:meth:`vmf_k_at_iter`), so every
+      rank and a resumed run use the same K at the same step.
 
     The epoch is ``iter // iters_per_epoch``. For the bootstrap hook (registered right after
     this one, so it sees the phase of the step about to run):
@@ -121,7 +127,19 @@ class LossScheduleHook(HookBase):
         self.ipe = int(iters_per_epoch)
         self.warmup_epochs = int(v.WARMUP_EPOCHS)
         self.warmup_k = int(v.WARMUP_K)
-        self.k = int(v.K)
+        if v.K_SAMPLING == "uniform":
+            self.k_range = (int(cfg.CYBORGS.BOOTSTRAP.K_MIN), int(cfg.CYBORGS.BOOTSTRAP.K_MAX))
+        elif v.K_SAMPLING == "fixed":
+            self.k_range = (int(v.K), int(v.K))
+        else:
+            raise ValueError(
+                f'CYBORGS.VMF.K_SAMPLING must be "uniform" or "fixed", got {v.K_SAMPLING!r}'
+            )
+        if not 1 <= self.k_range[0] <= self.k_range[1]:
+            raise ValueError(
+                f"vMF K range {self.k_range} (CYBORGS.VMF.K_SAMPLING {v.K_SAMPLING!r}: "
+                "BOOTSTRAP.K_MIN..K_MAX or VMF.K) must satisfy 1 <= min <= max"
+            )
         self.lam = float(v.LAMBDA)
         self.period = int(v.PERIOD_EPOCHS)
         self.contrastive_weight = float(cfg.CYBORGS.CONTRASTIVE_WEIGHT)
@@ -131,14 +149,22 @@ class LossScheduleHook(HookBase):
 
     def phase_at_epoch(self, epoch: int) -> LossPhase:
         if epoch < self.warmup_epochs:
-            return LossPhase(epoch, "vmf_warmup", 0.0, 1.0, self.warmup_k)
+            return LossPhase(epoch, "vmf_warmup", 0.0, 1.0, self.warmup_k, self.warmup_k)
         vmf_on = self.period > 0 and epoch % self.period == 0
-        return LossPhase(
-            epoch, "contrastive", self.contrastive_weight, self.lam if vmf_on else 0.0, self.k
-        )
+        w = self.lam if vmf_on else 0.0
+        return LossPhase(epoch, "contrastive", self.contrastive_weight, w, *self.k_range)
 
     def phase_at_iter(self, iteration: int) -> LossPhase:
         return self.phase_at_epoch(iteration // self.ipe)
+
+    def vmf_k_at_iter(self, iteration: int) -> int:
+        """K of the vMF k-means at ``iteration``: uniform on the phase's inclusive range, from a
+        generator seeded by the iteration alone (no global RNG is touched or consumed)."""
+        p = self.phase_at_iter(iteration)
+        if p.vmf_k_min == p.vmf_k_max:
+            return p.vmf_k_min
+        g = torch.Generator().manual_seed(int(iteration))
+        return int(torch.randint(p.vmf_k_min, p.vmf_k_max + 1, (1,), generator=g))
 
     def before_step(self) -> None:
         it = self.trainer.iter
@@ -148,18 +174,20 @@ class LossScheduleHook(HookBase):
         model = unwrap_model(self.trainer.model)
         model.contrastive_weight = p.contrastive_weight
         model.vmf_weight = p.vmf_weight
-        model.vmf_num_clusters = p.vmf_num_clusters
+        model.vmf_num_clusters = self.vmf_k_at_iter(it)
         # The vMF k-means init is seeded by the step, so a resumed run matches a straight one.
         model.vmf_step = int(it)
         if self.epoch_started or it == self.trainer.start_iter:
             logger.info(
                 f"Epoch {p.epoch} ({p.name}): contrastive_weight={p.contrastive_weight}, "
-                f"vmf_weight={p.vmf_weight}, vmf_num_clusters={p.vmf_num_clusters}"
+                f"vmf_weight={p.vmf_weight}, vMF K in [{p.vmf_k_min}, {p.vmf_k_max}]"
             )
         s = self.trainer.storage
         s.put_scalar("epoch", p.epoch, smoothing_hint=False)
         s.put_scalar("contrastive_weight", p.contrastive_weight, smoothing_hint=False)
         s.put_scalar("vmf_weight", p.vmf_weight, smoothing_hint=False)
+        if p.vmf_weight > 0:
+            s.put_scalar("vmf_k", model.vmf_num_clusters, smoothing_hint=False)
 
 
 def capture_rng_state() -> dict[str, Any]:

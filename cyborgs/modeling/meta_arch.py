@@ -12,7 +12,8 @@ Choices where the SPEC is silent:
 - The backbone keeps every stage (res2..res5) even when the losses read fewer, so the exported
   checkpoint is a complete ResNet; ``forward_taps`` only computes the stages a step needs.
 - Phase attributes start as: ``contrastive_weight`` = CYBORGS.CONTRASTIVE_WEIGHT,
-  ``vmf_weight`` = 0 and ``vmf_num_clusters`` = CYBORGS.VMF.K; the schedule hook sets them.
+  ``vmf_weight`` = 0 and ``vmf_num_clusters`` = CYBORGS.VMF.K; the schedule hook sets them
+  every step (K drawn per step after the warm-up, see ``LossScheduleHook``).
 
 Accelerator path (CYBORGS.GPU.*, see ``precision.py``): "auto" is resolved from the model's
 device whenever it changes (``.to()``/``.cuda()``, via ``_apply``) and again at every forward,

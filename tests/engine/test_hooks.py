@@ -65,11 +65,14 @@ def test_ema_hook_requires_update_target() -> None:
         h.before_train()
 
 
-def _schedule_cfg(warmup: int, period: int):
+def _schedule_cfg(warmup: int, period: int, k_sampling: str = "fixed"):
     cfg = add_cyborgs_config(get_cfg())
     cfg.CYBORGS.VMF.WARMUP_EPOCHS = warmup
     cfg.CYBORGS.VMF.WARMUP_K = 8
+    cfg.CYBORGS.VMF.K_SAMPLING = k_sampling
     cfg.CYBORGS.VMF.K = 5
+    cfg.CYBORGS.BOOTSTRAP.K_MIN = 3
+    cfg.CYBORGS.BOOTSTRAP.K_MAX = 6
     cfg.CYBORGS.VMF.LAMBDA = 0.1
     cfg.CYBORGS.VMF.PERIOD_EPOCHS = period
     cfg.CYBORGS.CONTRASTIVE_WEIGHT = 1.0
@@ -83,7 +86,9 @@ def test_loss_schedule_epochs() -> None:
     assert [table[e].name for e in range(8)] == ["vmf_warmup"] * 2 + ["contrastive"] * 6
     assert [table[e].vmf_weight for e in range(8)] == [1, 1, 0, 0.1, 0, 0, 0.1, 0]
     assert [table[e].contrastive_weight for e in range(8)] == [0, 0] + [1.0] * 6
-    assert [table[e].vmf_num_clusters for e in range(8)] == [8, 8] + [5] * 6
+    assert [(table[e].vmf_k_min, table[e].vmf_k_max) for e in range(8)] == [(8, 8)] * 2 + [
+        (5, 5)
+    ] * 6
     assert h.phase_at_iter(7).epoch == 1 and h.phase_at_iter(8).epoch == 2
 
     t = _fake_trainer(max_iter=40)
@@ -99,6 +104,44 @@ def test_loss_schedule_epochs() -> None:
     assert [i for i, s in enumerate(seen) if s[0]] == [8]  # first step of epoch 2
     assert [i for i, s in enumerate(seen) if s[1]] == [0, 4, 8, 12]
     assert seen[7][2:] == (0.0, 1.0) and seen[8][2:] == (1.0, 0.0) and seen[12][2:] == (1.0, 0.1)
+
+
+def test_vmf_k_drawn_per_step_after_warmup() -> None:
+    """SPEC §4: after the warm-up K ~ U{BOOTSTRAP.K_MIN..K_MAX} for each step, seeded by the
+    step alone: the same K at the same step in any process, whatever the global RNG did."""
+    h = LossScheduleHook(_schedule_cfg(warmup=1, period=1, k_sampling="uniform"), 10)
+    assert {h.vmf_k_at_iter(i) for i in range(10)} == {8}  # warm-up: VMF.WARMUP_K
+    ks = [h.vmf_k_at_iter(i) for i in range(10, 410)]
+    assert set(ks) == {3, 4, 5, 6}  # inclusive range, every value drawn
+    assert all(abs(ks.count(k) / 400 - 0.25) < 0.08 for k in range(3, 7))  # ~uniform
+    assert len(set(ks[:20])) > 1  # per step, not per epoch
+    torch.manual_seed(123)
+    random.seed(123)
+    state = torch.get_rng_state()
+    again = LossScheduleHook(_schedule_cfg(warmup=1, period=1, k_sampling="uniform"), 10)
+    assert [again.vmf_k_at_iter(i) for i in range(409, 8, -1)] == ks[::-1] + [8]
+    assert torch.equal(torch.get_rng_state(), state)  # the draw consumes no global RNG
+    # The hook hands the drawn K to the model before each step.
+    t = _fake_trainer(max_iter=40)
+    h.trainer = t
+    with EventStorage() as storage:
+        t.storage = storage
+        for it in (3, 17, 25):
+            t.iter = storage.iter = it
+            h.before_step()
+            assert t.model.vmf_num_clusters == h.vmf_k_at_iter(it)
+    # The fixed option keeps VMF.K at every step.
+    fixed = LossScheduleHook(_schedule_cfg(warmup=1, period=1, k_sampling="fixed"), 10)
+    assert {fixed.vmf_k_at_iter(i) for i in range(10, 60)} == {5}
+
+
+def test_vmf_k_sampling_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="K_SAMPLING"):
+        LossScheduleHook(_schedule_cfg(warmup=1, period=1, k_sampling="random"), 10)
+    cfg = _schedule_cfg(warmup=1, period=1, k_sampling="uniform")
+    cfg.CYBORGS.BOOTSTRAP.K_MIN, cfg.CYBORGS.BOOTSTRAP.K_MAX = 9, 4
+    with pytest.raises(ValueError, match="K_MIN"):
+        LossScheduleHook(cfg, 10)
 
 
 def test_loss_schedule_period_zero_and_no_warmup() -> None:

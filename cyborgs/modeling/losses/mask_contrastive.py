@@ -1,21 +1,25 @@
 """Mask-dependent contrastive loss (paper eq. 2; SPEC §2), DetCon's ``byol_nce_detcon``.
 
-Every online prediction of (image b, view a, slot s) is an anchor. Its positives are the
-target projections of the same image, the other view and the same mask id; its negatives are
+Every online prediction of (image b, view a, slot i) is an anchor. Its positives are the
+target projections of the same image, the other view and the same mask id; its candidates are
 all target projections of the global batch (both views, all ranks) except the ones of the same
-image, same view and same id (DetCon removes those from the softmax). With several positives
-(an id sampled twice in the other view) the label is DetCon's normalised multi-hot:
+image, same view and same id (DetCon removes those from the softmax). With n_pos positives the
+label is DetCon's normalised multi-hot:
 
-    loss(anchor) = -1/|P| * sum_{p in P} log softmax(logits)[p],
+    ce(b, a, i) = -1/n_pos * sum_{p in P} log softmax(logits)[p].
 
-the softmax running over every non-excluded target entry (positives included). Anchors whose
-id was not sampled in the other view have no positive and carry no loss.
+Each anchor is weighted by ``w = [n_pos > 0] / area``, where ``area`` is the number of the M
+sampled slots of the same image and view that carry the same id: an object sampled five times
+counts once, and an anchor whose id is absent in the other view carries no loss. Per direction
+the weighted terms are averaged over ALL B·M anchors (zero-weight anchors stay in the
+denominator) and the two directions are summed:
 
-Reduction across ranks: each rank returns ``sum of its anchor losses / (N_global / world)``
-where ``N_global`` counts the anchors with a positive on all ranks. The mean of the per-rank
-values, which is what DDP's gradient averaging and detectron2's metric logging compute, is then
-exactly the mean over all anchors of the global batch, i.e. the single-process loss on the
-concatenated batch. With one process this is the plain mean over anchors.
+    loss = sum_{a in {1, 2}} 1/(B·M) * sum_{b, i} w(b, a, i) · ce(b, a, i).
+
+Several processes: each rank computes this over its own B anchors per view against the
+gathered candidates. DDP averages the ranks' gradients, so with equal shards the update is the
+single-process one on the concatenated batch, and the logged mean of the per-rank values is
+that loss too.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ class MaskContrastiveLoss(nn.Module):
             view).
 
     Returns:
-        Tensor[] (scalar), see the module docstring for the cross-rank reduction; a zero that
-        still depends on ``pred`` when no anchor has a positive anywhere.
+        Tensor[] (scalar): the module docstring's loss over this rank's anchors; a zero that
+        still depends on ``pred`` when no anchor has a positive.
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
@@ -85,9 +89,10 @@ class MaskContrastiveLoss(nn.Module):
         B, _, S, D = pred.shape
 
         rank, world = _world() if self.gather_distributed else (0, 1)
-        # Work in float32: the logits feed a softmax with -inf entries.
-        q = F.normalize(pred.float(), dim=-1).reshape(B * 2 * S, D)
-        t_all = _all_gather(F.normalize(target.detach().float(), dim=-1), world)
+        # At least float32: the logits feed a softmax with -inf entries (float64 stays float64).
+        work = torch.promote_types(pred.dtype, torch.float32)
+        q = F.normalize(pred.to(work), dim=-1).reshape(B * 2 * S, D)
+        t_all = _all_gather(F.normalize(target.detach().to(work), dim=-1), world)
         ids_all = _all_gather(ids.long(), world)
         if t_all.shape[0] != B * world:
             raise RuntimeError("all ranks must use the same local batch size")
@@ -110,14 +115,11 @@ class MaskContrastiveLoss(nn.Module):
         logits = (q @ t.T) / self.temperature
         log_prob = torch.log_softmax(logits.masked_fill(excluded, float("-inf")), dim=1)
         num_pos = positive.sum(dim=1)
-        has_pos = num_pos > 0
         # masked_fill (not a product) so the -inf of excluded entries never meets a 0 weight.
-        per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / num_pos.clamp(min=1)
-        # Sum over an empty selection is a zero still attached to pred's graph (never NaN).
-        local_sum = per_anchor[has_pos].sum()
-
-        count = has_pos.sum().to(torch.float32)
-        if world > 1:
-            dist.all_reduce(count)
-        # No host sync: a zero count gives local_sum = 0 and a divisor of 1.
-        return (local_sum * world / count.clamp(min=1.0)).to(pred.dtype)
+        ce = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / num_pos.clamp(min=1)
+        # area: slots of the same image and view with the anchor's id (itself included, >= 1);
+        # it is the number of excluded entries in the anchor's row.
+        area = excluded.sum(dim=1)
+        weight = (num_pos > 0).to(work) / area.to(work)
+        # Mean over all B·M anchors of each direction, summed over the two directions.
+        return ((weight * ce).sum() / (B * S)).to(pred.dtype)

@@ -177,9 +177,10 @@ class VMFClusteringLoss(nn.Module):
         target = tuple(t.detach() for t in target)
         prototypes, intra = [], []
         for v in range(2):
+            locations = _locations(target[v])
             protos, labels = spherical_kmeans(
-                _locations(target[v]),
-                k,
+                locations,
+                min(k, locations.shape[0]),  # SPEC §4: K capped at the locations available
                 iters=self.kmeans_iters,
                 seed=seed * 2 + v,
                 backend=self.kmeans_backend,
