@@ -68,6 +68,13 @@ EXPECTED = {
         "CYBORGS.VMF.LAMBDA": 0.1,
         "CYBORGS.BOOTSTRAP.BORDER_PAD": 16,
     },
+    # Fig. 5b: 4x the study budget's 12 epochs, rounds at epochs 1, 8, 16, ..., 40
+    "cyborgs_long": {
+        "CYBORGS.MASKS.SOURCE": "bootstrap",
+        "SOLVER.EPOCHS": 48,
+        "CYBORGS.BOOTSTRAP.PERIOD_EPOCHS": 8,
+        "CYBORGS.VMF.LAMBDA": 0.1,
+    },
     "ground_truth": {
         "CYBORGS.MASKS.SOURCE": "ground_truth",
         "DATASETS.TRAIN": ("demo_coco_2017_train",),
@@ -114,8 +121,9 @@ def test_variant_table_maps_to_intended_overrides() -> None:
             )  # fmt: skip
     assert not VARIANTS["random"].pretrain
     assert {n for n, v in VARIANTS.items() if v.bootstrap} == {
-        "cyborgs", "cyborgs_no_vmf", "cyborgs_border_pad",
+        "cyborgs", "cyborgs_no_vmf", "cyborgs_border_pad", "cyborgs_long",
     }  # fmt: skip
+    assert [n for n, v in VARIANTS.items() if not v.transfer] == ["cyborgs_long"]
 
 
 def test_budget_overrides_and_study_schedule() -> None:
@@ -298,6 +306,33 @@ def test_execute_run_skips_finished_stages(tmp_path: Path) -> None:
         execute_run(run2, micro, env={}, python="/bin/false", log=lambda s: None)
     assert not (d / "result.json").exists()
     assert not (d / "transfer/voc_det").exists()  # half-finished fine-tuning is wiped
+
+
+def test_pretraining_only_variant(tmp_path: Path) -> None:
+    """cyborgs_long has no transfer stages: its fingerprint ignores the transfer settings and
+    it is complete with its mask mIoU per round alone."""
+    micro = BUDGETS["micro"]
+    fp = fingerprint(VARIANTS["cyborgs_long"], micro, 0)
+    assert "budget_voc" not in fp and "budget_probe" not in fp
+    assert "budget_voc" in fingerprint(VARIANTS["cyborgs"], micro, 0)
+    (run,) = plan_runs(tmp_path, ["cyborgs_long"], [0], micro)
+    d = run.dir
+    (d / "stages").mkdir(parents=True)
+    (d / "stages/pretrain.done").write_text("1.0\n")
+    (d / "pretrain").mkdir()
+    lines = [
+        {"iteration": 2, "bootstrap/round": 1, "bootstrap/mask_miou": 0.2},
+        {"iteration": 9, "bootstrap/round": 8, "bootstrap/mask_miou": 0.3},
+    ]
+    (d / "pretrain/metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rec = execute_run(run, micro, env={}, python="/bin/false", log=lambda s: None)
+    assert rec["metrics"] == {"mask_miou_first": 0.2, "mask_miou_last": 0.3}
+    assert sorted(p.name for p in (d / "stages").iterdir()) == ["pretrain.done"]
+    assert [r.status for r in plan_runs(tmp_path, ["cyborgs_long"], [0], micro)] == ["done"]
+    # Fig. 5b is decided on the long run when the study has one.
+    recs = [_rec("cyborgs_long", s, None, None, [(1, 0.2), (40, 0.4 + 0.01 * s)]) for s in range(3)]
+    (fig5b,) = [c for c in evaluate_claims(aggregate(recs)) if c["id"] == 2]
+    assert fig5b["verdict"] == "holds" and "cyborgs_long" in fig5b["checks"][0]["test"]
 
 
 @pytest.mark.slow
