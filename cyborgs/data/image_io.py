@@ -54,7 +54,7 @@ __all__ = [
 DEFAULT_MAX_ASPECT_RATIO = 10.0
 
 _EXIF_ORIENTATION = 0x0112
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I")
 
 
 class BadImageError(ValueError):
