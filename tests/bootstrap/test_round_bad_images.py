@@ -65,7 +65,7 @@ def test_round_skips_names_and_counts_bad_images(tmp_path, caplog):
     assert any("MAX_ASPECT_RATIO" in f for f in man["skipped_files"])
     for d in dicts:
         assert store.has(d["image_id"], 1) == (d["image_id"] not in bad)
-    # the 16-bit image is read scaled (90), not clipped to white
+    assert store.has("deep.png", 1)  # 16-bit: read (scaled to 8 bit), not skipped
     assert store.current_round() == 1
     logged = caplog.text
     for name in bad:
