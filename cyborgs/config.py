@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO
+
 
 def add_cyborgs_config(cfg: CN) -> CN:
     """Add the ``CYBORGS`` node and our ``SOLVER`` keys to ``cfg`` in place (and return it)."""
@@ -66,6 +68,10 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Extra image folder used as an unlabeled pretraining set (registered as
     # "cyborgs_image_folder" when non-empty); DATASETS.TRAIN may name it.
     c.DATA.IMAGE_FOLDER = ""
+    # Images whose longer / shorter side exceeds this are skipped like unreadable ones (named
+    # in a warning, counted in data/num_skipped_images and the round manifests); 0: no limit.
+    # See cyborgs/data/image_io.py.
+    c.DATA.MAX_ASPECT_RATIO = DEFAULT_MAX_ASPECT_RATIO
 
     # ---- Mask source (SPEC §3; Table 2 / Fig. 5a ablations) ----
     c.MASKS = CN()

@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from detectron2.data import DatasetCatalog
-    from detectron2.data.detection_utils import read_image
 
     import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
+    from cyborgs.data.image_io import read_image
     from cyborgs.masks.store import MaskStore
 
     store = MaskStore(args.store)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.output, exist_ok=True)
 
     def rgb(path: str) -> np.ndarray:
-        return read_image(path, format="RGB")
+        return read_image(path, max_aspect_ratio=0)  # it has a mask: render it
 
     written = []
     for r in rounds:

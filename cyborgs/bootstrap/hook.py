@@ -206,9 +206,8 @@ class BootstrapHook(HookBase):
                 world_size=world,
                 rank=rank,
             )
-            all_stats = comm.all_gather(
-                {k: stats[k] for k in ("k_values", "time_s", "images", "bytes")}
-            )
+            keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files")
+            all_stats = comm.all_gather({k: stats[k] for k in keys if k in stats})
             comm.synchronize()
             if rank == 0:
                 man = store.finish_round(
@@ -303,6 +302,8 @@ def _ground_truth_quality(dataset_name: str, dicts: Sequence[dict]) -> QualityFn
     def quality(store: MaskStore, round_id: int) -> dict:
         q = MaskQuality()
         for u, lab in pairs:
+            if not store.has(u["image_id"], round_id):
+                continue  # a bad image the round skipped (named in its manifest)
             gt = semantic_map(lab)
             q.update(store.read(u["image_id"], out_hw=gt.shape, round_id=round_id), gt)
         return q.compute()

@@ -8,6 +8,19 @@ round, rank, group), capped at the number of locations. Every location gets its 
 prototype; the label map is stored at feature resolution, its ids renumbered per image in order
 of first appearance (ids are anonymous to the contrastive loss, which only compares ids within
 one image, and compact ids compress 10-20% better).
+
+Bad images: every image is read with :func:`cyborgs.data.image_io.read_image`; one it refuses
+(unreadable, truncated, zero-size, aspect ratio above ``CYBORGS.DATA.MAX_ASPECT_RATIO``, ...)
+gets no label map, is named in a warning and is counted in the stats and the round manifest
+(``skipped_images``, ``skipped_files``); the round carries on. The training loader skips the
+same images (same reader, same limit), so it never asks for their maps.
+
+Bounded canvas: images of a batch are padded to one canvas, so one odd shape (a 4000x20 strip,
+a portrait among landscapes) would pad every image of the batch to its extent. A batch is
+therefore split, in order, into forwards whose padded canvas holds at most
+``_MAX_PAD_FACTOR`` (2) times the pixels of its images' own padded extents: padding can at
+most double a forward's memory, and an outlier shares its forward with at most one other
+image. Order (and so the k-means groups) is unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image
 from cyborgs.masks.store import MaskStore
 
 from .features import extract_bootstrap_features
@@ -41,6 +55,10 @@ logger = logging.getLogger(__name__)
 # Images are padded to a multiple of this (the largest backbone stride) when batched, so every
 # feature map's stride divides the padded size and the valid region of each image is exact.
 _SIZE_DIVISIBILITY = 32
+# A forward's padded canvas holds at most this many times its images' own padded pixels.
+_MAX_PAD_FACTOR = 2.0
+# At most this many skipped files are listed in a round manifest (the count is complete).
+MAX_LISTED_SKIPPED = 1000
 
 
 def round_settings(cfg) -> dict[str, Any]:
@@ -60,6 +78,7 @@ def round_settings(cfg) -> dict[str, Any]:
         seed=max(cfg.SEED, 0),
         crf=b.CRF,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        max_aspect_ratio=float(cfg.CYBORGS.DATA.MAX_ASPECT_RATIO),
     )
 
 
@@ -79,11 +98,12 @@ def compact_labels(label_map: np.ndarray) -> np.ndarray:
     return lut[label_map]
 
 
-def load_resized_image(dataset_dict: dict, input_size: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3], shorter side resized to ``input_size`` (0: as stored)."""
-    from detectron2.data.detection_utils import read_image
-
-    img = read_image(dataset_dict["file_name"], format="RGB")
+def load_resized_image(
+    dataset_dict: dict, input_size: int, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+) -> np.ndarray:
+    """RGB uint8 [H, W, 3], shorter side resized to ``input_size`` (0: as stored); raises
+    :class:`~cyborgs.data.image_io.BadImageError` for an image the reader refuses."""
+    img = read_image(dataset_dict["file_name"], max_aspect_ratio=max_aspect_ratio)
     if input_size > 0:
         h, w = img.shape[:2]
         s = input_size / min(h, w)
@@ -94,19 +114,52 @@ def load_resized_image(dataset_dict: dict, input_size: int) -> np.ndarray:
 
 
 class _ImageList(torch.utils.data.Dataset):
-    def __init__(self, dicts: Sequence[dict], indices: np.ndarray, input_size: int):
+    """``(image_id, image, None)``, or ``(image_id, None, "file: reason")`` for a bad image."""
+
+    def __init__(
+        self, dicts: Sequence[dict], indices: np.ndarray, input_size: int, max_aspect_ratio: float
+    ):
         self.dicts, self.indices, self.input_size = dicts, indices, input_size
+        self.max_aspect_ratio = max_aspect_ratio
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
         d = self.dicts[int(self.indices[i])]
-        return d["image_id"], load_resized_image(d, self.input_size)
+        try:
+            image = load_resized_image(d, self.input_size, self.max_aspect_ratio)
+        except BadImageError as e:
+            return d["image_id"], None, f"{e.path}: {e.reason}"
+        return d["image_id"], image, None
 
 
 def _identity(x):
     return x
+
+
+def _canvas_chunks(shapes: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Split images (``(h, w)`` each, in order) into consecutive runs whose shared padded
+    canvas ``n * H * W`` is at most ``_MAX_PAD_FACTOR`` times the sum of their own padded
+    areas; a run always takes at least one image."""
+
+    def up(v: int) -> int:
+        return math.ceil(v / _SIZE_DIVISIBILITY) * _SIZE_DIVISIBILITY
+
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    H = W = own = 0
+    for i, (h, w) in enumerate(shapes):
+        h2, w2 = max(H, up(h)), max(W, up(w))
+        own2 = own + up(h) * up(w)
+        if cur and (len(cur) + 1) * h2 * w2 > _MAX_PAD_FACTOR * own2:
+            chunks.append(cur)
+            cur, h2, w2, own2 = [], up(h), up(w), up(h) * up(w)
+        cur.append(i)
+        H, W, own = h2, w2, own2
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def _pad_batch(
@@ -156,6 +209,7 @@ def run_bootstrap_round(
     world_size: int = 1,
     rank: int = 0,
     num_workers: int = 0,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     manage_round: bool = True,
     kmeans: Callable | None = None,
 ) -> dict[str, Any]:
@@ -168,9 +222,11 @@ def run_bootstrap_round(
     zero padding then falls on the mirrored frame, so the image's own border locations do not
     form a "border" cluster of their own (stride-2 convolutions pad asymmetrically, which makes
     the top row and left column of a zero-padded map stand apart).
-    ``kmeans`` defaults to ``cyborgs.clustering.spherical_kmeans``.
+    ``kmeans`` defaults to ``cyborgs.clustering.spherical_kmeans``. Images the reader refuses
+    (``max_aspect_ratio``: ``CYBORGS.DATA.MAX_ASPECT_RATIO``) are skipped, named and counted.
 
-    Returns stats: images, time_s, images_per_s, forward_s, forward_share (backbone forward
+    Returns stats: images (label maps written), skipped_images, skipped_files ("file: reason"
+    each), time_s, images_per_s, forward_s, forward_share (backbone forward
     time / total), kmeans_s, write_s (the rest is image loading and padding), k_values (K per group, after the cap), bytes, bytes_per_image, and the
     manifest when the round was finished here.
     """
@@ -202,7 +258,7 @@ def run_bootstrap_round(
 
     indices = shard_indices(len(dataset_dicts), round_id, seed, world_size, rank)
     loader = torch.utils.data.DataLoader(
-        _ImageList(dataset_dicts, indices, input_size),
+        _ImageList(dataset_dicts, indices, input_size, max_aspect_ratio),
         batch_size=None,
         collate_fn=_identity,  # keep numpy images (the default converts them to tensors)
         num_workers=num_workers,
@@ -212,12 +268,12 @@ def run_bootstrap_round(
     forward_s, kmeans_s, write_s, nbytes, k_values = 0.0, 0.0, 0.0, 0, []
     pending: list[tuple[Any, np.ndarray, torch.Tensor]] = []  # (image_id, image, feats[D,h,w])
     batch: list[tuple[Any, np.ndarray]] = []
+    skipped: list[str] = []
     group_idx = 0
 
-    def flush_batch() -> None:
+    def forward(part: list[tuple[Any, np.ndarray]]) -> None:
         nonlocal forward_s
-        imgs = [im for _, im in batch]
-        x = _pad_batch(imgs, pad_value, device, border_pad)
+        x = _pad_batch([im for _, im in part], pad_value, device, border_pad)
         _sync(device)
         t0 = time.perf_counter()
         feats = extract_bootstrap_features(net, x, features)
@@ -231,10 +287,15 @@ def run_bootstrap_round(
                 f"feature stride {stride:g} of {list(features)}"
             )
         o = int(o)
-        for (image_id, im), f in zip(batch, feats, strict=True):
+        for (image_id, im), f in zip(part, feats, strict=True):
             fh = math.ceil(im.shape[0] / stride)
             fw = math.ceil(im.shape[1] / stride)
             pending.append((image_id, im, f[:, o : o + fh, o : o + fw]))
+
+    def flush_batch() -> None:
+        shapes = [(im.shape[0] + 2 * border_pad, im.shape[1] + 2 * border_pad) for _, im in batch]
+        for chunk in _canvas_chunks(shapes):  # bounded canvas, order kept
+            forward([batch[i] for i in chunk])
         batch.clear()
 
     def cluster_group(items) -> None:
@@ -268,7 +329,11 @@ def run_bootstrap_round(
     was_training = net.training
     net.eval()
     try:
-        for image_id, im in loader:
+        for image_id, im, reason in loader:
+            if im is None:
+                logger.warning(f"bootstrap round {round_id}: skipping bad image {reason}")
+                skipped.append(reason)
+                continue
             batch.append((image_id, im))
             if len(batch) == batch_size:
                 flush_batch()
@@ -283,12 +348,14 @@ def run_bootstrap_round(
     finally:
         net.train(was_training)
 
-    n = len(indices)
+    n = len(indices) - len(skipped)
     total = time.perf_counter() - t_start
     stats: dict[str, Any] = {
         "round": int(round_id),
         "features": list(features),
         "images": n,
+        "skipped_images": len(skipped),
+        "skipped_files": skipped,
         "time_s": total,
         "images_per_s": n / total if total > 0 else 0.0,
         "forward_s": forward_s,
@@ -299,6 +366,11 @@ def run_bootstrap_round(
         "bytes": nbytes,
         "bytes_per_image": nbytes / max(n, 1),
     }
+    if skipped:
+        logger.warning(
+            f"bootstrap round {round_id} (rank {rank}): {len(skipped)} bad image(s) skipped "
+            f"(no label map): {'; '.join(skipped[:20])}" + (" ..." if len(skipped) > 20 else "")
+        )
     logger.info(
         "bootstrap round %d (rank %d/%d): %d images in %.1fs (%.1f img/s, forward %.0f%%), "
         "mean K %.1f, %.0f B/image",
@@ -345,8 +417,10 @@ def round_manifest(
     source: str,
     settings: dict | None = None,
 ) -> dict[str, Any]:
-    """Manifest fields of a round from every rank's stats (K per group and its histogram)."""
+    """Manifest fields of a round from every rank's stats (K per group and its histogram, the
+    images skipped as bad: their count and, at most ``MAX_LISTED_SKIPPED``, their files)."""
     k_values = [k for s in rank_stats for k in s["k_values"]]
+    skipped = [f for s in rank_stats for f in s.get("skipped_files", [])]
     return {
         "epoch": int(epoch),
         "iteration": int(iteration),
@@ -357,5 +431,7 @@ def round_manifest(
         "k_mean": float(np.mean(k_values)) if k_values else 0.0,
         "time_s": max((s["time_s"] for s in rank_stats), default=0.0),
         "world_size": len(rank_stats),
+        "skipped_images": sum(int(s.get("skipped_images", 0)) for s in rank_stats),
+        "skipped_files": skipped[:MAX_LISTED_SKIPPED],
         "settings": settings or {},
     }

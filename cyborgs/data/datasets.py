@@ -43,7 +43,7 @@ from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 
-from cyborgs.data.image_sizes import read_image_sizes
+from cyborgs.data.image_sizes import read_image_sizes, warn_unreadable
 from cyborgs.data.synthetic import THING_CLASSES
 from cyborgs.data.writers.coco import coco_category_ids
 from cyborgs.data.writers.coco_stuff import COCO_STUFF_171_CLASSES
@@ -132,15 +132,18 @@ def _register(
 
 def load_unlabeled_images(image_root: str) -> list[dict]:
     """Every image file directly in ``image_root`` (sorted), sizes read from the headers (cached
-    across runs: :mod:`cyborgs.data.image_sizes`)."""
+    across runs: :mod:`cyborgs.data.image_sizes`). A file with an unreadable header stays in
+    the list with height and width 0 (one warning names them all): the pretraining loader and
+    the bootstrap rounds skip, name and count it instead of the registration failing."""
     names = sorted(f for f in os.listdir(image_root) if f.endswith(_IMAGE_EXTS))
     if not names:
         raise FileNotFoundError(f"no images (*.jpg, *.png) found in {image_root}")
-    out = []
+    out, bad = [], []
     for f, size in zip(names, read_image_sizes(image_root, names), strict=True):
         path = os.path.join(image_root, f)
         if isinstance(size, str):
-            raise OSError(f"cannot read the image header of {path}: {size}")
+            bad.append((path, size))
+            size = (0, 0)  # kept: the loaders skip it when it fails to read, and count it
         stem = os.path.splitext(f)[0]
         out.append(
             {
@@ -150,6 +153,9 @@ def load_unlabeled_images(image_root: str) -> list[dict]:
                 "width": size[0],
             }
         )
+    if len(bad) == len(out):
+        raise FileNotFoundError(f"no readable image in {image_root}: {bad[0][0]}: {bad[0][1]}")
+    warn_unreadable(image_root, bad)
     return out
 
 

@@ -13,7 +13,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cyborgs.data.image_sizes import read_image_sizes
+from cyborgs.data.image_sizes import MAX_NAMED, read_image_sizes, warn_unreadable
 
 __all__ = [
     "IMAGE_FOLDER_DATASET",
@@ -28,32 +28,76 @@ IMAGE_FOLDER_DATASET = "cyborgs_image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def load_image_folder(root: str) -> list[dict]:
-    """Pretraining dicts for every image file under ``root``."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"CYBORGS.DATA.IMAGE_FOLDER={root!r} is not a directory")
-    paths = []
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=True):
+def _walk_images(root: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Relative POSIX paths of the image files under ``root`` (symlinks followed, sorted), the
+    directories left out because a symlink leads back into a directory already walked (a loop,
+    or a second way into the same directory), and the files left out as ``(path, first path)``
+    because they are the same file as an earlier one (reached through a symlink)."""
+    seen_dirs = {os.path.realpath(root)}
+    pruned: list[str] = []
+    paths: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen_dirs:
+                pruned.append(os.path.join(dirpath, d))
+            else:
+                seen_dirs.add(real)
+                keep.append(d)
+        dirnames[:] = keep  # os.walk descends only into these (top-down walk)
         for f in filenames:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
-                rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-                paths.append(rel)
+                paths.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
     paths.sort()  # one global order over relative paths, whatever the walk order
+    first: dict[str, str] = {}
+    unique, duplicates = [], []
+    for rel in paths:
+        real = os.path.realpath(os.path.join(root, rel))
+        if real in first:
+            duplicates.append((rel, first[real]))
+        else:
+            first[real] = rel
+            unique.append(rel)
+    return unique, pruned, duplicates
+
+
+def load_image_folder(root: str) -> list[dict]:
+    """Pretraining dicts for every image file under ``root``.
+
+    Symlinks are followed, but a directory is walked once: a symlink loop (or a second link
+    into the same directory) is cut and named in a warning, and a file reached twice is kept
+    once (its first path in sorted order). A file with an unreadable header stays in the list
+    with height and width 0, named in one warning, so the loaders skip and count it.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"CYBORGS.DATA.IMAGE_FOLDER={root!r} is not a directory")
+    paths, pruned, duplicates = _walk_images(root)
+    if pruned:
+        logger.warning(
+            f"Image folder {root}: {len(pruned)} symlinked director(y/ies) lead back into "
+            f"directories already walked (a symlink loop or a second link) and were not walked "
+            f"again: {', '.join(pruned[:MAX_NAMED])}"
+        )
+    if duplicates:
+        named = ", ".join(f"{d} (= {f})" for d, f in duplicates[:MAX_NAMED])
+        logger.warning(
+            f"Image folder {root}: {len(duplicates)} file(s) reached through symlinks are the "
+            f"same file as another path and were left out: {named}"
+        )
     dicts, bad = [], []
     for rel, size in zip(paths, read_image_sizes(root, paths), strict=True):
         path = os.path.join(root, *rel.split("/"))
         if isinstance(size, str):
-            logger.warning(f"Skipping unreadable image {path} in the image folder: {size}")
-            bad.append(path)
-            continue
+            bad.append((path, size))
+            size = (0, 0)  # kept: the loaders skip it when it fails to read, and count it
         dicts.append({"file_name": path, "image_id": rel, "height": size[1], "width": size[0]})
-    if not dicts:
+    if len(bad) == len(dicts):
         raise FileNotFoundError(
             f"CYBORGS.DATA.IMAGE_FOLDER={root!r} holds no readable image "
             f"({', '.join(IMAGE_EXTENSIONS)}); {len(bad)} unreadable"
         )
-    if bad:
-        logger.warning(f"{len(bad)} unreadable image(s) left out of {root}")
+    warn_unreadable(root, bad)
     return dicts
 
 

@@ -7,6 +7,10 @@ sizes are therefore cached in ``$CYBORGS_CACHE_DIR/image_sizes/<hash of the root
 modification time are unchanged, so replaced or edited images are re-read. Cache trouble (a
 read-only home, a corrupt cache file) costs speed, never correctness: the headers are re-read
 and a warning names the cache file.
+
+Sizes are those of :func:`cyborgs.data.image_io.read_image`'s arrays (EXIF orientation applied).
+A file whose header cannot be read gets its error text instead of a size; callers keep it in the
+data set (see ``datasets.load_unlabeled_images``) so the loaders skip and count it.
 """
 
 from __future__ import annotations
@@ -19,18 +23,20 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from PIL import Image
-
+from cyborgs.data.image_io import BadImageError, read_image_size
 from cyborgs.utils.atomic import atomic_write_bytes
 
-__all__ = ["CACHE_ENV", "cache_file_for", "read_image_sizes"]
+__all__ = ["CACHE_ENV", "MAX_NAMED", "cache_file_for", "read_image_sizes", "warn_unreadable"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "CYBORGS_CACHE_DIR"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: EXIF-oriented sizes
 # Header reads are I/O bound: threads overlap the file system's latency.
 _READ_THREADS = 16
+
+# At most this many files are named in one warning (the count is always complete).
+MAX_NAMED = 20
 
 Size = tuple[int, int]
 
@@ -44,11 +50,9 @@ def cache_file_for(root: str) -> str:
 
 def _read_size(path: str) -> Size | str:
     try:
-        with Image.open(path) as im:  # PIL reads the header only
-            w, h = im.size
-        return int(w), int(h)
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"{type(e).__name__}: {e}"
+        return read_image_size(path)  # the header only
+    except BadImageError as e:
+        return e.reason
 
 
 def _load_cache(cache_file: str, root: str) -> dict[str, list[int]]:
@@ -107,3 +111,18 @@ def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
         except OSError as e:
             logger.warning(f"Could not write the image-size cache {cache_file}: {e}")
     return out  # type: ignore[return-value]
+
+
+def warn_unreadable(where: str, bad: Sequence[tuple[str, str]]) -> None:
+    """One warning naming the files (``(path, reason)``, at most :data:`MAX_NAMED`) whose
+    headers could not be read under ``where``. They stay in the data set with height and width
+    0: the loaders skip them when they fail to read, and count them
+    (``data/num_skipped_images``, the round manifests)."""
+    if not bad:
+        return
+    named = "; ".join(f"{p} ({r})" for p, r in bad[:MAX_NAMED])
+    more = f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+    logger.warning(
+        f"{len(bad)} unreadable image(s) under {where}, skipped (and counted) when read: "
+        f"{named}{more}"
+    )

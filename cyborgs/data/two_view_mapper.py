@@ -1,6 +1,8 @@
 """Dataset dict -> two augmented views with their masks, crop boxes and flips (DESIGN.md).
 
-An unreadable or corrupt image is logged (naming the file) and the mapper returns ``None``;
+Images are read with :func:`cyborgs.data.image_io.read_image`. One it refuses (unreadable,
+truncated, zero-size, aspect ratio above ``CYBORGS.DATA.MAX_ASPECT_RATIO``, ...) is logged
+(naming the file and the reason) and the mapper returns ``None``;
 ``pretrain_loader.SkippingMapDataset`` then maps another image and records the skipped file
 in the returned item's ``"skipped_files"`` so the trainer can count skips across workers.
 """
@@ -13,19 +15,15 @@ import os
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.utils import comm
-from PIL import Image
 
 from ..masks.registry import build_mask_source
 from .augment import TwoViewAugment
+from .image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image
 
-__all__ = ["TwoViewDatasetMapper", "IMAGE_READ_ERRORS"]
+__all__ = ["TwoViewDatasetMapper"]
 
 logger = logging.getLogger(__name__)
-
-# What PIL / detectron2's reader raise on missing, truncated or corrupt files.
-IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class TwoViewDatasetMapper:
@@ -40,17 +38,26 @@ class TwoViewDatasetMapper:
     """
 
     @configurable
-    def __init__(self, *, augment: TwoViewAugment, mask_source, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        augment: TwoViewAugment,
+        mask_source,
+        seed: int | None = None,
+        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    ) -> None:
         """
         Args:
             augment: the two-view BYOL augmentation.
             mask_source: ``source(dataset_dict, image) -> np.ndarray[H, W] uint8`` (the
                 MASK_SOURCE_REGISTRY contract).
             seed: base seed of the augmentation RNG.
+            max_aspect_ratio: images beyond it are skipped (``CYBORGS.DATA.MAX_ASPECT_RATIO``).
         """
         self.augment = augment
         self.mask_source = mask_source
         self.seed = seed
+        self.max_aspect_ratio = float(max_aspect_ratio)
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int] | None = None
 
@@ -71,6 +78,7 @@ class TwoViewDatasetMapper:
             "augment": TwoViewAugment.from_config(cfg),
             "mask_source": build_mask_source(cfg, dataset_name),
             "seed": int(cfg.SEED) if cfg.SEED >= 0 else None,
+            "max_aspect_ratio": float(cfg.CYBORGS.DATA.MAX_ASPECT_RATIO),
         }
 
     def rng(self) -> np.random.Generator:
@@ -92,12 +100,9 @@ class TwoViewDatasetMapper:
                 f"pretraining dataset dict needs 'file_name' (DESIGN.md), got keys {sorted(dataset_dict)}"
             )
         try:
-            image = utils.read_image(file_name, format="RGB")
-        except IMAGE_READ_ERRORS as e:
-            logger.warning(f"Skipping unreadable image {file_name}: {type(e).__name__}: {e}")
-            return None
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            logger.warning(f"Skipping image {file_name} with unusable shape {image.shape}")
+            image = read_image(file_name, max_aspect_ratio=self.max_aspect_ratio)
+        except BadImageError as e:
+            logger.warning(f"Skipping bad image {e.path}: {e.reason}")
             return None
         mask = self.mask_source(dataset_dict, image)
         if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2]:

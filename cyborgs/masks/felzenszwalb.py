@@ -51,9 +51,10 @@ class _Compute:  # picklable callable for loader workers
         self.scale, self.min_size, self.sigma = scale, min_size, sigma
 
     def __call__(self, item: dict) -> np.ndarray:
-        from detectron2.data.detection_utils import read_image
+        from cyborgs.data.image_io import read_image
 
-        img = read_image(item["file_name"], format="RGB")
+        # no aspect limit: the cache serves any CYBORGS.DATA.MAX_ASPECT_RATIO (precompute.py)
+        img = read_image(item["file_name"], max_aspect_ratio=0)
         return felzenszwalb_mask(img, self.scale, self.min_size, self.sigma)
 
 

@@ -6,6 +6,12 @@ they are computed a single time per data set and parameter set into
 upsampled) by ``StoredMaskSource``. Computation is sharded over distributed ranks and spread
 over ``DATALOADER.NUM_WORKERS`` processes; each writes its own files, rank 0 writes the
 manifest after a barrier, so a crash leaves no usable partial cache (the next run recomputes).
+
+Bad images: ``fn`` reads with :func:`cyborgs.data.image_io.read_image` and raises its
+``BadImageError``; such an image gets no map, is named in a warning and is counted and listed
+in the manifest (``skipped_images``, ``skipped_files``), and the rest is computed. The sources
+read with no aspect-ratio limit, so one cache serves any ``CYBORGS.DATA.MAX_ASPECT_RATIO`` (the
+training mapper applies the limit before it asks for a mask).
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from cyborgs.data.image_io import BadImageError
+
 from .registry import check_source_image
 from .store import MaskStore, store_root
 
 __all__ = ["StoredMaskSource", "precompute_masks", "cached_mask_source", "params_tag"]
 
 logger = logging.getLogger(__name__)
+
+# At most this many skipped files are listed in the manifest (the count is complete).
+MAX_LISTED_SKIPPED = 1000
 
 
 class StoredMaskSource:
@@ -48,9 +59,15 @@ class _Job(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> int:
+    def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        return self.store.write(self.round_id, item["image_id"], self.fn(item))
+        try:
+            label_map = self.fn(item)
+        except BadImageError as e:
+            logger.warning(f"precompute: skipping bad image {e.path}: {e.reason}")
+            return {"bytes": 0, "skipped": f"{e.path}: {e.reason}"}
+        nbytes = self.store.write(self.round_id, item["image_id"], label_map)
+        return {"bytes": nbytes, "skipped": ""}
 
 
 def params_tag(params: dict) -> str:
@@ -69,9 +86,12 @@ def precompute_masks(
     world_size: int = 1,
     rank: int = 0,
     synchronize: Callable[[], None] = lambda: None,
+    all_gather: Callable[[Any], list] = lambda x: [x],
 ) -> dict[str, Any]:
     """Write ``fn(item)`` (uint8 label map) for every item (dicts with ``image_id``) into round
-    0 of ``store`` and make it current. All ranks call it (``synchronize`` is the barrier)."""
+    0 of ``store`` and make it current. All ranks call it (``synchronize`` is the barrier,
+    ``all_gather`` collects every rank's skipped files for the manifest). Items whose ``fn``
+    raises ``BadImageError`` are skipped (see the module docstring)."""
     t0 = time.perf_counter()
     if rank == 0:
         # recomputing on purpose: readers see no round meanwhile
@@ -81,19 +101,44 @@ def precompute_masks(
     loader = torch.utils.data.DataLoader(
         _Job(shard, fn, store, 0), batch_size=None, num_workers=num_workers
     )
-    nbytes = sum(int(b) for b in loader)
+    nbytes, skipped = 0, []
+    for r in loader:
+        nbytes += int(r["bytes"])
+        if r["skipped"]:
+            skipped.append(str(r["skipped"]))
+    if skipped:
+        logger.warning(
+            f"precomputing {name} masks: {len(skipped)} bad image(s) skipped: "
+            + "; ".join(skipped[:20])
+            + (" ..." if len(skipped) > 20 else "")
+        )
+    all_skipped = [f for part in all_gather(skipped) for f in part]
     synchronize()
     manifest = None
     if rank == 0:
         manifest = store.finish_round(
-            0, {"source": name, "params": params or {}, "epoch": -1, "iteration": -1}
+            0,
+            {
+                "source": name,
+                "params": params or {},
+                "epoch": -1,
+                "iteration": -1,
+                "skipped_images": len(all_skipped),
+                "skipped_files": all_skipped[:MAX_LISTED_SKIPPED],
+            },
         )
     synchronize()
     dt = time.perf_counter() - t0
     logger.info(
         "precomputed %s masks for %d images into %s in %.1fs", name, len(shard), store.root, dt
     )
-    return {"images": len(shard), "bytes": nbytes, "time_s": dt, "manifest": manifest}
+    return {
+        "images": len(shard) - len(skipped),
+        "skipped_images": len(skipped),
+        "bytes": nbytes,
+        "time_s": dt,
+        "manifest": manifest,
+    }
 
 
 def cached_mask_source(
@@ -121,5 +166,6 @@ def cached_mask_source(
             world_size=comm.get_world_size(),
             rank=comm.get_rank(),
             synchronize=comm.synchronize,
+            all_gather=comm.all_gather,
         )
     return StoredMaskSource(root, name)

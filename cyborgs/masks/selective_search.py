@@ -188,9 +188,10 @@ def selective_search_mask(image: np.ndarray, seed: int = 0) -> np.ndarray:
 
 class _Compute:  # picklable callable for loader workers
     def __call__(self, item: dict) -> np.ndarray:
-        from detectron2.data.detection_utils import read_image
+        from cyborgs.data.image_io import read_image
 
-        img = read_image(item["file_name"], format="RGB")
+        # no aspect limit: the cache serves any CYBORGS.DATA.MAX_ASPECT_RATIO (precompute.py)
+        img = read_image(item["file_name"], max_aspect_ratio=0)
         seed = int(hashlib.md5(str(item["image_id"]).encode()).hexdigest()[:8], 16)
         return selective_search_mask(img, seed)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cyborgs.data import image_sizes
+from cyborgs.data import image_io, image_sizes
 from cyborgs.data.datasets import load_unlabeled_images
 from cyborgs.data.image_sizes import cache_file_for, read_image_sizes
 
@@ -30,13 +31,13 @@ def root(tmp_path, monkeypatch):
 
 def _count_opens(monkeypatch) -> list[str]:
     opened: list[str] = []
-    real = image_sizes.Image.open
+    real = image_io.Image.open
 
     def counting_open(path, *a, **k):
         opened.append(os.path.basename(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(image_sizes.Image, "open", counting_open)
+    monkeypatch.setattr(image_io.Image, "open", counting_open)
     return opened
 
 
@@ -84,9 +85,48 @@ def test_corrupt_or_unwritable_cache_only_costs_speed(root, tmp_path, monkeypatc
     assert "Could not write the image-size cache" in caplog.text
 
 
-def test_unlabeled_loader_uses_sizes_and_names_bad_file(root) -> None:
+def test_unlabeled_loader_keeps_bad_files_and_names_them_all(root, caplog) -> None:
     dicts = load_unlabeled_images(str(root))
     assert [(d["image_id"], d["width"], d["height"]) for d in dicts] == [(1, 40, 30), (2, 17, 23)]
+    # Registration used to stop at the first bad header; now every bad file is named once and
+    # kept (size 0) so the loaders skip and count it.
     (root / "000000000003.jpg").write_bytes(b"garbage")
-    with pytest.raises(OSError, match="000000000003.jpg"):
-        load_unlabeled_images(str(root))
+    (root / "000000000004.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        dicts = load_unlabeled_images(str(root))
+    assert [(d["image_id"], d["width"], d["height"]) for d in dicts] == [
+        (1, 40, 30),
+        (2, 17, 23),
+        (3, 0, 0),
+        (4, 0, 0),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "2 unreadable" in warnings[0]
+    assert "000000000003.jpg" in warnings[0] and "000000000004.jpg" in warnings[0]
+
+
+def test_bad_file_list_in_the_warning_is_bounded(root, caplog) -> None:
+    for i in range(image_sizes.MAX_NAMED + 5):
+        (root / f"{100 + i:012d}.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        dicts = load_unlabeled_images(str(root))
+    assert len(dicts) == 2 + image_sizes.MAX_NAMED + 5
+    msg = caplog.records[-1].getMessage()
+    assert f"{image_sizes.MAX_NAMED + 5} unreadable" in msg and "and 5 more" in msg
+    assert msg.count(".jpg") == image_sizes.MAX_NAMED
+
+
+def test_all_bad_is_still_an_error(tmp_path) -> None:
+    (tmp_path / "1.jpg").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no readable image"):
+        load_unlabeled_images(str(tmp_path))
+
+
+def test_sizes_follow_exif_orientation(root) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 CCW to display: width and height swap
+    Image.fromarray(np.zeros((10, 60, 3), np.uint8)).save(
+        root / "000000000005.jpg", exif=exif.tobytes()
+    )
+    assert read_image_sizes(str(root), ["000000000005.jpg"]) == [(10, 60)]

@@ -1,0 +1,169 @@
+"""The one image reader of the suite: validate, orient and normalise to RGB uint8, or refuse.
+
+Every pretraining image (two-view mapper, bootstrap rounds, fixed-mask precompute, image-size
+headers at registration) is read here, so "bad image" means one thing everywhere and every
+consumer skips the same files. :func:`read_image` returns ``np.ndarray[H, W, 3]`` uint8 RGB or
+raises :class:`BadImageError` (``path``, ``reason``) for:
+
+* a missing, empty (0 bytes) or non-image file, or one PIL cannot decode;
+* a truncated file: PIL decodes lazily and raises "image file is truncated" only when the
+  pixels are loaded, so the pixels are loaded here, in full;
+* a zero-size image (width or height 0);
+* an aspect ratio (longer / shorter side) above ``max_aspect_ratio``
+  (``CYBORGS.DATA.MAX_ASPECT_RATIO``, default 10; 0 disables the check): a 4000x20 strip
+  resized to a 224-px shorter side is 44800 px long, more memory than a whole batch of normal
+  images, and too thin for any crop or mask to mean anything;
+* pixel types with no sensible 8-bit meaning: floating-point ("F") images, and 32-bit integer
+  ("I") images whose values leave the 16-bit range.
+
+Normalisation:
+
+* 16-bit greyscale (PIL "I;16", "I;16B", "I;16L", and "I" holding 16-bit samples, as PNG and
+  TIFF decode) is scaled to 8 bits, ``round(v * 255 / 65535)``: PIL's own ``convert("RGB")``
+  clips every value above 255 to white. (16-bit RGB PNGs already decode to 8-bit "RGB".)
+* Palette ("P", "PA"), grey ("L", "1", "LA"), "CMYK", "YCbCr", "RGBA", ... become RGB with
+  ``Image.convert``; alpha is dropped (the stored colour is kept), as detectron2's
+  ``read_image`` does, so pretraining and transfer see the same pixels.
+* EXIF orientation is applied, exactly like detectron2's ``read_image``
+  (``detection_utils._apply_exif_orientation``), so masks and sizes agree with what the
+  transfer pipeline reads. Mask stores and label maps are produced from these oriented pixels
+  (the mask sources see this function's output), so they are consistent by construction.
+  COCO's convention is that annotations refer to the *stored* pixel grid; for an image with an
+  EXIF rotation the ground-truth oracle therefore inherits detectron2's own behaviour (the
+  annotation grid and the oriented image disagree). COCO itself has no rotated images.
+  :func:`read_image_size` reports the oriented size too (width and height swapped for EXIF
+  orientations 5-8), so dataset dicts match the arrays.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "BadImageError",
+    "DEFAULT_MAX_ASPECT_RATIO",
+    "check_aspect_ratio",
+    "read_image",
+    "read_image_size",
+]
+
+# The default of CYBORGS.DATA.MAX_ASPECT_RATIO (the config uses this constant).
+DEFAULT_MAX_ASPECT_RATIO = 10.0
+
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I")
+
+
+class BadImageError(ValueError):
+    """An image that cannot be used: ``path`` and a human-readable ``reason``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return type(self), (self.path, self.reason)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _open(path: str) -> Image.Image:
+    """Open ``path`` with PIL, turning "missing" and "empty" into clear reasons."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise BadImageError(path, f"cannot access the file ({_describe(e)})") from None
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        return Image.open(path)
+    except Exception as e:  # a decoder's failure on hostile bytes is the file's fault
+        raise BadImageError(path, f"not a readable image ({_describe(e)})") from None
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    w, h = im.size
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # a corrupt EXIF block: detectron2 ignores it too
+        orientation = None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def check_aspect_ratio(path: str, width: int, height: int, max_aspect_ratio: float) -> None:
+    """Raise :class:`BadImageError` for a zero-size image or one whose longer / shorter side
+    exceeds ``max_aspect_ratio`` (<= 0: no limit)."""
+    if width < 1 or height < 1:
+        raise BadImageError(path, f"zero-size image ({width}x{height})")
+    ratio = max(width, height) / min(width, height)
+    if max_aspect_ratio > 0 and ratio > max_aspect_ratio:
+        raise BadImageError(
+            path,
+            f"aspect ratio {ratio:.1f} ({width}x{height}) exceeds "
+            f"CYBORGS.DATA.MAX_ASPECT_RATIO={max_aspect_ratio:g}",
+        )
+
+
+def read_image_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of the image as :func:`read_image` returns it (EXIF orientation
+    applied), from the header only (fast; a truncated body is found only by ``read_image``)."""
+    with _open(path) as im:
+        try:
+            w, h = _oriented_size(im)
+        except Exception as e:
+            raise BadImageError(path, f"unreadable header ({_describe(e)})") from None
+    if w < 1 or h < 1:
+        raise BadImageError(path, f"zero-size image ({w}x{h})")
+    return int(w), int(h)
+
+
+def _sixteen_bit_to_rgb(path: str, im: Image.Image) -> np.ndarray:
+    a = np.asarray(im)
+    if a.ndim != 2:
+        raise BadImageError(path, f"unexpected array shape {a.shape} for PIL mode {im.mode!r}")
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise BadImageError(
+            path, f"integer image (mode {im.mode!r}) with values {lo}..{hi} outside 0..65535"
+        )
+    a8 = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(a8[:, :, None], 3, axis=2)
+
+
+def _to_rgb(path: str, im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb(path, im)
+    if mode == "F":
+        raise BadImageError(path, "floating-point image (PIL mode 'F'): no 8-bit meaning")
+    if mode == "P" and "transparency" in im.info or mode == "PA":
+        im = im.convert("RGBA")  # PIL asks palette transparency to go through RGBA
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def read_image(path: str, *, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
+    """The image at ``path`` as a writable RGB uint8 array ``[H, W, 3]`` (see the module
+    docstring for what is validated and normalised), or :class:`BadImageError`."""
+    path = os.fspath(path)
+    with _open(path) as im:
+        try:
+            w, h = _oriented_size(im)
+            check_aspect_ratio(path, w, h, max_aspect_ratio)  # before decoding a huge strip
+            im.load()  # decode in full: a truncated file fails here, not later
+            im = ImageOps.exif_transpose(im) or im
+            arr = _to_rgb(path, im)
+        except BadImageError:
+            raise
+        except Exception as e:
+            raise BadImageError(path, f"cannot decode the image ({_describe(e)})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise BadImageError(path, f"unusable decoded shape {arr.shape}")
+    return np.array(arr, dtype=np.uint8, order="C")  # own, writable memory
