@@ -63,6 +63,10 @@ def test_patches_apply_to_the_pinned_archives_and_pip_builds_pure_wheels(tmp_pat
         names = zf.namelist()
     assert "detectron2/model_zoo/configs/Base-RCNN-FPN.yaml" in names
     assert not any(n.endswith((".so", ".cpp", ".cu")) for n in names)
+    assert {n.split("/")[0] for n in names} == {
+        "detectron2",
+        d2.name.split("-py3")[0] + ".dist-info",
+    }
     (meta,) = [t for n, t in files.items() if n.endswith("METADATA")]
     assert "Name: detectron2\n" in meta and "black" not in meta
     assert "Requires-Dist: iopath<0.1.10,>=0.1.7" in meta
