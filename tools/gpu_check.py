@@ -162,7 +162,10 @@ def judge(check: Check, rc: int | None, log: Path) -> tuple[str, str | None, dic
         if rc != 0 and result is not None:
             return "failed", f"missing: {result['missing']}, CUDA: {result['cuda']}", result
     if check.raw_json is not None and check.raw_json.is_file():
-        result = json.loads(check.raw_json.read_text())
+        try:
+            result = json.loads(check.raw_json.read_text())
+        except ValueError as e:
+            return "failed", f"{check.raw_json.name} is not JSON ({e})", None
     if rc != 0:
         return "failed", f"exit status {rc}: {tail(log, 600)}", result
     if check.name in ("gpu_tests", "ddp_nccl"):
