@@ -14,13 +14,13 @@ install: $(STAMP)
 
 # torch/torchvision first and alone: pip takes these exact versions from local disk, and any
 # later requirement that names torch is then already satisfied (no multi-GB download).
-$(STAMP): requirements.txt setup.py tools/install_detectron2.py
+$(STAMP): requirements.txt setup.py tools/install_detectron2.py $(wildcard tools/patches/*.patch)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps lvis==0.5.3
 	$(PY) tools/install_detectron2.py
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 test: install

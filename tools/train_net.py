@@ -15,6 +15,8 @@ import sys
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (SPEC §7)
 from cyborgs.transfer.results import write_metrics_final
@@ -26,6 +28,9 @@ def setup(args):
     cfg = get_transfer_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup gives handlers to detectron2's and fvcore's loggers only; the backbone
+    # check ("every backbone tensor came from MODEL.WEIGHTS") logs through ``cyborgs``.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")
     return cfg
 
 

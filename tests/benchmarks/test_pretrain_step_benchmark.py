@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -24,7 +25,47 @@ def test_pretrain_step_benchmark_reports_both_phases(tmp_path):
         assert phase["meets_target"] == (phase["overhead_fraction"] <= 0.15)
     assert r18["images_per_s"] == 2 / r18["step_s"]["min"]
     assert isinstance(r18["peak_memory_mb"], float) and r18["peak_memory_mb"] >= 0
+    # GPU targets are reported with their values but judged only on CUDA
+    t = r18["targets"]
+    assert t["overhead_vmf_phase"] == {"value": r18["overhead_fraction"], "max": 0.15, "pass": None}
+    assert t["overhead_contrastive_only"]["value"] == r18["contrastive_only"]["overhead_fraction"]
+    assert t["backbone_peak_fraction"]["value"] == r18["peak_fraction"]
+    assert t["backbone_peak_fraction"]["pass"] is None and t["all_pass"] is None
     _check_flops(r18)
+
+
+def test_step_targets_judged_on_cuda_at_batch_64():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pretrain_step
+
+    t = pretrain_step.step_targets(True, 64, 0.12, 0.16, 0.10)
+    assert t["overhead_vmf_phase"]["pass"] is True
+    assert t["overhead_contrastive_only"]["pass"] is False
+    assert t["backbone_peak_fraction"] == {"value": 0.10, "min": 0.10, "pass": True}
+    assert t["all_pass"] is False
+    assert pretrain_step.step_targets(True, 64, 0.1, 0.1, 0.2)["all_pass"] is True
+    # the peak target is defined at batch 64 and needs a known peak
+    assert (
+        pretrain_step.step_targets(True, 32, 0.1, 0.1, 0.5)["backbone_peak_fraction"]["pass"]
+        is None
+    )
+    t = pretrain_step.step_targets(True, 64, 0.1, 0.1, None)
+    assert t["backbone_peak_fraction"]["pass"] is None and t["all_pass"] is None
+
+
+def test_bootstrap_round_target_judged_on_cuda_only():
+    spec = importlib.util.spec_from_file_location(
+        "bench_bootstrap", ROOT / "benchmarks" / "bootstrap.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.round_targets(0.2, "cuda")["outside_forward_share"]["pass"] is True
+    assert bench.round_targets(0.3, "cuda:0")["outside_forward_share"]["pass"] is False
+    assert bench.round_targets(0.2, "cpu")["outside_forward_share"] == {
+        "value": 0.2,
+        "max": 0.25,
+        "pass": None,
+    }
 
 
 def _conv_flops_reference(backbone, x) -> tuple[int, int]:

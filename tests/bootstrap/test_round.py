@@ -191,3 +191,20 @@ def test_border_pad_must_be_a_multiple_of_the_stride(tmp_path):
                             input_size=0)  # fmt: skip
     with pytest.raises(ValueError, match="BORDER_PAD must be >= 0"):
         run_bootstrap_round(_ColourNet(), dicts, store, 1, border_pad=-8, input_size=0)
+
+
+@pytest.mark.gpu
+def test_round_on_cuda_with_gpu_kmeans_gives_the_cpu_maps(tmp_path):
+    """Encoder and k-means on the GPU ("auto": FAISS-GPU or torch on CUDA): the same maps as
+    the CPU round, since each colour's cells have identical features."""
+    dicts = _write_images(tmp_path)
+    kw = dict(group_size=4, k_min=3, k_max=7, kmeans_iters=10, input_size=0, batch_size=3,
+              seed=1)  # fmt: skip
+    cpu = MaskStore(str(tmp_path / "cpu"))
+    run_bootstrap_round(_ColourNet().train(), dicts, cpu, 2, backend="torch", **kw)
+    gpu_model = _ColourNet().cuda().train()
+    gpu = MaskStore(str(tmp_path / "gpu"))
+    s = run_bootstrap_round(gpu_model, dicts, gpu, 2, backend="auto", **kw)
+    assert gpu_model.calls > 0 and s["images"] == len(dicts)
+    for d in dicts:
+        np.testing.assert_array_equal(gpu.read(d["image_id"]), cpu.read(d["image_id"]))

@@ -140,3 +140,34 @@ def test_cuda_input(backend):
     c, labels = spherical_kmeans(x.cuda(), 5, backend=backend)
     assert c.is_cuda and labels.is_cuda
     assert _same_partition(labels.cpu(), truth)
+
+
+@pytest.mark.gpu
+def test_auto_backend_clusters_cuda_data_on_the_gpu():
+    """CUDA data: FAISS's GPU index when FAISS has GPU support, else torch k-means on the GPU
+    (never a device->host copy into CPU FAISS)."""
+    from cyborgs.clustering import kmeans
+
+    faiss = kmeans._faiss()
+    gpu_faiss = faiss is not None and kmeans._faiss_has_gpu(faiss)
+    assert kmeans._resolve_backend("auto", torch.device("cuda")) == (
+        "faiss" if gpu_faiss else "torch"
+    )
+    x, truth, _ = _blobs()
+    c, labels = spherical_kmeans(x.cuda(), 5, backend="auto")
+    assert c.is_cuda and labels.is_cuda
+    assert _same_partition(labels.cpu(), truth)
+
+
+@pytest.mark.gpu
+def test_faiss_gpu_index_lives_on_the_data_device():
+    from cyborgs.clustering import kmeans
+
+    faiss = kmeans._faiss()
+    if faiss is None or not kmeans._faiss_has_gpu(faiss):
+        pytest.skip("FAISS without GPU support is installed (or none)")
+    index = kmeans._faiss_index(faiss, 12, torch.device("cuda", 0))
+    assert isinstance(index, faiss.GpuIndexFlatIP) and index.getDevice() == 0
+    x, truth, _ = _blobs()
+    _, labels = spherical_kmeans(x.cuda(), 5, backend="faiss")
+    assert labels.is_cuda and _same_partition(labels.cpu(), truth)

@@ -183,3 +183,13 @@ def test_nonfinite_names_term_and_iteration() -> None:
         check_finite_losses(bad, 17)
     assert isinstance(e.value, FloatingPointError)
     assert "loss_mask_contrastive=1" in str(e.value)
+
+
+@pytest.mark.gpu
+def test_rng_state_round_trip_includes_every_cuda_generator():
+    state = capture_rng_state()
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    drawn = torch.rand(4, device="cuda")
+    torch.rand(7, device="cuda")  # move the generator on
+    restore_rng_state(state)
+    assert torch.equal(torch.rand(4, device="cuda"), drawn)

@@ -505,3 +505,24 @@ def test_cuda_training_step_uses_bf16_and_channels_last_by_default():
     m.update_target(0.99)
     assert not torch.equal(m.backbone.stem.conv1.weight.detach(), before)
     assert m.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+def test_cuda_switches_off_give_an_fp32_contiguous_backbone():
+    """ "off" on CUDA: fp32 backbone outputs (no bf16 autocast) and contiguous (NCHW) weights."""
+    cfg = tiny_cfg()
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.CYBORGS.GPU.BF16, cfg.CYBORGS.GPU.CHANNELS_LAST = "off", "off"
+    torch.manual_seed(0)
+    m = build_model(cfg).train()
+    assert not m.uses_bf16 and not m.uses_channels_last
+    assert m.backbone.stem.conv1.weight.is_contiguous()
+    assert not m.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    log, handles = record_output_dtypes({"stem": m.backbone.stem, "res5": m.backbone.res5})
+    try:
+        losses = m(two_view_batch(b=2, seed=5))
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(log["stem"]) == {torch.float32} and set(log["res5"]) == {torch.float32}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

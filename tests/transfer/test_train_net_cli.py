@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,8 @@ def test_train_net_cli_writes_final_metrics(tiny_data_root, tmp_path):
          "DATALOADER.NUM_WORKERS", "0"],
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
+    # the backbone proof (cyborgs logger) reaches train_net's log file
+    assert "Backbone check:" in (out / "log.txt").read_text()
     rec = json.loads((out / "metrics_final.json").read_text())
     assert rec["protocol"] == "coco_inst" and rec["datasets"]["test"] == ["demo_coco_2017_val"]
     assert set(rec["results"]) == {"bbox", "segm"} and "AP50" in rec["results"]["segm"]
@@ -46,3 +50,26 @@ def test_train_net_cli_writes_final_metrics(tiny_data_root, tmp_path):
     )  # fmt: skip
     assert bad.returncode != 0 and "convert_to_detectron2.py" in bad.stderr
     assert not (tmp_path / "bad" / "metrics_final.json").exists()
+
+
+def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
+    """default_setup configures detectron2's and fvcore's loggers only; the backbone check
+    logs through ``cyborgs.transfer.trainer``, so train_net must give ``cyborgs`` a handler."""
+    spec = importlib.util.spec_from_file_location("train_net_cli", ROOT / "tools" / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", str(ROOT / "transfer_configs" / "demo_coco_mask_rcnn_FPN.yaml"),
+         "OUTPUT_DIR", str(tmp_path)]
+    )  # fmt: skip
+    cyborgs_logger = logging.getLogger("cyborgs")
+    saved = (list(cyborgs_logger.handlers), cyborgs_logger.propagate, cyborgs_logger.level)
+    try:
+        train_net.setup(args)
+        logging.getLogger("cyborgs.transfer.trainer").info("Backbone check: probe 1234")
+        for h in cyborgs_logger.handlers:
+            h.flush()
+        assert "Backbone check: probe 1234" in (tmp_path / "log.txt").read_text()
+    finally:  # setup_logger turns propagation off: give other tests' caplog its records back
+        cyborgs_logger.handlers[:] = saved[0]
+        cyborgs_logger.propagate, cyborgs_logger.level = saved[1], saved[2]

@@ -1,0 +1,161 @@
+"""tools/gpu_check.sh / gpu_check.py on this CPU machine: arguments, bundle and CUDA errors,
+and the driver's bookkeeping (install, one JSON per check, timeouts, summary, exit status)
+with stand-in checks. The CUDA checks themselves run on a GPU machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "gpu_check.sh"
+PY_VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
+sys.path.insert(0, str(ROOT / "tools"))
+import gpu_check  # noqa: E402
+
+sys.path.pop(0)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel that pip installs offline."""
+    path = folder / "tinypkg-1.0-py3-none-any.whl"
+    info = "tinypkg-1.0.dist-info"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("tinypkg/__init__.py", "VALUE = 7\n")
+        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n")
+        zf.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        zf.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def _bundle(tmp_path: Path, python: str = "3.11") -> Path:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    wheel = _tiny_wheel(bundle)
+    meta = {"python": python, "wheels": [{"file": wheel.name}], "expected": []}
+    (bundle / "manifest.json").write_text(json.dumps(meta))
+    return bundle
+
+
+@pytest.mark.parametrize("args", [(), ("only-one",), ("a", "b", "c")])
+def test_wrong_number_of_arguments_prints_usage(args):
+    res = _run(*args)
+    assert res.returncode == 2
+    assert "usage: tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR" in res.stderr
+
+
+def test_help_exits_zero():
+    res = _run("--help")
+    assert res.returncode == 0 and "BUNDLE_DIR RESULTS_DIR" in res.stdout
+
+
+def test_missing_bundle_or_not_a_bundle_is_a_clear_error(tmp_path):
+    res = _run(str(tmp_path / "nope"), str(tmp_path / "r"))
+    assert res.returncode == 2 and "no such bundle folder" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = _run(str(tmp_path / "empty"), str(tmp_path / "r"))
+    assert res.returncode == 2 and "has no manifest.json" in res.stderr
+    bundle = _bundle(tmp_path)
+    (bundle / "tinypkg-1.0-py3-none-any.whl").unlink()
+    res = _run(str(bundle), str(tmp_path / "r"))
+    assert res.returncode == 2 and "missing: ['tinypkg-1.0-py3-none-any.whl']" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the no-CUDA error on a CPU machine"
+)
+def test_no_cuda_is_a_clear_error_before_anything_runs(tmp_path):
+    res = _run(str(_bundle(tmp_path)), str(tmp_path / "r"))
+    assert res.returncode == 2 and "CUDA is not available" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_bundle_for_another_python_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check.subprocess, "run", _fake_probe)
+    with pytest.raises(gpu_check.UsageError, match="built for Python 3.99"):
+        gpu_check.check_python(sys.executable, {"python": "3.99"})
+
+
+def _cuda_python(python, meta):
+    return {"py": meta["python"], "torch": "x", "cuda": True}
+
+
+def _fake_probe(cmd, **kwargs):
+    py = PY_VER
+    out = json.dumps({"py": py, "torch": "x", "cuda": True})
+    return subprocess.CompletedProcess(cmd, 0, stdout=out + "\n", stderr="")
+
+
+def test_driver_installs_the_bundle_and_records_every_check(tmp_path, monkeypatch, capsys):
+    """Stand-in checks: one passes (and sees the installed bundle), one fails, one times out
+    (its whole process group is killed), one lacks its precondition."""
+    py = sys.executable
+    bundle = _bundle(tmp_path, python=PY_VER)
+    results = tmp_path / "results"
+    marker = tmp_path / "grandchild-survived"
+    checks = [
+        gpu_check.Check("gpu_tests", 60, [py, "-c", "import tinypkg; print('3 passed')"]),
+        gpu_check.Check("bootstrap", 60, [py, "-c", "import sys; sys.exit(3)"]),
+        gpu_check.Check(
+            "ddp_nccl",
+            1,
+            ["bash", "-c", f"(sleep 2; touch {marker}) & sleep 30"],
+        ),
+        gpu_check.Check("dataloader", 60, [py, "-c", "pass"], precondition="no --path option"),
+    ]
+    monkeypatch.setattr(gpu_check, "check_python", _cuda_python)
+    monkeypatch.setattr(gpu_check, "build_checks", lambda *a: checks)
+    assert gpu_check.run(bundle, results, py) == 1
+    out = capsys.readouterr().out
+    assert f"results in {results.resolve()}" in out
+    summary = json.loads((results / "summary.json").read_text())
+    status = {k: v["status"] for k, v in summary["checks"].items()}
+    assert status == {"install": "passed", "gpu_tests": "passed", "bootstrap": "failed",
+                      "ddp_nccl": "timeout", "dataloader": "failed"}  # fmt: skip
+    assert summary["passed"] is False
+    assert summary["failed"] == ["bootstrap", "ddp_nccl", "dataloader"]
+    for name in status:
+        rec = json.loads((results / f"{name}.json").read_text())
+        assert rec["check"] == name and rec["status"] == status[name]
+    assert "exit status 3" in json.loads((results / "bootstrap.json").read_text())["error"]
+    assert "no --path option" in json.loads((results / "dataloader.json").read_text())["error"]
+    time.sleep(2.5)
+    assert not marker.exists(), "the timed-out check's child process was left running"
+
+
+def test_a_bundle_that_does_not_install_fails_every_check(tmp_path, monkeypatch):
+    py = sys.executable
+    bundle = _bundle(tmp_path, python=PY_VER)
+    (bundle / "tinypkg-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    monkeypatch.setattr(gpu_check, "check_python", _cuda_python)
+    monkeypatch.setattr(
+        gpu_check, "build_checks", lambda *a: [gpu_check.Check("gpu_tests", 9, [py, "-c", "1"])]
+    )
+    assert gpu_check.run(bundle, tmp_path / "r", py) == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["checks"]["install"]["status"] == "failed"
+    assert summary["checks"]["gpu_tests"]["error"] == "not run: the bundle did not install"
+
+
+def test_gpu_test_files_are_the_ones_with_gpu_marks():
+    files = gpu_check.gpu_test_files()
+    assert "tests/modeling/test_meta_arch.py" in files
+    assert "tests/clustering/test_kmeans.py" in files
+    assert gpu_check.NCCL_TEST not in files and (ROOT / gpu_check.NCCL_TEST).is_file()

@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""The offline GPU check behind ``tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR``.
+
+On a CUDA machine with Python and PyTorch preinstalled and no network: installs the wheels of
+``tools/offline_bundle.py`` into a temporary prefix (``pip install --no-index --no-deps
+--target``: nothing is fetched or built; the preinstalled torch stays in use), puts the
+suite's checkout on ``PYTHONPATH`` (pure Python) and runs, each with its own timeout and all
+within ``BUDGET_S`` (8 minutes on one H100/H200):
+
+* ``imports``: everything the checks import, and CUDA visible to torch;
+* ``gpu_tests``: the ``gpu``-marked tests (pytest -m gpu), NCCL test excepted;
+* ``pretrain_step``: ``benchmarks/pretrain_step.py`` on CUDA, R50 @ 224, batch 64, bf16 +
+  channels_last, with overhead share, peak fraction and the targets;
+* ``bootstrap``: ``benchmarks/bootstrap.py``, a bootstrap round with R50 and GPU k-means;
+* ``dataloader``: ``benchmarks/dataloader.py --path device --device cuda``;
+* ``ddp_nccl``: one NCCL DDP step of the real trainer (tests/engine/test_nccl_ddp.py).
+
+Writes ``RESULTS_DIR/<check>.json`` (status, seconds, the benchmark's own JSON under
+``result``), ``<check>.log`` and ``summary.json``. Exit status: 0 when every check passed,
+1 when one failed or timed out, 2 for bad arguments, a bundle that is not one, or no CUDA.
+Missed performance targets are reported (``summary.json`` ``targets``), not failures: the
+checks prove the CUDA path runs. Stdlib only: it runs before the bundle is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_S = 480.0
+INSTALL_TIMEOUT_S = 60.0
+NCCL_TEST = "tests/engine/test_nccl_ddp.py"
+USAGE = "usage: tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR"
+
+IMPORTS = """
+import importlib, json, sys
+mods = sys.argv[1:]
+missing = []
+for m in mods:
+    try:
+        importlib.import_module(m)
+    except Exception as e:
+        missing.append(f"{m}: {type(e).__name__}: {e}")
+import torch
+cuda = torch.cuda.is_available()
+print(json.dumps({"missing": missing, "cuda": cuda, "torch": torch.__version__,
+                  "device": torch.cuda.get_device_name() if cuda else None}))
+sys.exit(1 if missing or not cuda else 0)
+"""
+# What the checks import from the bundle and the checkout (the manifest adds the expected ones).
+IMPORT_NAMES = ["detectron2.engine", "fvcore", "iopath", "yacs", "omegaconf", "pycocotools.mask"]
+IMPORT_NAMES += ["scipy.optimize", "pytest", "cyborgs.modeling", "cyborgs.engine.trainer"]
+
+
+class UsageError(Exception):
+    """Bad arguments, a folder that is not a bundle, or no CUDA: exit status 2."""
+
+
+@dataclass
+class Check:
+    name: str
+    timeout_s: float
+    command: list[str]
+    raw_json: Path | None = None  # the benchmark's own JSON output
+    precondition: str | None = None  # set: the check fails with this message, not run
+
+
+def fail(msg: str) -> None:
+    raise UsageError(msg)
+
+
+def read_manifest(bundle: Path) -> dict:
+    if not bundle.is_dir():
+        fail(f"{bundle}: no such bundle folder (build one with tools/offline_bundle.py)")
+    manifest = bundle / "manifest.json"
+    if not manifest.is_file():
+        fail(f"{bundle}: not a bundle, it has no manifest.json (tools/offline_bundle.py writes it)")
+    try:
+        meta = json.loads(manifest.read_text())
+        wheels = [bundle / w["file"] for w in meta["wheels"]]
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"{manifest}: unreadable bundle manifest ({e})")
+    absent = [w.name for w in wheels if not w.is_file()]
+    if absent:
+        fail(f"{bundle}: wheels listed in manifest.json are missing: {absent}")
+    return meta
+
+
+def check_python(python: str, meta: dict) -> dict:
+    """torch importable and CUDA visible in ``python``; the bundle's Python version matches."""
+    probe = (
+        "import json, sys; import torch; print(json.dumps({'py': '%d.%d' % sys.version_info[:2],"
+        " 'torch': torch.__version__, 'cuda': torch.cuda.is_available()}))"
+    )
+    res = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if res.returncode != 0:
+        fail(f"{python} cannot import torch (PyTorch must be preinstalled): {res.stderr[-500:]}")
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    if not info["cuda"]:
+        fail(
+            f"CUDA is not available to torch {info['torch']} in {python}: run this on a CUDA "
+            "machine (set PYTHON to the interpreter that has a CUDA build of torch)"
+        )
+    if info["py"] != meta.get("python"):
+        fail(
+            f"the bundle was built for Python {meta.get('python')}, {python} is {info['py']}: "
+            f"rebuild it with tools/offline_bundle.py --python {info['py']}"
+        )
+    return info
+
+
+def gpu_test_files() -> list[str]:
+    files = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel != NCCL_TEST and "pytest.mark.gpu" in path.read_text():
+            files.append(rel)
+    return files
+
+
+def run_command(cmd: list[str], timeout_s: float, log: Path, env: dict) -> tuple[int | None, float]:
+    """Run in its own process group (killed whole on timeout); returns (rc or None, seconds)."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=max(timeout_s, 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    return rc, time.perf_counter() - start
+
+
+def tail(path: Path, n: int = 2000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def judge(check: Check, rc: int | None, log: Path) -> tuple[str, str | None, dict | None]:
+    """(status, error, the benchmark's JSON) of a finished check."""
+    if rc is None:
+        return "timeout", f"over its {check.timeout_s:.0f} s timeout (see {log.name})", None
+    result = None
+    if check.name == "imports":
+        lines = tail(log).strip().splitlines()
+        try:
+            result = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            result = None
+        if rc != 0 and result is not None:
+            return "failed", f"missing: {result['missing']}, CUDA: {result['cuda']}", result
+    if check.raw_json is not None and check.raw_json.is_file():
+        try:
+            result = json.loads(check.raw_json.read_text())
+        except ValueError as e:
+            return "failed", f"{check.raw_json.name} is not JSON ({e})", None
+    if rc != 0:
+        return "failed", f"exit status {rc}: {tail(log, 600)}", result
+    if check.name in ("gpu_tests", "ddp_nccl"):
+        text = tail(log, 4000)
+        if not re.search(r"\b[1-9]\d* passed", text):
+            return "failed", f"no test passed: {text[-600:]}", result
+    if check.raw_json is not None and result is None:
+        return "failed", f"{check.raw_json.name} was not written", result
+    if check.name == "pretrain_step":
+        for r in result["results"]:
+            if r["precision"] != {"bf16_autocast": True, "channels_last": True}:
+                return "failed", f"{r['setting']} ran without bf16 + channels_last", result
+    return "passed", None, result
+
+
+def build_checks(python: str, results: Path, work: Path, meta: dict) -> list[Check]:
+    raw = results / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    pytest = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"]
+    checks = [
+        Check(
+            "imports",
+            60,
+            [python, "-c", IMPORTS, *IMPORT_NAMES, *(e["import"] for e in meta["expected"])],
+        ),
+        Check("gpu_tests", 150, [*pytest, "-m", "gpu", *gpu_test_files()]),
+        Check(
+            "pretrain_step",
+            120,
+            [python, "benchmarks/pretrain_step.py", "--device", "cuda", "--batch", "64"]
+            + ["--only", "r50", "--out", str(raw / "pretrain_step.json")],
+            raw / "pretrain_step.json",
+        ),
+        Check(
+            "bootstrap",
+            100,
+            [python, "benchmarks/bootstrap.py", "--depth", "50", "--device", "cuda"]
+            + ["--preset", "tiny", "--data-root", str(work / "data")]
+            + ["--output", str(raw / "bootstrap.json")],
+            raw / "bootstrap.json",
+        ),
+        Check(
+            "dataloader",
+            60,
+            [python, "benchmarks/dataloader.py", "--path", "device", "--device", "cuda"]
+            + ["--out", str(raw / "dataloader.json")],
+            raw / "dataloader.json",
+        ),
+        Check("ddp_nccl", 90, [*pytest, "-m", "gpu", NCCL_TEST]),
+    ]
+    loader = REPO / "benchmarks" / "dataloader.py"
+    if not loader.is_file() or "--path" not in loader.read_text():
+        checks[4].precondition = (
+            "benchmarks/dataloader.py has no --path option: the device-augmentation data "
+            "loader benchmark is not in this checkout"
+        )
+    return checks
+
+
+def install_bundle(python: str, bundle: Path, meta: dict, site: Path, results: Path) -> dict:
+    wheels = [str(bundle / w["file"]) for w in meta["wheels"]]
+    cmd = [python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir"]
+    cmd += ["--disable-pip-version-check", "--target", str(site), *wheels]
+    log = results / "install.log"
+    rc, seconds = run_command(cmd, INSTALL_TIMEOUT_S, log, dict(os.environ))
+    status = "passed" if rc == 0 else ("timeout" if rc is None else "failed")
+    error = None if rc == 0 else f"pip install --target failed: {tail(log, 600)}"
+    return {"check": "install", "status": status, "returncode": rc, "seconds": seconds,
+            "timeout_s": INSTALL_TIMEOUT_S, "command": cmd, "log": log.name, "error": error,
+            "result": {"wheels": len(wheels), "prefix": str(site)}}  # fmt: skip
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def targets_of(records: dict[str, dict]) -> dict:
+    out = {}
+    step = (records.get("pretrain_step") or {}).get("result") or {}
+    for r in step.get("results", []):
+        out[f"pretrain_step {r['setting']} batch {r['batch']}"] = r.get("targets")
+    boot = (records.get("bootstrap") or {}).get("result") or {}
+    if "targets" in boot:
+        out["bootstrap"] = boot["targets"]
+    return out
+
+
+def run(bundle: Path, results: Path, python: str) -> int:
+    meta = read_manifest(bundle)
+    info = check_python(python, meta)
+    results.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + BUDGET_S
+    records: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="cyborgs-gpu-check-") as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        records["install"] = install_bundle(python, bundle, meta, site, results)
+        write_json(results / "install.json", records["install"])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
+        env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+        for check in build_checks(python, results, work, meta):
+            left = deadline - time.monotonic()
+            rec = {"check": check.name, "command": check.command, "log": f"{check.name}.log",
+                   "timeout_s": check.timeout_s, "returncode": None, "seconds": 0.0,
+                   "result": None}  # fmt: skip
+            if records["install"]["status"] != "passed":
+                rec.update(status="failed", error="not run: the bundle did not install")
+            elif check.precondition:
+                rec.update(status="failed", error=check.precondition)
+            elif left < 5:
+                rec.update(status="failed", error=f"not run: the {BUDGET_S:.0f} s budget is spent")
+            else:
+                check.timeout_s = min(check.timeout_s, left)
+                rec["timeout_s"] = check.timeout_s
+                print(f"[gpu_check] {check.name} (timeout {check.timeout_s:.0f} s)", flush=True)
+                log = results / f"{check.name}.log"
+                rc, seconds = run_command(check.command, check.timeout_s, log, env)
+                status, error, result = judge(check, rc, log)
+                rec.update(status=status, error=error, returncode=rc, seconds=seconds,
+                           result=result)  # fmt: skip
+            records[check.name] = rec
+            write_json(results / f"{check.name}.json", rec)
+            print(f"[gpu_check] {check.name}: {rec['status']}"
+                  + (f" -- {rec['error'][:300]}" if rec.get("error") else ""), flush=True)  # fmt: skip
+    passed = all(r["status"] == "passed" for r in records.values())
+    summary = {
+        "passed": passed,
+        "device": (records.get("imports", {}).get("result") or {}).get("device"),
+        "torch": info["torch"],
+        "python": platform.python_version(),
+        "bundle": str(bundle),
+        "budget_s": BUDGET_S,
+        "checks": {
+            k: {"status": r["status"], "seconds": round(r["seconds"], 1), "error": r.get("error")}
+            for k, r in records.items()
+        },  # fmt: skip
+        "targets": targets_of(records),
+        "failed": [k for k, r in records.items() if r["status"] != "passed"],
+    }
+    write_json(results / "summary.json", summary)
+    print(
+        f"[gpu_check] {'all checks passed' if passed else 'FAILED: ' + ', '.join(summary['failed'])}"
+    )
+    print(f"[gpu_check] results in {results.resolve()} (summary.json, one JSON + log per check)")
+    return 0 if passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or any(a in ("-h", "--help") for a in argv):
+        print(USAGE + "\n\n" + __doc__, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    python = os.environ.get("PYTHON", sys.executable)
+    try:
+        return run(Path(argv[0]), Path(argv[1]), python)
+    except UsageError as e:
+        print(f"[gpu_check] error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
