@@ -805,6 +805,17 @@ def write_report(
         md += [f"- {ch['test']}: **{ch['verdict']}**{_numbers(ch)}" for ch in findings]
         md.append("")
     data["suite_findings"] = findings
+    oracle = read_json(root / "oracle" / "oracle.json")
+    if isinstance(oracle, dict) and oracle.get("rounds"):
+        md += ["## Oracle round (does the round give object masks when features are good?)", ""]
+        md += ["One real bootstrap round (`tools/bootstrap_masks.py`) on each encoder, scored "
+               "like `bootstrap/mask_miou`.", "",
+               "| encoder | mask mIoU | mask mIoU per image | images |", "|---|---|---|---|"]  # fmt: skip
+        for name, r in oracle["rounds"].items():
+            cells = [f"{v:.3f}" if _finite(v) else "–" for v in (r.get("mask_miou"), r.get("mask_miou_per_image"))]  # fmt: skip
+            md.append(f"| {name} | {cells[0]} | {cells[1]} | {r.get('images', '–')} |")
+        md.append("")
+        data["oracle"] = oracle
     atomic_write_bytes(root / "study.md", "\n".join(md).encode())
     _write_json(root / "study.json", data)
     return data

@@ -93,7 +93,7 @@ def train_oracle(cfg, out: Path, seed: int, iters: int, crop: int = 96, batch: i
     names = list(cfg.CYBORGS.BOOTSTRAP.FEATURES)
     pairs = _load_pairs(int(cfg.CYBORGS.BOOTSTRAP.INPUT_SIZE))
     num_classes = 1 + max(int(lab[lab != 255].max()) for _, lab in pairs if (lab != 255).any())
-    channels = sum(tap_channels(model.backbone, n) for n in names)
+    channels = sum(tap_channels(model.backbone, names).values())
     head = torch.nn.Conv2d(channels, num_classes, 1)
     params = list(model.backbone.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
