@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cyborgs.utils.progress import Progress
+
 from .registry import check_source_image
 from .store import MaskStore, store_root
 
@@ -81,7 +83,12 @@ def precompute_masks(
     loader = torch.utils.data.DataLoader(
         _Job(shard, fn, store, 0), batch_size=None, num_workers=num_workers
     )
-    nbytes = sum(int(b) for b in loader)
+    nbytes = 0
+    progress = Progress(len(shard), f"precomputing {name} masks (rank {rank}/{world_size})", logger)
+    for b in loader:
+        nbytes += int(b)
+        progress.update()
+    progress.close(summary=False)  # the summary line below
     synchronize()
     manifest = None
     if rank == 0:
