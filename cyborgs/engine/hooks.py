@@ -160,6 +160,7 @@ class LossScheduleHook(HookBase):
         s.put_scalar("epoch", p.epoch, smoothing_hint=False)
         s.put_scalar("contrastive_weight", p.contrastive_weight, smoothing_hint=False)
         s.put_scalar("vmf_weight", p.vmf_weight, smoothing_hint=False)
+        s.put_scalar("vmf_num_clusters", p.vmf_num_clusters, smoothing_hint=False)
 
 
 def capture_rng_state() -> dict[str, Any]:
