@@ -29,10 +29,12 @@ cols=1000  # progress lines are cut to the terminal's width, elsewhere kept whol
 [ $tty = 1 ] && cols=$(tput cols 2>/dev/null || echo 100) && [ "$cols" -gt 20 ] || cols=1000
 
 # The newest progress line of a log: detectron2's "eta:" lines, our Progress lines, the transfer
-# driver's "benchmark N of M", without the "[date time] logger INFO:" prefix.
+# driver's "benchmark N of M", without the logger's "[date time name]:" (console) or
+# "[date time] name LEVEL:" (log.txt) prefix.
 progress_line() {
-  grep -aE 'eta: |benchmark [0-9]+ of [0-9]+' "$1" 2>/dev/null | tail -n 1 \
-    | sed -E 's/^\[[^]]*\] [^ ]+ [A-Z]+: +//' | cut -c "1-$((cols - 4))" || true
+  grep -aE '^\[.*(eta: |benchmark [0-9]+ of [0-9]+)' "$1" 2>/dev/null | tail -n 1 \
+    | sed -E 's/^\[[0-9/]+ [0-9:]+( [^]]*)?\]( [^ ]+ [A-Z]+)?:? +//' \
+    | cut -c "1-$((cols - 4))" || true
 }
 
 # run_stage N NAME DESCRIPTION CMD...: CMD's output to $logs/NAME.log; progress while it runs.

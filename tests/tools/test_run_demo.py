@@ -21,7 +21,8 @@ case "$*" in
   *pretrain_net.py*)
     mkdir -p "$out"; touch "$out/model_final.pth"
     for i in $(seq 1 300); do echo "config line $i"; done
-    echo "[11/30 19:27:17] d2.utils.events INFO:  eta: 0:00:48  iter: 2  total_loss: 5.7"
+    echo "  - Build settings: CXX_FLAGS= -Wno-error=old-style-cast, BETA: 1"  # no progress
+    echo "[11/30 19:27:17 d2.utils.events]:  eta: 0:00:48  iter: 2  total_loss: 5.7"
     sleep 2
     echo "[11/30 19:27:19] d2.utils.events INFO:  eta: 0:00:01  iter: 77  total_loss: 5.1" ;;
   *plot_training.py*)
