@@ -60,3 +60,37 @@ def test_pending_rounds_and_printed_eta(tmp_path, caplog) -> None:
             trainer.iter = storage.iter = it
             hook.after_step()  # round 2 after iteration 5
         assert hook.pending_rounds(5)[0] == 0
+
+
+def test_writer_writes_every_period_and_on_a_timer(monkeypatch) -> None:
+    from detectron2.utils.events import EventWriter
+
+    import cyborgs.engine.writers as writers_mod
+    from cyborgs.engine.writers import TimedPeriodicWriter
+
+    class _Count(EventWriter):
+        n = 0
+
+        def write(self) -> None:
+            self.n += 1
+
+        def close(self) -> None:
+            pass
+
+    now = [0.0]
+    monkeypatch.setattr(writers_mod.time, "perf_counter", lambda: now[0])
+    w = _Count()
+    hook = TimedPeriodicWriter([w], period=20, max_interval_s=60)
+    hook.trainer = _Trainer(100)
+    for it in range(19):  # fast steps: nothing until the period ends
+        hook.trainer.iter = it
+        now[0] += 1
+        hook.after_step()
+    assert w.n == 0
+    hook.trainer.iter = 19
+    hook.after_step()
+    assert w.n == 1  # (19 + 1) % 20 == 0
+    hook.trainer.iter = 20
+    now[0] += 61  # one slow step: written although the period has not ended
+    hook.after_step()
+    assert w.n == 2
