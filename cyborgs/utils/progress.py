@@ -126,7 +126,7 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (
             f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
-            f"{self.rate():.1f} {self.unit}/s, elapsed {format_eta(self.elapsed)}, "
+            f"{_rate(self.rate())} {self.unit}/s, elapsed {format_eta(self.elapsed)}, "
             f"eta: {format_eta(self.eta_s())}"
         )
 
@@ -140,7 +140,7 @@ class Progress:
         if summary:
             self._log(
                 f"{self.desc}: done, {self.done} {self.unit} in {format_eta(t)} "
-                f"({self.rate():.1f} {self.unit}/s)"
+                f"({_rate(self.rate())} {self.unit}/s)"
             )
         return t
 
@@ -153,6 +153,11 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close(summary=exc[0] is None)
+
+
+def _rate(r: float) -> str:
+    """One decimal, or three significant digits below 1/s (slow loops: "0.0143", not "0.0")."""
+    return f"{r:.1f}" if r >= 1 or r == 0 else f"{r:.3g}"
 
 
 def _stderr_is_tty() -> bool:

@@ -63,6 +63,14 @@ def test_lines_at_percent_steps_throttled_and_on_a_timer() -> None:
     assert p.lines[summary_at].startswith("work: done, 55 images in 0:00:20")
 
 
+def test_slow_rate_keeps_significant_digits() -> None:
+    clock = _Clock()
+    p = Progress(10, "work", logging.getLogger("t"), clock=clock, tty=False)
+    clock.t += 70.0
+    p.update()  # 1 item in 70 s
+    assert ", 0.0143 images/s," in p.lines[-1] and "eta: 0:10:30" in p.lines[-1]
+
+
 def test_zero_total_and_unknown_eta() -> None:
     p = Progress(0, "work", logging.getLogger("t"), tty=False)
     assert p.eta_s() is None and format_eta(None) == "unknown"
