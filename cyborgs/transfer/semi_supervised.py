@@ -73,7 +73,9 @@ def finetune(
     model.to(device).train()
     opt, lr_sched = build_optimizer(model, sched, lr_scale)
     history = []
-    progress = Progress(sched.epochs * len(loader), "fine-tuning", logger, unit="iterations")
+    progress = Progress(
+        sched.epochs * len(loader), "semi-supervised fine-tuning", logger, unit="iterations"
+    )
     for epoch in range(sched.epochs):
         total, n = 0.0, 0
         for x, y in loader:
@@ -99,7 +101,7 @@ def evaluate_topk(model: nn.Module, loader: DataLoader, ks=(1, 5), device: str =
     model.to(device).eval()
     correct = {k: 0 for k in ks}
     n = 0
-    progress = Progress(len(loader), "evaluating", logger, unit="batches")
+    progress = Progress(len(loader), "top-k evaluation", logger, unit="batches")
     for x, y in loader:
         progress.update()
         logits = model(x.to(device))
