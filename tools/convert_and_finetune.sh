@@ -56,8 +56,14 @@ train_net() {  # name, run-dir
     MODEL.WEIGHTS "$weights" OUTPUT_DIR "$2" "${depth_opts[@]}" "${extra[@]}"
 }
 
+# Progress: "benchmark N of M", elapsed, and an ETA from the mean time of the finished ones
+# (benchmarks differ in length: a rough guide, refined as they finish).
+fmt_s() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
+t0=$(date +%s); n=0; m=${#benches[@]}
 for b in "${benches[@]}"; do
-  echo "[convert_and_finetune] === $b ==="
+  n=$((n + 1)); el=$(( $(date +%s) - t0 ))
+  eta=unknown; [ $n -gt 1 ] && eta=$(fmt_s $(( el / (n - 1) * (m - n + 1) )))
+  echo "[convert_and_finetune] === $b: benchmark $n of $m, elapsed $(fmt_s $el), eta: $eta ==="
   case $b in
     voc07_svm)
       if [ $demo = 1 ]; then
@@ -85,4 +91,5 @@ for b in "${benches[@]}"; do
   esac
 done
 
+echo "[convert_and_finetune] $m benchmark(s) done in $(fmt_s $(( $(date +%s) - t0 )))"
 "$py" tools/collect_results.py "$out"

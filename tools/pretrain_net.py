@@ -6,8 +6,10 @@
     tools/pretrain_net.py --config-file pretrain_configs/demo_R18.yaml     # CPU, minutes
 
 Writes OUTPUT_DIR/{config.yaml, args.json, log.txt, metrics.json, events.out.tfevents.*,
-model_*.pth, last_checkpoint}. ``--resume`` continues exactly from last_checkpoint. Convert the
-result for transfer with tools/convert_to_detectron2.py.
+model_*.pth, last_checkpoint, plan.json}. ``--resume`` continues exactly from last_checkpoint.
+``--plan-only`` prints what the config will do (phase per epoch, bootstrap rounds, iterations,
+checkpoints, disk), writes OUTPUT_DIR/plan.json and exits without building the model. Convert
+the result for transfer with tools/convert_to_detectron2.py.
 """
 
 from __future__ import annotations
@@ -108,12 +110,54 @@ def main(args) -> None:
     trainer.train()
 
 
+def plan_only(args) -> int:
+    """Print the plan and write OUTPUT_DIR/plan.json; no model, no process group, no training.
+    Checkpoint sizes come from a meta-device instance of the model (no memory, no init)."""
+    from cyborgs.engine.plan import build_plan, format_plan, model_counts_from_config, write_plan
+
+    cfg, _ = build_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    setup_logger(name="cyborgs")
+    setup_logger(name="detectron2")
+    if args.images:
+        num_images = int(args.images)
+    else:
+        try:
+            num_images = CyborgsTrainer.dataset_size(cfg)
+        except FileNotFoundError as e:
+            print(f"{e}\n--plan-only needs the number of images: pass --images N (COCO "
+                  "train2017: 118287)", file=sys.stderr)  # fmt: skip
+            return 2
+    plan = build_plan(cfg, num_images, model_counts_from_config(cfg))
+    print(format_plan(plan))
+    if cfg.OUTPUT_DIR:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        print(f"plan written to {write_plan(plan, cfg.OUTPUT_DIR)}")
+    return 0
+
+
 def get_parser():
     parser = default_argument_parser(epilog=EPILOG)
     parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="print the plan (phases, rounds, iterations, checkpoints, disk), write "
+        "OUTPUT_DIR/plan.json and exit without building the model",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=0,
+        help="with --plan-only: number of training images (default: count the data set; "
+        "lets you plan a run whose data is not on this machine)",
+    )
     return parser
 
 
 if __name__ == "__main__":
-    launch_from_args(main, get_parser().parse_args())
+    args = get_parser().parse_args()
+    if args.plan_only:
+        sys.exit(plan_only(args))
+    launch_from_args(main, args)
     sys.exit(0)

@@ -20,34 +20,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cyborgs.utils.mask_vis import colorize, mask_grid  # noqa: E402
 
-def colorize(label_map: np.ndarray) -> np.ndarray:
-    """uint8 ids -> RGB with well-separated hues (golden-ratio steps)."""
-    import colorsys
-
-    lut = np.array(
-        [
-            [int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.7, 0.95)]
-            for i in range(256)
-        ],
-        np.uint8,
-    )
-    return lut[label_map]
+__all__ = ["colorize", "main", "render"]
 
 
 def render(store, dicts: list[dict], rounds: list[int], read_image) -> np.ndarray:
-    """Grid [len(dicts) rows x (1 + len(rounds)) columns] of image and mask panels."""
-    rows = []
-    for d in dicts:
-        image = read_image(d["file_name"])
-        h, w = image.shape[:2]
-        cells = [image] + [
-            colorize(store.read(d["image_id"], out_hw=(h, w), round_id=r)) for r in rounds
-        ]
-        rows.append(np.concatenate(cells, axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    return np.concatenate(rows, axis=0)
+    """Grid [len(dicts) rows x (1 + len(rounds)) columns] of image and mask panels;
+    ``read_image(path)`` returns RGB uint8."""
+    return mask_grid(store, dicts, rounds, lambda d: read_image(d["file_name"]))
 
 
 def save_png(array: np.ndarray, path: str) -> None:

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # detectron2's log-file line format (run_demo.sh picks progress lines from it)
+    logging.basicConfig(level=logging.INFO, datefmt="%m/%d %H:%M:%S",
+                        format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")  # fmt: skip
 
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(

@@ -23,19 +23,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def palette(n: int) -> np.ndarray:
-    """n distinct RGB colours (golden-ratio hues)."""
-    import colorsys
-
-    return np.array(
-        [
-            [int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.75, 0.95)]
-            for i in range(n)
-        ],
-        np.uint8,
-    )
-
-
 def panels(model, cfg, image: np.ndarray, k: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
@@ -43,6 +30,7 @@ def panels(model, cfg, image: np.ndarray, k: int) -> np.ndarray:
     from cyborgs.bootstrap.crf import crf_refine
     from cyborgs.bootstrap.features import extract_bootstrap_features
     from cyborgs.clustering import spherical_kmeans
+    from cyborgs.utils.mask_vis import palette
 
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(model.pixel_mean.device)
     feats = extract_bootstrap_features(model, x, list(cfg.CYBORGS.BOOTSTRAP.FEATURES))[0]

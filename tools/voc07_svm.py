@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # detectron2's log-file line format (run_demo.sh picks progress lines from it)
+    logging.basicConfig(level=logging.INFO, datefmt="%m/%d %H:%M:%S",
+                        format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")  # fmt: skip
 
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(

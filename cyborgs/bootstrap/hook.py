@@ -18,7 +18,9 @@ has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 th
 initial round at iteration 0).
 
 Metrics (EventStorage): bootstrap/round, time_s, images_per_s, bytes_per_image, k_mean, and
-mask_miou (Hungarian, per image; ``quality.py``) when the data set has a labeled twin.
+mask_miou (Hungarian, per image; ``quality.py``) when the data set has a labeled twin; for
+TensorBoard, a grid of a few fixed images with the round's masks and the histogram of K per
+group (``visuals.py``). ``pending_rounds`` feeds the rounds still to come into the training ETA.
 
 Test instrumentation: the environment variable ``CYBORGS_TEST_BOOTSTRAP_DELAY_S`` (seconds,
 default unset = 0) makes every label-map write of a round sleep that long afterwards, so a test
@@ -42,7 +44,7 @@ from cyborgs.masks.store import MaskStore
 
 from .round import round_manifest
 
-__all__ = ["BootstrapHook", "due_epochs"]
+__all__ = ["BootstrapHook", "due_epochs", "round_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,16 @@ def due_epochs(warmup_epochs: int, period_epochs: int, max_epoch: int) -> list[i
     return out
 
 
+def round_epochs(
+    warmup_epochs: int, period_epochs: int, max_iter: int, iters_per_epoch: int
+) -> list[int]:
+    """Epochs after which a round runs in a run of ``max_iter`` iterations: the schedule the
+    hook follows and the plan (``cyborgs.engine.plan``) prints. A round at the final boundary
+    would never be trained on, so none is due there."""
+    max_epoch = -(-int(max_iter) // int(iters_per_epoch))
+    return due_epochs(warmup_epochs, period_epochs, max_epoch)
+
+
 class BootstrapHook(HookBase):
     """``BootstrapHook(cfg)`` (what ``CyborgsTrainer`` builds) or, explicitly, with keyword
     arguments (tests, custom loops). ``iters_per_epoch`` defaults to the trainer's."""
@@ -130,6 +142,8 @@ class BootstrapHook(HookBase):
         self.period_epochs = int(period_epochs)
         self.quality_fns = quality_fns or {}
         self.completed: list[int] = []
+        self.round_seconds: list[float] = []  # wall time of each round run by this process
+        self._visual_dicts: dict[str, list[dict]] = {}
 
     @property
     def iters_per_epoch(self) -> int:
@@ -139,12 +153,23 @@ class BootstrapHook(HookBase):
         return int(ipe)
 
     # ---- schedule ----
-    def _max_epoch(self) -> int:
-        # A round at the final boundary would never be trained on.
-        return -(-int(self.trainer.max_iter) // self.iters_per_epoch)
+    def scheduled_epochs(self) -> list[int]:
+        return round_epochs(
+            self.warmup_epochs, self.period_epochs, int(self.trainer.max_iter), self.iters_per_epoch
+        )
 
     def _is_due(self, epoch: int) -> bool:
-        return epoch in due_epochs(self.warmup_epochs, self.period_epochs, self._max_epoch())
+        return epoch in self.scheduled_epochs()
+
+    def pending_rounds(self, iteration: int) -> tuple[int, float | None]:
+        """(rounds still to run after step ``iteration``, mean seconds of the rounds this
+        process ran, None before the first): the training ETA adds them."""
+        ipe = self.iters_per_epoch
+        left = [
+            e for e in self.scheduled_epochs() if e not in self.completed and e * ipe > iteration
+        ]
+        mean = float(np.mean(self.round_seconds)) if self.round_seconds else None
+        return len(left), mean
 
     def before_train(self) -> None:
         # (i) Masks of the checkpoint: the latest round it completed, or none.
@@ -162,7 +187,7 @@ class BootstrapHook(HookBase):
         comm.synchronize()
         # (ii) The latest round due at or before the start iteration, if not completed.
         start_epoch = int(self.trainer.iter) // self.iters_per_epoch
-        due = [e for e in due_epochs(self.warmup_epochs, self.period_epochs, self._max_epoch())]
+        due = self.scheduled_epochs()
         due = [e for e in due if e * self.iters_per_epoch <= int(self.trainer.iter)]
         if due and max(due) not in self.completed and max(due) <= start_epoch:
             self._run_round(max(due))
@@ -187,6 +212,7 @@ class BootstrapHook(HookBase):
 
     # ---- one round ----
     def _run_round(self, epoch: int) -> None:
+        t_round = time.perf_counter()
         round_id = epoch
         iteration = epoch * self.iters_per_epoch
         world, rank = comm.get_world_size(), comm.get_rank()
@@ -236,14 +262,27 @@ class BootstrapHook(HookBase):
                 for k, v in m.items():
                     metrics.setdefault(k, []).append(float(v))
                 logger.info("bootstrap round %d of %s: %s", round_id, name, m)
+                self._put_visuals(name, dicts, store, round_id, man)
             comm.synchronize()
         self.completed = sorted(set(self.completed) | {round_id})
+        self.round_seconds.append(time.perf_counter() - t_round)
         storage = getattr(self.trainer, "storage", None)
         if storage is not None and metrics:
             for k, vals in metrics.items():
                 storage.put_scalar(f"bootstrap/{k}", float(np.mean(vals)), smoothing_hint=False)
             # The round id (= epoch) lets plots label rounds correctly across resumes.
             storage.put_scalar("bootstrap/round", float(round_id), smoothing_hint=False)
+
+    def _put_visuals(self, name: str, dicts, store: MaskStore, round_id: int, man: dict) -> None:
+        """The round's mask grid (same images every round) and K histogram for TensorBoard."""
+        storage = getattr(self.trainer, "storage", None)
+        if storage is None:
+            return
+        from .visuals import put_round_visuals, visual_dicts
+
+        if name not in self._visual_dicts:
+            self._visual_dicts[name] = visual_dicts(dicts)
+        put_round_visuals(storage, name, store, round_id, self._visual_dicts[name], man)
 
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from PIL import Image
 
 from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image
 from cyborgs.masks.store import MaskStore
+from cyborgs.utils.progress import Progress
 
 from .features import extract_bootstrap_features
 
@@ -266,6 +267,9 @@ def run_bootstrap_round(
     )
 
     forward_s, kmeans_s, write_s, nbytes, k_values = 0.0, 0.0, 0.0, 0, []
+    # Images stored so far, with rate and ETA, per rank (the summary line below ends it).
+    progress = Progress(len(indices), f"bootstrap round {round_id} (rank {rank}/{world_size})",
+                        logger)  # fmt: skip
     pending: list[tuple[Any, np.ndarray, torch.Tensor]] = []  # (image_id, image, feats[D,h,w])
     batch: list[tuple[Any, np.ndarray]] = []
     skipped: list[str] = []
@@ -325,6 +329,7 @@ def run_bootstrap_round(
             nbytes += store.write(round_id, image_id, lm_np)
         write_s += time.perf_counter() - t1
         group_idx += 1
+        progress.update(len(items))
 
     was_training = net.training
     net.eval()
@@ -347,6 +352,7 @@ def run_bootstrap_round(
             del pending[:group_size]
     finally:
         net.train(was_training)
+        progress.close(summary=False)
 
     n = len(indices) - len(skipped)
     total = time.perf_counter() - t_start

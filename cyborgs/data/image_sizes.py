@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cyborgs.data.image_io import BadImageError, read_image_size
 from cyborgs.utils.atomic import atomic_write_bytes
+from cyborgs.utils.progress import Progress
 
 __all__ = ["CACHE_ENV", "MAX_NAMED", "cache_file_for", "read_image_sizes", "warn_unreadable"]
 
@@ -93,9 +94,12 @@ def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
     if todo:
         t0 = time.perf_counter()
         paths = [os.path.join(root, rel_paths[i]) for i in todo]
+        progress = Progress(len(todo), f"reading image headers under {root}", logger)
         with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(todo))) as pool:
             for i, size in zip(todo, pool.map(_read_size, paths), strict=True):
                 out[i] = size
+                progress.update()
+        progress.close(summary=False)  # the summary line below
         logger.info(
             f"Read {len(todo)} image header(s) under {root} in {time.perf_counter() - t0:.1f} s "
             f"({len(rel_paths) - len(todo)} from the cache {cache_file})"

@@ -186,8 +186,8 @@ class LossScheduleHook(HookBase):
         s.put_scalar("epoch", p.epoch, smoothing_hint=False)
         s.put_scalar("contrastive_weight", p.contrastive_weight, smoothing_hint=False)
         s.put_scalar("vmf_weight", p.vmf_weight, smoothing_hint=False)
-        if p.vmf_weight > 0:
-            s.put_scalar("vmf_k", model.vmf_num_clusters, smoothing_hint=False)
+        # The K in use this step (drawn per step after the warm-up).
+        s.put_scalar("vmf_num_clusters", model.vmf_num_clusters, smoothing_hint=False)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -42,6 +42,7 @@ from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer, iters
 from .checkpoint import RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
 from .nonfinite import NonFiniteLossError, check_finite_losses
+from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
 
 __all__ = ["CyborgsTrainer", "ResumableLoader", "preserve_rng"]
 
@@ -204,7 +205,8 @@ class CyborgsTrainer(DefaultTrainer):
             raise ValueError("SOLVER.AMP.ENABLED is not supported by CyborgsTrainer")
         cfg = cfg.clone()
         cfg.defrost()
-        self.iters_per_epoch = iters_per_epoch(self.dataset_size(cfg), cfg.SOLVER.IMS_PER_BATCH)
+        num_images = self.dataset_size(cfg)
+        self.iters_per_epoch = iters_per_epoch(num_images, cfg.SOLVER.IMS_PER_BATCH)
         cfg.SOLVER.MAX_ITER = int(round(cfg.SOLVER.EPOCHS * self.iters_per_epoch))
         # One data seed for the whole run (sampler order, per-sample augmentation). Drawn once
         # and saved in the checkpoint when SEED < 0, so a resumed run sees the same stream.
@@ -216,6 +218,8 @@ class CyborgsTrainer(DefaultTrainer):
         )
 
         model = self.build_model(cfg)
+        if comm.is_main_process():
+            self._write_plan(cfg, num_images, model)
         optimizer = self.build_optimizer(cfg, model)
         self._loader = ResumableLoader(self._build_loader_at, self.loader_is_positionable())
         # Phases change which parameters receive gradients (no contrastive heads during the
@@ -236,6 +240,15 @@ class CyborgsTrainer(DefaultTrainer):
         self.cfg = cfg
         self.loss_schedule = LossScheduleHook(cfg, self.iters_per_epoch)
         self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def _write_plan(cfg: CfgNode, num_images: int, model: torch.nn.Module) -> None:
+        """Log the run's plan (phases, rounds, checkpoints, disk) and save OUTPUT_DIR/plan.json."""
+        from .plan import build_plan, format_plan, model_counts, write_plan
+
+        plan = build_plan(cfg, num_images, model_counts(model))
+        where = write_plan(plan, cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else "not saved: no OUTPUT_DIR"
+        logger.info(f"Plan ({where}):\n{format_plan(plan)}")
 
     # ---- builders (classmethods so subclasses/tests can swap one piece) ----
     @classmethod
@@ -312,10 +325,13 @@ class CyborgsTrainer(DefaultTrainer):
 
     def build_hooks(self) -> list[hooks.HookBase | None]:
         cfg = self.cfg
+        bootstrap = self.build_bootstrap_hook()
+        # the console ETA adds the rounds still to come (build_writers)
+        self._pending_rounds = getattr(bootstrap, "pending_rounds", None)
         ret: list[hooks.HookBase | None] = [
             hooks.IterationTimer(),
             self.loss_schedule,
-            self.build_bootstrap_hook(),
+            bootstrap,
             EMAHook(cfg.CYBORGS.EMA.BASE_MOMENTUM, cfg.CYBORGS.EMA.SCHEDULE),
             hooks.LRScheduler(),
             # every rank: gathers the RNG states the checkpointer saves next (a collective)
@@ -329,9 +345,21 @@ class CyborgsTrainer(DefaultTrainer):
                 )
             )
             ret.append(
-                hooks.PeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
+                TimedPeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
             )
         return ret
+
+    def build_writers(self) -> list[Any]:
+        """detectron2's default writers, with a console printer whose ETA includes the bootstrap
+        rounds still to come."""
+        from detectron2.utils.events import CommonMetricPrinter
+
+        pending = getattr(self, "_pending_rounds", None)
+        writers = super().build_writers()
+        return [
+            RoundAwareMetricPrinter(self.max_iter, pending) if type(w) is CommonMetricPrinter else w
+            for w in writers
+        ]
 
     # ---- resume ----
     def resume_or_load(self, resume: bool = True) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cyborgs.data.image_io import BadImageError
+from cyborgs.utils.progress import Progress
 
 from .registry import check_source_image
 from .store import MaskStore, store_root
@@ -102,10 +103,13 @@ def precompute_masks(
         _Job(shard, fn, store, 0), batch_size=None, num_workers=num_workers
     )
     nbytes, skipped = 0, []
+    progress = Progress(len(shard), f"precomputing {name} masks (rank {rank}/{world_size})", logger)
     for r in loader:
         nbytes += int(r["bytes"])
         if r["skipped"]:
             skipped.append(str(r["skipped"]))
+        progress.update()
+    progress.close(summary=False)  # the summary line below
     if skipped:
         logger.warning(
             f"precomputing {name} masks: {len(skipped)} bad image(s) skipped: "

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cyborgs.utils.progress import Progress
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,9 +73,13 @@ def finetune(
     model.to(device).train()
     opt, lr_sched = build_optimizer(model, sched, lr_scale)
     history = []
+    progress = Progress(
+        sched.epochs * len(loader), "semi-supervised fine-tuning", logger, unit="iterations"
+    )
     for epoch in range(sched.epochs):
         total, n = 0.0, 0
         for x, y in loader:
+            progress.update()
             x, y = x.to(device), y.to(device)
             loss = nn.functional.cross_entropy(model(x), y)
             if not torch.isfinite(loss):
@@ -85,6 +91,7 @@ def finetune(
         lr_sched.step()
         history.append(total / max(n, 1))
         logger.info("epoch %d/%d: loss %.4f", epoch + 1, sched.epochs, history[-1])
+    progress.close()
     return history
 
 
@@ -94,11 +101,14 @@ def evaluate_topk(model: nn.Module, loader: DataLoader, ks=(1, 5), device: str =
     model.to(device).eval()
     correct = {k: 0 for k in ks}
     n = 0
+    progress = Progress(len(loader), "top-k evaluation", logger, unit="batches")
     for x, y in loader:
+        progress.update()
         logits = model(x.to(device))
         y = y.to(device)
         top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
         for k in ks:
             correct[k] += (top[:, :k] == y[:, None]).any(dim=1).sum().item()
         n += len(y)
+    progress.close()
     return {f"top{k}": 100.0 * correct[k] / max(n, 1) for k in ks}

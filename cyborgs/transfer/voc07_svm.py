@@ -21,6 +21,7 @@ from sklearn.svm import LinearSVC
 from torch.utils.data import DataLoader
 
 from cyborgs.transfer.image_data import ImageList, eval_transform
+from cyborgs.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,14 @@ def extract_features(
     )
     device = next(model.parameters()).device
     out = []
+    progress = Progress(len(dicts), "VOC07 SVM: extracting res5 features", logger)
     for images, _ in loader:
         f = model(images.to(device))["res5"].mean(dim=(2, 3))
         if not torch.isfinite(f).all():
             raise FloatingPointError("non-finite res5 features: are the backbone weights sane?")
         out.append(torch.nn.functional.normalize(f, dim=1).cpu())
+        progress.update(len(images))
+    progress.close()
     return torch.cat(out).numpy()
 
 
@@ -103,7 +107,9 @@ def voc07_svm_map(
     """{"mAP": ..., "AP-<class>": ...} in percent; classes without positives are skipped."""
     res: dict[str, float] = {}
     aps = []
+    progress = Progress(len(class_names), "VOC07 SVM: per-class SVMs", logger, unit="classes")
     for c, name in enumerate(class_names):
+        progress.update()
         ap, cost = train_test_class(
             x_train,
             labels_train[:, c],
@@ -118,6 +124,7 @@ def voc07_svm_map(
         res[f"AP-{name}"] = 100 * ap
         res[f"cost-{name}"] = cost
         aps.append(ap)
+    progress.close()
     if not aps:
         raise ValueError("no class has positives in both train and test sets")
     res["mAP"] = 100 * float(np.mean(aps))

@@ -1,0 +1,285 @@
+"""What a pretraining config will do, said up front: ``OUTPUT_DIR/plan.json`` and a printed table.
+
+Per epoch: the loss phase (vMF warm-up / contrastive / contrastive + vMF) with its weights, and
+the bootstrap round that runs at its start; totals: iterations, checkpoints written and kept, and
+the disk they and the mask rounds will take. Everything is derived from the functions the
+training loop itself runs -- ``iters_per_epoch`` and ``resolve_epoch_schedule``
+(``cyborgs.solver.schedule``), ``LossScheduleHook.phase_at_epoch`` and the bootstrap hook's
+``round_epochs`` -- so the plan cannot drift from the run.
+
+Disk estimates: a checkpoint holds the model state (every parameter and buffer, online and
+target) plus the optimizer's momentum buffer per trainable parameter; mask rounds are all kept
+(``bytes per image x images x rounds``). Before any round exists, bytes per image is estimated
+from the label-map size at the bootstrap feature stride (``MASK_BYTES_PER_CELL``, from the PNG
+sizes measured in ``cyborgs/masks/store.py``); the real number is the ``bootstrap/bytes_per_image``
+metric of each round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode
+
+from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule
+from cyborgs.utils.atomic import atomic_write_bytes
+
+from .hooks import LossScheduleHook
+
+__all__ = [
+    "PLAN_FILE",
+    "build_plan",
+    "estimate_mask_bytes_per_image",
+    "format_plan",
+    "model_counts",
+    "model_counts_from_config",
+    "write_plan",
+]
+
+PLAN_FILE = "plan.json"
+
+# PNG label maps of k-means segments: ~1500 B for 80x60 cells at mid-range K (store.py's
+# measurements: 190 B at K=2 .. 2020 B at K=256), i.e. ~0.3 B per cell, plus ~100 B of header.
+MASK_BYTES_PER_CELL = 0.3
+MASK_BYTES_HEADER = 100
+# Shape assumed for the estimate: COCO's typical 4:3 images.
+_ASPECT = 4 / 3
+_STAGE_STRIDE = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+# Sources computed into the mask store once (one round); "whole" and "grid" store nothing.
+_FIXED_STORED_SOURCES = ("felzenszwalb", "selective_search", "ground_truth")
+
+PHASE_LABELS = {"vmf_warmup": "vMF warm-up", "contrastive": "contrastive"}
+
+
+def model_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Element counts and bytes of ``model``'s state (works on a meta-device model too)."""
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    return {
+        "parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "buffers": sum(b.numel() for b in buffers),
+        "state_bytes": sum(t.numel() * t.element_size() for t in params + buffers),
+        "momentum_bytes": sum(p.numel() * p.element_size() for p in params if p.requires_grad),
+    }
+
+
+def model_counts_from_config(cfg: CfgNode) -> dict[str, int] | None:
+    """:func:`model_counts` of ``cfg``'s model instantiated on the meta device: no memory is
+    allocated and nothing is initialised or moved. None if the architecture cannot be built
+    that way (the plan then gives no checkpoint size)."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
+
+    try:
+        with torch.device("meta"):
+            model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    except Exception:  # noqa: BLE001 - an estimate only: say "unknown" rather than fail
+        return None
+    return model_counts(model)
+
+
+def _feature_stride(features: list[str]) -> int:
+    strides = [_STAGE_STRIDE.get(str(f).split(".")[0]) for f in features]
+    known = [s for s in strides if s]
+    return min(known) if known else 8
+
+
+def estimate_mask_bytes_per_image(cfg: CfgNode) -> float:
+    """Estimated PNG size of one bootstrap label map (feature resolution of BOOTSTRAP.INPUT_SIZE,
+    4:3 images; INPUT_SIZE 0 = as stored: COCO's 480-px shorter side)."""
+    b = cfg.CYBORGS.BOOTSTRAP
+    short = int(b.INPUT_SIZE) or 480
+    stride = _feature_stride(list(b.FEATURES))
+    cells = math.ceil(short / stride) * math.ceil(short * _ASPECT / stride)
+    return MASK_BYTES_HEADER + MASK_BYTES_PER_CELL * cells
+
+
+def phase_label(contrastive_weight: float, vmf_weight: float, name: str) -> str:
+    if name != "contrastive":
+        return PHASE_LABELS.get(name, name)
+    return "contrastive + vMF" if vmf_weight > 0 else "contrastive"
+
+
+def build_plan(
+    cfg: CfgNode, dataset_size: int, counts: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """The plan of ``cfg`` on ``dataset_size`` images (see the module docstring); ``counts``
+    from :func:`model_counts` gives the checkpoint size (None: unknown)."""
+    from cyborgs.bootstrap.hook import round_epochs
+
+    ipe = iters_per_epoch(int(dataset_size), int(cfg.SOLVER.IMS_PER_BATCH))
+    lr = resolve_epoch_schedule(cfg, ipe)
+    max_iter = lr.max_iter
+    num_epochs = -(-max_iter // ipe)
+    phases = LossScheduleHook(cfg, ipe)
+    source = str(cfg.CYBORGS.MASKS.SOURCE)
+    rounds = (
+        round_epochs(
+            int(cfg.CYBORGS.VMF.WARMUP_EPOCHS),
+            int(cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS),
+            max_iter,
+            ipe,
+        )
+        if source == "bootstrap"
+        else []
+    )
+
+    epochs = []
+    masks_from: int | None = None
+    for e in range(num_epochs):
+        p = phases.phase_at_epoch(e)
+        if e in rounds:
+            masks_from = e
+        epochs.append(
+            {
+                "epoch": e,
+                "iterations": [e * ipe, min((e + 1) * ipe, max_iter)],
+                "phase": phase_label(p.contrastive_weight, p.vmf_weight, p.name),
+                "contrastive_weight": p.contrastive_weight,
+                "vmf_weight": p.vmf_weight,
+                # K of the vMF k-means: drawn per step from [min, max] (equal: fixed)
+                "vmf_k": [p.vmf_k_min, p.vmf_k_max],
+                "bootstrap_round": e if e in rounds else None,  # runs before the epoch's 1st step
+                "masks_of_round": masks_from if source == "bootstrap" else None,
+            }
+        )
+
+    # detectron2's PeriodicCheckpointer: model_{iter} after every step with (iter + 1) % period
+    # == 0, the newest CHECKPOINTS_TO_KEEP of them kept, plus model_final.
+    period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
+    periodic = max_iter // period if period > 0 else 0
+    keep = int(cfg.SOLVER.CHECKPOINTS_TO_KEEP)
+    kept = (min(periodic, keep) if keep > 0 else periodic) + 1
+    ckpt_bytes = None
+    if counts is not None:
+        ckpt_bytes = int(counts["state_bytes"] + counts["momentum_bytes"])
+
+    if source == "bootstrap":
+        mask_rounds = len(rounds)
+        bpi: float | None = estimate_mask_bytes_per_image(cfg)
+    elif source in _FIXED_STORED_SOURCES:
+        mask_rounds, bpi = 1, None  # computed once at image resolution: size not estimated
+    else:
+        mask_rounds, bpi = 0, 0.0
+    mask_bytes = None if bpi is None else int(bpi * dataset_size * mask_rounds)
+
+    disk = None
+    if ckpt_bytes is not None and mask_bytes is not None:
+        disk = ckpt_bytes * kept + mask_bytes
+    return {
+        "datasets": list(cfg.DATASETS.TRAIN),
+        "images": int(dataset_size),
+        "ims_per_batch": int(cfg.SOLVER.IMS_PER_BATCH),
+        "iters_per_epoch": ipe,
+        "epochs": float(cfg.SOLVER.EPOCHS),
+        "max_iter": max_iter,
+        "lr_warmup_iters": lr.warmup_iters,
+        "mask_source": source,
+        "bootstrap_rounds": [{"round": e, "epoch": e, "iteration": e * ipe} for e in rounds],
+        "per_epoch": epochs,
+        "checkpoints": {
+            "period_iters": period,
+            "written": periodic + 1,
+            "kept": kept,
+            "bytes_each": ckpt_bytes,
+            "bytes_kept": None if ckpt_bytes is None else ckpt_bytes * kept,
+        },
+        "model": counts,
+        "masks": {
+            "rounds_kept": mask_rounds,
+            "bytes_per_image_estimate": bpi,
+            "bytes": mask_bytes,
+        },
+        "disk_bytes_estimate": disk,
+    }
+
+
+def write_plan(plan: dict[str, Any], output_dir: str) -> str:
+    """``output_dir/plan.json``, written atomically; returns its path."""
+    import os
+
+    path = os.path.join(output_dir, PLAN_FILE)
+    atomic_write_bytes(path, (json.dumps(plan, indent=1) + "\n").encode())
+    return path
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # unreachable
+
+
+def _steps(epochs: list[int]) -> set[int]:
+    return {b - a for a, b in zip(epochs, epochs[1:], strict=False)}
+
+
+def _k_text(k: list[int]) -> str:
+    return str(k[0]) if k[0] == k[1] else f"~U{{{k[0]}..{k[1]}}} per step"
+
+
+def _irregular(epochs: list[int]) -> bool:
+    return len(epochs) > 8 and len(_steps(epochs)) > 1
+
+
+def _epoch_list(epochs: list[int]) -> str:
+    """Compact: "3", "0-4", "6, 8, ..., 798" (a longer arithmetic run), a short list, or the
+    span of an irregular set (the phase that fills the gaps of the ones listed before it)."""
+    if not epochs:
+        return "none"
+    if len(epochs) == 1:
+        return str(epochs[0])
+    steps = _steps(epochs)
+    if steps == {1}:
+        return f"{epochs[0]}-{epochs[-1]}"
+    if len(steps) == 1 and len(epochs) > 4:
+        return f"{epochs[0]}, {epochs[1]}, ..., {epochs[-1]}"
+    if len(epochs) <= 8:
+        return ", ".join(map(str, epochs))
+    return f"{epochs[0]}-{epochs[-1]} except those above ({len(epochs)} epochs)"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as a few human-readable lines (what the log and ``--plan-only`` print)."""
+    lines = [
+        f"{plan['images']} images / batch {plan['ims_per_batch']} = {plan['iters_per_epoch']} "
+        f"iterations/epoch; {plan['epochs']:g} epochs = {plan['max_iter']} iterations "
+        f"(LR warm-up {plan['lr_warmup_iters']})"
+    ]
+    by_phase: dict[str, list[int]] = {}
+    for e in plan["per_epoch"]:
+        by_phase.setdefault(e["phase"], []).append(e["epoch"])
+    # An irregular set (printed as a span "except those above") goes after the regular ones.
+    for phase, eps in sorted(by_phase.items(), key=lambda kv: _irregular(kv[1])):
+        ex = next(e for e in plan["per_epoch"] if e["phase"] == phase)
+        lines.append(
+            f"  epoch{'s' if len(eps) > 1 else ''} {_epoch_list(eps)}: {phase} (contrastive {ex['contrastive_weight']:g}, "
+            f"vMF {ex['vmf_weight']:g}, K {_k_text(ex['vmf_k'])})"
+        )
+    rounds = [r["epoch"] for r in plan["bootstrap_rounds"]]
+    if plan["mask_source"] == "bootstrap":
+        lines.append(
+            f"  bootstrap rounds at the start of epochs {_epoch_list(rounds)} "
+            f"({len(rounds)} rounds of {plan['images']} images)"
+        )
+    else:
+        lines.append(f"  masks: {plan['mask_source']} (no bootstrap rounds)")
+    c, m = plan["checkpoints"], plan["masks"]
+    lines.append(
+        f"  checkpoints: every {c['period_iters']} iterations, {c['written']} written, "
+        f"{c['kept']} kept x {_bytes(c['bytes_each'])} = {_bytes(c['bytes_kept'])}"
+    )
+    lines.append(
+        f"  masks on disk: {m['rounds_kept']} round(s) x {plan['images']} images x "
+        f"~{_bytes(m['bytes_per_image_estimate'])} = ~{_bytes(m['bytes'])}"
+    )
+    lines.append(f"  disk in all: ~{_bytes(plan['disk_bytes_estimate'])}")
+    return "\n".join(lines)

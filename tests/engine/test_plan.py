@@ -1,0 +1,117 @@
+"""cyborgs.engine.plan and ``pretrain_net.py --plan-only``: the plan follows the config's schedule.
+
+Expected values are worked out from the config keys' definitions (SPEC §3-5): epoch e is a vMF
+warm-up epoch when e < VMF.WARMUP_EPOCHS, else contrastive, with the vMF term when
+e % VMF.PERIOD_EPOCHS == 0; a bootstrap round runs at the start of epoch WARMUP_EPOCHS and of
+every later epoch that is a multiple of BOOTSTRAP.PERIOD_EPOCHS, never at the end of training.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from cyborgs.engine.plan import build_plan, format_plan, model_counts, write_plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(*opts: str):
+    sys.path.insert(0, str(REPO))
+    try:
+        from tools.pretrain_net import build_cfg
+    finally:
+        sys.path.pop(0)
+    cfg, _ = build_cfg(str(REPO / "pretrain_configs" / "demo_R18.yaml"), list(opts))
+    return cfg
+
+
+def test_demo_plan_phases_rounds_and_checkpoints(tmp_path: Path) -> None:
+    # demo_R18: 6 epochs, batch 32, vMF warm-up 1 epoch, vMF every 2, rounds every 3 epochs,
+    # a checkpoint every 13 iterations, 3 kept
+    cfg = _cfg()
+    model = torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.BatchNorm1d(5))
+    model[1].weight.requires_grad_(False)
+    plan = build_plan(cfg, 400, model_counts(model))
+
+    assert plan["iters_per_epoch"] == 13  # ceil(400 / 32)
+    assert plan["max_iter"] == 78
+    phases = [e["phase"] for e in plan["per_epoch"]]
+    assert phases == [
+        "vMF warm-up",
+        "contrastive",
+        "contrastive + vMF",
+        "contrastive",
+        "contrastive + vMF",
+        "contrastive",
+    ]
+    assert [e["vmf_weight"] for e in plan["per_epoch"]] == [1.0, 0, 0.1, 0, 0.1, 0]
+    assert plan["per_epoch"][3]["iterations"] == [39, 52]
+    assert [r["epoch"] for r in plan["bootstrap_rounds"]] == [1, 3]
+    assert [r["iteration"] for r in plan["bootstrap_rounds"]] == [13, 39]
+    assert [e["masks_of_round"] for e in plan["per_epoch"]] == [None, 1, 1, 3, 3, 3]
+
+    # model_0000012, _25, _38, _51, _64, _77 and model_final; the newest 3 + final stay
+    ck = plan["checkpoints"]
+    assert (ck["written"], ck["kept"]) == (7, 4)
+    # state: 50 + 5 weights + 5 BN weight + 5 bias + 2x5 running stats + 1 count (int64)
+    state = 4 * (55 + 5 + 5 + 10) + 8
+    momentum = 4 * (55 + 5)  # trainable parameters only
+    assert ck["bytes_each"] == state + momentum
+    assert plan["masks"]["rounds_kept"] == 2
+    assert plan["masks"]["bytes"] == int(plan["masks"]["bytes_per_image_estimate"] * 400 * 2)
+    assert plan["disk_bytes_estimate"] == 4 * (state + momentum) + plan["masks"]["bytes"]
+
+    text = format_plan(plan)
+    assert "epochs 2, 4: contrastive + vMF" in text and "epochs 1, 3" in text
+    path = write_plan(plan, str(tmp_path))
+    assert json.loads(Path(path).read_text()) == json.loads(json.dumps(plan))
+
+
+def test_no_warmup_fixed_source_and_paper_schedule() -> None:
+    cfg = _cfg("CYBORGS.VMF.WARMUP_EPOCHS", "0", "CYBORGS.MASKS.SOURCE", "grid")
+    plan = build_plan(cfg, 400)
+    assert plan["bootstrap_rounds"] == [] and plan["masks"]["bytes"] == 0
+    assert plan["per_epoch"][0]["phase"] == "contrastive + vMF"  # 0 % 2 == 0
+    assert plan["checkpoints"]["bytes_each"] is None and plan["disk_bytes_estimate"] is None
+
+    # the paper: 800 epochs, warm-up 5, rounds every 100 epochs -> 5, 100, ..., 700
+    cfg = _cfg("SOLVER.EPOCHS", "800", "CYBORGS.VMF.WARMUP_EPOCHS", "5",
+               "CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", "100", "CYBORGS.VMF.PERIOD_EPOCHS", "5")  # fmt: skip
+    plan = build_plan(cfg, 400)
+    assert [r["epoch"] for r in plan["bootstrap_rounds"]] == [5, *range(100, 800, 100)]
+    vmf = [e["epoch"] for e in plan["per_epoch"] if e["phase"] == "contrastive + vMF"]
+    assert vmf == list(range(5, 800, 5))
+
+
+def test_plan_only_cli_builds_no_model(tiny_data_root, tmp_path, monkeypatch, capsys) -> None:
+    sys.path.insert(0, str(REPO))
+    try:
+        import tools.pretrain_net as pretrain_net
+    finally:
+        sys.path.pop(0)
+
+    def _no_build(*a, **k):
+        raise AssertionError("--plan-only must not build the model")
+
+    monkeypatch.setattr(pretrain_net.CyborgsTrainer, "build_model", _no_build)
+    out = tmp_path / "run"
+    args = pretrain_net.get_parser().parse_args(
+        ["--plan-only", "--config-file", str(REPO / "pretrain_configs" / "demo_R18.yaml"),
+         "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "8"]
+    )  # fmt: skip
+    assert pretrain_net.plan_only(args) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    n = plan["images"]
+    assert n > 0 and plan["iters_per_epoch"] == -(-n // 8)
+    assert plan["checkpoints"]["bytes_each"] > 1e6  # a ResNet-18 and its target, counted
+    assert "bootstrap rounds at the start of epochs 1, 3" in capsys.readouterr().out
+
+    args = pretrain_net.get_parser().parse_args(
+        ["--plan-only", "--images", "1000", "--config-file", "", "OUTPUT_DIR", ""]
+    )
+    assert pretrain_net.plan_only(args) == 0
+    assert "1000 images / batch" in capsys.readouterr().out

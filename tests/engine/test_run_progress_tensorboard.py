@@ -1,0 +1,113 @@
+"""A short pretraining run is watchable: round progress/ETA lines, plan.json, masks in TensorBoard.
+
+tiny preset: 24 images / batch 8 = 3 iterations per epoch, 3 epochs; vMF warm-up 1 epoch and
+BOOTSTRAP.PERIOD_EPOCHS 2 -> rounds at the start of epochs 1 and 2 (after iterations 2 and 5).
+Each label-map write is slowed to 0.1 s (the hook's test instrumentation) so a round lasts a
+few seconds and logs progress lines, as a long COCO round would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+_OPTS = [
+    "SOLVER.EPOCHS", "3",
+    "SOLVER.IMS_PER_BATCH", "8",
+    "SOLVER.CHECKPOINT_PERIOD", "3",
+    "SOLVER.CHECKPOINTS_TO_KEEP", "1",
+    "DATALOADER.NUM_WORKERS", "0",
+    "CYBORGS.AUG.CROP_SIZE", "48",
+    "CYBORGS.BOOTSTRAP.INPUT_SIZE", "64",
+    "CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", "2",
+    "CYBORGS.BOOTSTRAP.GROUP_SIZE", "8",  # 3 groups: progress after each
+]  # fmt: skip
+
+PROGRESS = re.compile(
+    r"bootstrap round (\d+) \(rank 0/1\): (\d+)/(\d+) images \((\d+)%\), ([\d.]+) images/s, "
+    r"elapsed (\d+:\d\d:\d\d), eta: (\d+:\d\d:\d\d)"
+)
+
+
+def _seconds(hms: str) -> int:
+    h, m, s = (int(x) for x in hms.split(":"))
+    return 3600 * h + 60 * m + s
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data_root, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("watch") / "run"
+    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tiny_data_root), OMP_NUM_THREADS="2",
+               CYBORGS_TEST_BOOTSTRAP_DELAY_S="0.1")  # fmt: skip
+    cmd = [sys.executable, str(REPO / "tools" / "pretrain_net.py"), "--config-file",
+           "pretrain_configs/demo_R18.yaml", "OUTPUT_DIR", str(out), *_OPTS]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return out, res.stdout + res.stderr
+
+
+def test_round_progress_and_training_eta(run) -> None:
+    out, log = run
+    lines = {1: [], 2: []}
+    for m in PROGRESS.finditer(log):
+        lines[int(m.group(1))].append(m)
+    for r, found in lines.items():
+        assert found, f"no progress line for round {r}:\n{log[-4000:]}"
+        for m in found:
+            done, total, pct = int(m.group(2)), int(m.group(3)), int(m.group(4))
+            rate, eta = float(m.group(5)), _seconds(m.group(7))
+            assert total == 24 and 0 < done < total and pct == round(100 * done / total)
+            # ETA = images left at the mean rate so far (whole seconds, rate printed to 0.1)
+            assert abs(eta - (total - done) / rate) <= 1 + 0.05 * eta, m.group(0)
+        assert re.search(rf"bootstrap round {r} \(rank 0/1\): 24 images in", log)
+    # the console ETA after round 1 includes the round still to come (round 2)
+    assert re.search(r"eta: \d+:\d\d:\d\d \(incl\. 1 bootstrap round\)", log), log[-4000:]
+
+
+def test_plan_json_follows_the_schedule(run) -> None:
+    out, log = run
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["images"], plan["iters_per_epoch"], plan["max_iter"]) == (24, 3, 9)
+    assert [e["phase"] for e in plan["per_epoch"]] == [
+        "vMF warm-up",  # epoch 0 < VMF.WARMUP_EPOCHS 1
+        "contrastive",  # 1 % VMF.PERIOD_EPOCHS 2 != 0
+        "contrastive + vMF",  # 2 % 2 == 0
+    ]
+    assert [r["epoch"] for r in plan["bootstrap_rounds"]] == [1, 2]
+    # checkpoints after iterations 2, 5, 8 and model_final; 1 periodic kept
+    assert (plan["checkpoints"]["written"], plan["checkpoints"]["kept"]) == (4, 2)
+    final = (out / "model_final.pth").stat().st_size
+    assert 0.8 < plan["checkpoints"]["bytes_each"] / final < 1.2
+    assert "Plan (" in log and "bootstrap rounds at the start of epochs 1-2" in log
+    # what the run did matches the plan
+    rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    assert sorted({r["bootstrap/round"] for r in rows if "bootstrap/round" in r}) == [1.0, 2.0]
+
+
+def test_tensorboard_holds_the_masks_of_each_round(run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = run
+    acc = EventAccumulator(str(out), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    tag = "bootstrap/masks/demo_coco_2017_train_unlabeled"
+    assert tag in acc.Tags()["images"], acc.Tags()
+    images = acc.Images(tag)
+    # one grid per round, written at the step after which the round ran (epoch * 3 - 1)
+    assert [e.step for e in images] == [2, 5]
+    for e in images:
+        # 4 rows of image | mask, each image resized to a shorter side of 128 px
+        assert e.width >= 2 * 128 and e.height >= 4 * 128
+    assert [e.step for e in acc.Histograms("bootstrap/k/demo_coco_2017_train_unlabeled")] == [2, 5]
+    scalars = set(acc.Tags()["scalars"])
+    for k in ("bootstrap/bytes_per_image", "bootstrap/k_mean", "vmf_weight", "contrastive_weight",
+              "loss_vmf", "vmf_num_clusters"):  # fmt: skip
+        assert k in scalars, k

@@ -1,0 +1,96 @@
+"""The console ETA adds the bootstrap rounds still to come; the writer also writes on a timer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from detectron2.utils.events import EventStorage
+
+from cyborgs.bootstrap.hook import BootstrapHook
+from cyborgs.engine.writers import RoundAwareMetricPrinter, rounds_eta_text
+from cyborgs.masks.store import MaskStore
+
+
+def test_eta_text() -> None:
+    assert rounds_eta_text(100, 0, None) == "0:01:40"
+    assert rounds_eta_text(100, 2, 30.0) == "0:02:40 (incl. 2 bootstrap rounds)"
+    assert rounds_eta_text(100, 1, None) == (
+        "0:01:40 + 1 bootstrap round (time unknown until the first one)"
+    )
+
+
+class _Trainer:
+    def __init__(self, max_iter: int) -> None:
+        self.iter, self.max_iter, self.model = 0, max_iter, None
+
+    def restart_data_loader(self, iteration: int) -> None:
+        pass
+
+
+def _round(model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+    for d in dicts:
+        store.write(round_id, d["image_id"], np.zeros((2, 2), np.uint8))
+    return {"k_values": [2], "time_s": 0.1, "images": len(dicts), "bytes": 10}
+
+
+def test_pending_rounds_and_printed_eta(tmp_path, caplog) -> None:
+    # 3 iterations/epoch, 12 iterations; warm-up 1 epoch, rounds every 2: epochs 1 and 2
+    dicts = [{"image_id": i, "file_name": f"missing{i}.png"} for i in range(4)]
+    hook = BootstrapHook(round_fn=_round, datasets=[("d", dicts, MaskStore(str(tmp_path)))],
+                         iters_per_epoch=3, warmup_epochs=1, period_epochs=2)  # fmt: skip
+    hook.trainer = trainer = _Trainer(12)
+    assert hook.scheduled_epochs() == [1, 2]
+    assert hook.pending_rounds(0) == (2, None)  # nothing measured yet
+    printer = RoundAwareMetricPrinter(12, hook.pending_rounds)
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        for it in range(0, 3):
+            trainer.iter = storage.iter = it
+            storage.put_scalars(time=2.0, data_time=0.1)
+            hook.after_step()  # round 1 after iteration 2
+        n, per_round = hook.pending_rounds(2)
+        assert n == 1 and per_round is not None and per_round > 0
+        with caplog.at_level(logging.INFO, logger="detectron2.utils.events"):
+            printer.write()
+        # 9 iterations left at 2 s (detectron2's median x remaining) + the measured round
+        expected = rounds_eta_text(2.0 * 9, 1, per_round)
+        assert f"eta: {expected}" in caplog.text
+        for it in range(3, 6):
+            trainer.iter = storage.iter = it
+            hook.after_step()  # round 2 after iteration 5
+        assert hook.pending_rounds(5)[0] == 0
+
+
+def test_writer_writes_every_period_and_on_a_timer(monkeypatch) -> None:
+    from detectron2.utils.events import EventWriter
+
+    import cyborgs.engine.writers as writers_mod
+    from cyborgs.engine.writers import TimedPeriodicWriter
+
+    class _Count(EventWriter):
+        n = 0
+
+        def write(self) -> None:
+            self.n += 1
+
+        def close(self) -> None:
+            pass
+
+    now = [0.0]
+    monkeypatch.setattr(writers_mod.time, "perf_counter", lambda: now[0])
+    w = _Count()
+    hook = TimedPeriodicWriter([w], period=20, max_interval_s=60)
+    hook.trainer = _Trainer(100)
+    for it in range(19):  # fast steps: nothing until the period ends
+        hook.trainer.iter = it
+        now[0] += 1
+        hook.after_step()
+    assert w.n == 0
+    hook.trainer.iter = 19
+    hook.after_step()
+    assert w.n == 1  # (19 + 1) % 20 == 0
+    hook.trainer.iter = 20
+    now[0] += 61  # one slow step: written although the period has not ended
+    hook.after_step()
+    assert w.n == 2
