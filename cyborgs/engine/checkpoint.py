@@ -154,6 +154,8 @@ class SafeCheckpointer(DetectionCheckpointer):
                 name = f.read().strip()
         except OSError:
             return ""  # deleted meanwhile: fvcore's contract
+        if not name:
+            return ""  # emptied (e.g. by a file-system crash): resume falls back
         if (
             not name.endswith(".pth")
             or os.path.basename(name) != name
@@ -185,7 +187,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         """
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
-        latest = self.get_checkpoint_file()
+        latest = self.get_checkpoint_file() or os.path.join(self.save_dir, "last_checkpoint")
         try:
             return self._load_existing(latest)
         except (NotACheckpointError, FileNotFoundError) as e:
@@ -212,8 +214,10 @@ class SafeCheckpointer(DetectionCheckpointer):
         ) from problem
 
     def _load_existing(self, path: str) -> dict[str, Any]:
-        if not path or not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {path or '(none)'} does not exist")
+        if os.path.basename(path) == "last_checkpoint":
+            raise FileNotFoundError(f"{path} names no checkpoint (it is empty)")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
         return self.load(path)
 
     def _load_file(self, filename: str) -> dict[str, Any]:

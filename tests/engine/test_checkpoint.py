@@ -147,7 +147,7 @@ def checkpoint_log(caplog):
     log.removeHandler(caplog.handler)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete", "empty pointer"])
 def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_log, damage):
     _, states = _saved_run(tmp_path, (4, 9, 14))
     latest = tmp_path / "model_0000014.pth"
@@ -155,16 +155,20 @@ def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_lo
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     elif damage == "garbage":
         latest.write_bytes(b"\x00" * 100)
+    elif damage == "empty pointer":
+        (tmp_path / "last_checkpoint").write_text("")
     else:
         latest.unlink()
     (tmp_path / "model_0000009.pth").write_bytes(b"PK\x03\x04 truncated too")  # skipped as well
     m2 = _model()
     ret = SafeCheckpointer(m2, str(tmp_path)).resume_or_load("", resume=True)
-    assert ret["iteration"] == 4
-    for k, v in states[4].items():
+    # an empty pointer: the newest file that loads is the intact model_0000014.pth
+    good, bad = (14, tmp_path / "last_checkpoint") if damage == "empty pointer" else (4, latest)
+    assert ret["iteration"] == good
+    for k, v in states[good].items():
         assert torch.equal(m2.state_dict()[k], v), k
     warning = [r.getMessage() for r in checkpoint_log.records if r.levelname == "WARNING"][-1]
-    assert str(tmp_path / "model_0000004.pth") in warning and str(latest) in warning
+    assert str(tmp_path / f"model_{good:07d}.pth") in warning and str(bad) in warning
 
 
 def test_resume_with_no_complete_checkpoint_says_so(tmp_path) -> None:
