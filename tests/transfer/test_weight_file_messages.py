@@ -82,3 +82,14 @@ def test_convert_tool_says_not_a_checkpoint(bad_files, tmp_path) -> None:
 
     with pytest.raises(NotACheckpointError, match=r"text\.pth is not a checkpoint"):
         main([str(bad_files["text.pth"]), str(tmp_path / "o.pkl")])
+
+
+def test_train_net_preflight_says_not_a_checkpoint(bad_files) -> None:
+    from detectron2.config import get_cfg
+
+    from cyborgs.transfer.preflight import check_weights
+
+    cfg = get_cfg()
+    cfg.MODEL.WEIGHTS = str(bad_files["text.pth"])
+    with pytest.raises(NotACheckpointError, match=r"text\.pth is not a checkpoint"):
+        check_weights(cfg, eval_only=False)
