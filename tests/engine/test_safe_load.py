@@ -42,6 +42,8 @@ from cyborgs.engine.safe_load import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the tools' main() functions are called in-process
+    sys.path.insert(0, str(REPO))
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -371,7 +373,6 @@ def test_real_converted_pkl_and_real_pth_load(tmp_path) -> None:
 
 # ---- the entry points' own main(), in-process ----
 def _pretrain_args(argv: list[str]) -> argparse.Namespace:
-    sys.path.insert(0, str(REPO))
     from tools.pretrain_net import get_parser
 
     return get_parser().parse_args(argv)
@@ -419,7 +420,6 @@ def test_pretrain_net_main_resume_refuses_planted_checkpoint(tiny_data_root, cra
 def test_train_net_main_refuses_weights(tiny_data_root, crafted, tmp_path) -> None:
     from detectron2.engine import default_argument_parser
 
-    sys.path.insert(0, str(REPO))
     from tools.train_net import main
 
     files, marker = crafted
@@ -436,7 +436,6 @@ def test_train_net_main_refuses_weights(tiny_data_root, crafted, tmp_path) -> No
 
 
 def test_classification_tools_main_refuse_weights(tiny_data_root, crafted, tmp_path) -> None:
-    sys.path.insert(0, str(REPO))
     from tools.semi_supervised import main as semi_main
     from tools.voc07_svm import main as voc_main
 
@@ -455,7 +454,6 @@ def test_classification_tools_main_refuse_weights(tiny_data_root, crafted, tmp_p
 
 
 def test_mask_tools_main_refuse_weights(crafted, tmp_path) -> None:
-    sys.path.insert(0, str(REPO))
     from tools.bootstrap_masks import main as bootstrap_main
     from tools.visualize_masks import main as visualize_main
 
@@ -472,7 +470,6 @@ def test_mask_tools_main_refuse_weights(crafted, tmp_path) -> None:
 
 
 def test_convert_main_refuses_weights(crafted, tmp_path) -> None:
-    sys.path.insert(0, str(REPO))
     from tools.convert_to_detectron2 import main
 
     files, marker = crafted
