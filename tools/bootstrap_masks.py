@@ -21,15 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
-    """CYBORGS model with ``weights`` loaded (detectron2 DetectionCheckpointer), eval mode."""
+    """CYBORGS model with ``weights`` loaded (never executing code: SafeCheckpointer), eval mode."""
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
     import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
     from cyborgs.config import add_cyborgs_config
+    from cyborgs.engine.checkpoint import SafeCheckpointer
 
     cfg = add_cyborgs_config(get_cfg())
     if not os.path.isfile(config_file):
@@ -44,7 +44,7 @@ def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     if weights:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"--weights {weights} does not exist")
-        DetectionCheckpointer(model).load(weights)
+        SafeCheckpointer(model).load(weights)
     model.eval()
     return model, cfg
 

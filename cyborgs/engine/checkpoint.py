@@ -1,32 +1,52 @@
-"""Safe, atomic checkpoints for CYBORGS pretraining (SPEC §7).
+"""Safe, atomic checkpoints for CYBORGS pretraining and transfer (SPEC §7).
 
-torch >= 2.6 loads with ``weights_only=True`` by default and fvcore's ``Checkpointer`` calls
-``torch.load`` without saying so. Rather than falling back to unpickling arbitrary objects (user
-weight files are untrusted input), every checkpoint we write is *plain*: tensors, numbers,
-strings, ``None``, and lists/tuples/dicts of those. :func:`check_plain` enforces it when saving
-(naming the offending key), and :class:`SafeCheckpointer` always loads with
-``weights_only=True``; ``.pkl`` files (detectron2 model-zoo format, and our converted backbones)
-go through a restricted unpickler that admits only numpy arrays/dtypes and plain containers.
+Every checkpoint we write is *plain*: tensors, numbers, strings, ``None``, and lists/tuples/dicts
+of those. :func:`check_plain` enforces it when saving (naming the offending key). Every weight
+file is read through :mod:`cyborgs.engine.safe_load` (torch ``weights_only=True`` for ``.pth``,
+an exact allow-list unpickler for ``.pkl``), so loading never executes code; a refused file
+raises :class:`UnsafeCheckpointError` naming the file and the offending global.
 
-A file that needs anything else is refused with :class:`UnsafeCheckpointError`, naming the file
-and the type. Writes go to a temp file in the same directory, are fsync'ed and then renamed
-(``os.replace``), so a crash never leaves a truncated ``model_*.pth`` or ``last_checkpoint``.
+:class:`SafeCheckpointer` is the one checkpointer of the suite (pretraining, transfer, the
+offline mask tools). Beyond detectron2's ``DetectionCheckpointer`` it
+
+* writes atomically (temp file in the same directory, fsync, ``os.replace``), so a crash never
+  leaves a truncated ``model_*.pth`` or ``last_checkpoint``;
+* accepts ``last_checkpoint`` only when it names a ``.pth`` file inside its directory;
+* on resume, falls back from a truncated / corrupt / missing latest checkpoint to the newest
+  complete one, with a warning naming both.
+
+:class:`PeriodicCheckpointer` (the hook) removes temp files left by a crashed write when
+training starts and makes ``max_to_keep`` count the checkpoints written before a restart too.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
-import pickle
 import re
 from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import hooks
 
-from cyborgs.utils.atomic import atomic_write, atomic_write_bytes
+from cyborgs.utils.atomic import atomic_write, atomic_write_bytes, remove_stale_temp_files
+
+from .safe_load import (
+    CheckpointFormatError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    checkpoint_format,
+    load_weights,
+    safe_load,
+    safe_load_pickle,
+)
 
 __all__ = [
+    "CheckpointFormatError",
+    "NotACheckpointError",
+    "PeriodicCheckpointer",
     "RunInfo",
     "SafeCheckpointer",
     "UnsafeCheckpointError",
@@ -35,12 +55,10 @@ __all__ = [
     "safe_load_pickle",
 ]
 
+logger = logging.getLogger(__name__)
+
 _PLAIN_LEAVES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
 _PLAIN_MAPS = (dict, collections.OrderedDict)
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds (or would hold) something other than tensors and plain containers."""
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
@@ -74,61 +92,6 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
-_UNSUPPORTED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
-
-
-def safe_load(path: str) -> Any:
-    """``torch.load(path, weights_only=True)`` with a clear error naming file and type."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        m = _UNSUPPORTED.search(str(e))
-        what = m.group(1) if m else "a non-tensor object"
-        raise UnsafeCheckpointError(
-            f"Refusing to load {path}: it contains {what}, which is not a tensor or a plain "
-            "container. CYBORGS checkpoints are plain and load with torch.load(weights_only="
-            "True); unpickling arbitrary objects from a weight file can run arbitrary code. "
-            "If you trust the file, convert it yourself to a dict of tensors."
-        ) from e
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    # numpy arrays pickle through these globals; nothing else may be constructed.
-    _ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),  # protocol-5 arrays
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def __init__(self, f: Any, path: str) -> None:
-        super().__init__(f, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise UnsafeCheckpointError(
-            f"Refusing to load {self._path}: it contains {module}.{name}; a .pkl weight file "
-            "may only hold numpy arrays and plain containers (detectron2 model-zoo format)."
-        )
-
-
-def safe_load_pickle(path: str) -> Any:
-    """Load a detectron2-style ``.pkl`` admitting only numpy arrays and plain containers."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file not found: {path}")
-    with open(path, "rb") as f:
-        return _RestrictedUnpickler(f, path).load()
-
-
 class RunInfo:
     """Checkpointable carrying the config and command-line args as plain strings."""
 
@@ -145,8 +108,21 @@ class RunInfo:
         self.loaded = dict(state)
 
 
+# Periodic checkpoints are model_0000039.pth; model_final.pth is newer than all of them.
+_CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
+
+
+def _checkpoint_order(basename: str) -> float:
+    it = _CHECKPOINT_NAME.match(basename).group(1)  # type: ignore[union-attr]
+    return float("inf") if it == "final" else int(it)
+
+
 class SafeCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with plain-only, atomic saves and weights-only loads."""
+    """``DetectionCheckpointer`` with plain-only atomic saves and code-free loads.
+
+    All loading goes through :meth:`_load_file` (the method fvcore's ``load`` calls), so every
+    caller -- ``load``, ``resume_or_load``, the transfer backbone check -- is covered.
+    """
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -166,11 +142,97 @@ class SafeCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write_bytes(path, last_filename_basename.encode())
 
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names; it must be a ``.pth`` basename in ``save_dir``.
+
+        A planted ``last_checkpoint`` must not point the loader at a file elsewhere (absolute
+        paths, ``..``) or at a ``.pkl``: ours only ever names ``model_*.pth`` beside it.
+        """
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        try:
+            with open(save_file, encoding="utf-8", errors="replace") as f:
+                name = f.read().strip()
+        except OSError:
+            return ""  # deleted meanwhile: fvcore's contract
+        if not name:
+            return ""  # emptied (e.g. by a file-system crash): resume falls back
+        if (
+            not name.endswith(".pth")
+            or os.path.basename(name) != name
+            or "\\" in name
+            or name.startswith(".")
+        ):
+            raise UnsafeCheckpointError(
+                f"{save_file} names {name[:200]!r}; it must name a .pth checkpoint file in "
+                f"{self.save_dir} (a file name, no directories)"
+            )
+        return os.path.join(self.save_dir, name)
+
+    def complete_checkpoints(self) -> list[str]:
+        """``model_*.pth`` files in ``save_dir``, newest first (by iteration, final first).
+
+        Only their names are checked here; :meth:`resume_or_load` finds out which load.
+        """
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        names = [n for n in os.listdir(self.save_dir) if _CHECKPOINT_NAME.match(n)]
+        return [os.path.join(self.save_dir, n) for n in sorted(names, key=_checkpoint_order)][::-1]
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """detectron2's contract, plus: a latest checkpoint that is truncated, corrupt or gone
+        is skipped for the newest one that loads, with a warning naming both files.
+
+        A file *refused* as unsafe is never skipped: that stops the run. Nothing is changed on
+        disk; the next periodic save rewrites ``last_checkpoint``.
+        """
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        latest = self.get_checkpoint_file() or os.path.join(self.save_dir, "last_checkpoint")
+        try:
+            return self._load_existing(latest)
+        except (NotACheckpointError, FileNotFoundError) as e:
+            problem = e
+        tried = [latest]
+        for older in self.complete_checkpoints():
+            if older in tried:
+                continue
+            tried.append(older)
+            try:
+                ret = self._load_existing(older)
+            except (NotACheckpointError, FileNotFoundError) as e:
+                logger.warning(f"Cannot resume from {older} either: {e}")
+                continue
+            logger.warning(
+                f"Resumed from {older} instead of the latest checkpoint {latest}, which cannot "
+                f"be loaded ({problem}). Training repeats the iterations in between."
+            )
+            return ret
+        raise NotACheckpointError(
+            f"Cannot resume from {self.save_dir}: the latest checkpoint {latest} cannot be "
+            f"loaded ({problem}) and no other model_*.pth there loads either. Start without "
+            "--resume (or with another OUTPUT_DIR) to train from the beginning."
+        ) from problem
+
+    def _load_existing(self, path: str) -> dict[str, Any]:
+        if os.path.basename(path) == "last_checkpoint":
+            raise FileNotFoundError(f"{path} names no checkpoint (it is empty)")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return self.load(path)
+
     def _load_file(self, filename: str) -> dict[str, Any]:
-        if filename.endswith(".pkl"):
-            data = safe_load_pickle(filename)
-            if not isinstance(data, dict):
-                raise UnsafeCheckpointError(f"{filename}: expected a dict, got {type(data)}")
+        """Read ``filename`` without executing code; the format comes from its contents.
+
+        Pickles get detectron2's model-zoo interpretation (``matching_heuristics``; Caffe2
+        ``blobs``), torch files the native one -- as detectron2 does by file extension.
+        """
+        fmt = checkpoint_format(filename)
+        data = load_weights(filename)
+        if not isinstance(data, dict):
+            raise NotACheckpointError(
+                f"{filename} is not a checkpoint: it holds a {type(data).__name__}, not a dict"
+            )
+        if fmt == "pkl":
             if "model" in data and "__author__" in data:
                 self.logger.info(f"Reading a file from '{data['__author__']}'")
                 return data
@@ -178,18 +240,63 @@ class SafeCheckpointer(DetectionCheckpointer):
                 data = data["blobs"]
             data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-        loaded = safe_load(filename)
-        if not isinstance(loaded, dict):
-            raise UnsafeCheckpointError(f"{filename}: expected a dict, got {type(loaded)}")
         if filename.endswith(".pyth"):  # pycls
-            if "model_state" not in loaded:
+            if "model_state" not in data:
                 raise ValueError(f"{filename}: pycls checkpoints must contain 'model_state'")
             state = {
                 k: v
-                for k, v in loaded["model_state"].items()
+                for k, v in data["model_state"].items()
                 if not k.endswith("num_batches_tracked")
             }
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-        if "model" not in loaded:
-            loaded = {"model": loaded}
-        return loaded
+        if "model" not in data:
+            data = {"model": data}
+        return data
+
+
+def _iteration_of(path: str) -> int:
+    return int(re.search(r"_(\d+)\.pth$", path).group(1))  # type: ignore[union-attr]
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpoint hook, tidy across crashes and restarts.
+
+    ``before_train`` removes temp files a crashed atomic write left in the checkpoint directory
+    and, with ``max_to_keep``, adopts the periodic checkpoints already there (oldest first), so
+    the limit counts them too. Pruning happens only after a new checkpoint is written, and a
+    rewritten name (a resumed run passing an old iteration again) counts once.
+    """
+
+    def before_train(self) -> None:
+        super().before_train()
+        save_dir = self.checkpointer.save_dir
+        if not save_dir or not os.path.isdir(save_dir):
+            return
+        removed = remove_stale_temp_files(save_dir)
+        if removed:
+            logger.info(
+                f"Removed {len(removed)} temp file(s) left by an interrupted write: {removed}"
+            )
+        if self.max_to_keep is not None:
+            existing = [
+                os.path.join(save_dir, n)
+                for n in os.listdir(save_dir)
+                if re.fullmatch(rf"{re.escape(self.file_prefix)}_\d+\.pth", n)
+            ]
+            self.recent_checkpoints = sorted(existing, key=_iteration_of)
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        if (iteration + 1) % self.period == 0:
+            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", **state)
+            if self.max_to_keep is not None:
+                path = self.checkpointer.get_checkpoint_file()
+                self.recent_checkpoints = [p for p in self.recent_checkpoints if p != path]
+                self.recent_checkpoints.append(path)
+                while len(self.recent_checkpoints) > self.max_to_keep:
+                    old = self.recent_checkpoints.pop(0)
+                    if os.path.exists(old) and not old.endswith(f"{self.file_prefix}_final.pth"):
+                        os.remove(old)
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", **state)

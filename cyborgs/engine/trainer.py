@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer, iters_per_epoch
 
-from .checkpoint import RunInfo, SafeCheckpointer
+from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
 from .nonfinite import NonFiniteLossError, check_finite_losses
 from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
@@ -340,7 +340,7 @@ class CyborgsTrainer(DefaultTrainer):
         if comm.is_main_process():
             keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
             ret.append(
-                hooks.PeriodicCheckpointer(
+                PeriodicCheckpointer(
                     self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=keep or None
                 )
             )

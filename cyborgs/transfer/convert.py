@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from cyborgs.engine.checkpoint import safe_load
+from cyborgs.engine.safe_load import load_weights
 from cyborgs.utils.atomic import atomic_write_bytes
 
 # Prefixes of the online / target encoder inside the CYBORGS meta-architecture's state_dict.
@@ -166,7 +166,7 @@ def convert_checkpoint(
     prefix: str | None = None,
 ) -> dict[str, np.ndarray | torch.Tensor]:
     """Convert one checkpoint; returns the (detectron2-named) backbone weights written."""
-    checkpoint = safe_load(ckpt_path)
+    checkpoint = load_weights(ckpt_path, expect="pth", purpose="the converter")
     state = extract_backbone_state_dict(checkpoint, source=source, prefix=prefix, path=ckpt_path)
     inferred = infer_depth(state)
     if depth is not None and depth != inferred:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from cyborgs.engine.checkpoint import safe_load_pickle
+from cyborgs.engine.safe_load import load_weights
 from cyborgs.transfer.convert import infer_depth
 from cyborgs.transfer.load_check import assert_backbone_loaded
 
@@ -47,7 +47,12 @@ class ImageList(Dataset):
 
 def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> ResNet:
     """detectron2 ResNet (BN, up to res5) holding the converted weights; every tensor checked."""
-    state = safe_load_pickle(weights)["model"] if weights else None
+    state = None
+    if weights:
+        data = load_weights(weights, expect="pkl", purpose="a classification protocol's --weights")
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise ValueError(f"{weights}: expected a detectron2 .pkl with a 'model' dict")
+        state = data["model"]
     if state is not None:
         found = infer_depth(state)
         if depth is not None and depth != found:

@@ -10,6 +10,8 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from cyborgs.engine.safe_load import checkpoint_format
+
 # Metadata attributes that name files or folders a data set reads (detectron2 built-ins and
 # cyborgs.data.datasets both use these names).
 _PATH_ATTRS = ("json_file", "image_root", "dirname", "sem_seg_root", "image_dir", "gt_dir")
@@ -67,6 +69,7 @@ def check_weights(cfg, eval_only: bool) -> None:
             f"MODEL.WEIGHTS {weights} does not exist: convert the pretraining checkpoint first "
             "(tools/convert_to_detectron2.py CKPT OUT.pkl)"
         )
+    checkpoint_format(weights)  # a text / image / empty file: "not a checkpoint", before training
 
 
 def preflight(cfg, eval_only: bool = False, resume: bool = False) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
+
+# What atomic_write's mkstemp names look like: ".<basename>.<random>.tmp".
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
 def atomic_write(
@@ -38,3 +42,21 @@ def atomic_write(
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
     """:func:`atomic_write` of a bytes payload."""
     atomic_write(path, lambda f: f.write(data), fsync=fsync)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
+    """Remove the temp files an interrupted :func:`atomic_write` left directly in ``directory``.
+
+    Call it only when no write into ``directory`` can be in flight (e.g. when a run starts);
+    returns the names removed. Subdirectories are not touched.
+    """
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if _TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                removed.append(entry.name)
+    return sorted(removed)

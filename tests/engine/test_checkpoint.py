@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from cyborgs.engine.checkpoint import (
+    NotACheckpointError,
+    PeriodicCheckpointer,
     RunInfo,
     SafeCheckpointer,
     UnsafeCheckpointError,
@@ -117,3 +119,111 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="disk full"):
         ck.save("model_final")
     assert (tmp_path / "model_final.pth").read_bytes() == before
+
+
+# ---- recovery: corrupt latest checkpoint, stale temp files, pruning across restarts ----
+def _saved_run(tmp_path, iterations=(4, 9)) -> tuple[nn.Module, dict[int, dict]]:
+    """Checkpoints model_000000{i}.pth, each with distinct weights; last_checkpoint -> the last."""
+    m = _model()
+    states = {}
+    ck = SafeCheckpointer(m, str(tmp_path), save_to_disk=True)
+    for i in iterations:
+        with torch.no_grad():
+            m[0].weight.fill_(float(i))
+        ck.save(f"model_{i:07d}", iteration=i)
+        states[i] = {k: v.clone() for k, v in m.state_dict().items()}
+    return m, states
+
+
+@pytest.fixture
+def checkpoint_log(caplog):
+    """Warnings of cyborgs.engine.checkpoint, whatever propagation setup_logger left behind."""
+    import logging
+
+    log = logging.getLogger("cyborgs.engine.checkpoint")
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="cyborgs.engine.checkpoint")
+    yield caplog
+    log.removeHandler(caplog.handler)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete", "empty pointer"])
+def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_log, damage):
+    _, states = _saved_run(tmp_path, (4, 9, 14))
+    latest = tmp_path / "model_0000014.pth"
+    if damage == "truncate":  # as a crash mid-copy or a full disk leaves it
+        latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    elif damage == "garbage":
+        latest.write_bytes(b"\x00" * 100)
+    elif damage == "empty pointer":
+        (tmp_path / "last_checkpoint").write_text("")
+    else:
+        latest.unlink()
+    (tmp_path / "model_0000009.pth").write_bytes(b"PK\x03\x04 truncated too")  # skipped as well
+    m2 = _model()
+    ret = SafeCheckpointer(m2, str(tmp_path)).resume_or_load("", resume=True)
+    # an empty pointer: the newest file that loads is the intact model_0000014.pth
+    good, bad = (14, tmp_path / "last_checkpoint") if damage == "empty pointer" else (4, latest)
+    assert ret["iteration"] == good
+    for k, v in states[good].items():
+        assert torch.equal(m2.state_dict()[k], v), k
+    warning = [r.getMessage() for r in checkpoint_log.records if r.levelname == "WARNING"][-1]
+    assert str(tmp_path / f"model_{good:07d}.pth") in warning and str(bad) in warning
+
+
+def test_resume_with_no_complete_checkpoint_says_so(tmp_path) -> None:
+    _saved_run(tmp_path, (4,))
+    (tmp_path / "model_0000004.pth").write_text("not a checkpoint")
+    with pytest.raises(NotACheckpointError, match=r"model_0000004\.pth.*without\s+--resume"):
+        SafeCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
+
+
+def test_resume_never_skips_an_unsafe_latest_checkpoint(tmp_path) -> None:
+    _saved_run(tmp_path, (4, 9))
+    torch.save({"model": {}, "x": _Evil()}, tmp_path / "model_0000009.pth")
+    with pytest.raises(UnsafeCheckpointError, match=r"model_0000009\.pth.*system"):
+        SafeCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
+
+
+def _hook(ck: SafeCheckpointer, keep: int | None) -> PeriodicCheckpointer:
+    from types import SimpleNamespace
+
+    hook = PeriodicCheckpointer(ck, 1, max_to_keep=keep)
+    hook.trainer = SimpleNamespace(max_iter=1000, iter=0)
+    hook.before_train()
+    return hook
+
+
+def test_stale_temp_files_removed_on_start(tmp_path) -> None:
+    m, _ = _saved_run(tmp_path, (4,))
+    stale = [".model_0000009.pth.k2j3_x9a.tmp", ".last_checkpoint.abc123.tmp"]
+    for name in stale:
+        (tmp_path / name).write_bytes(b"partial")
+    kept = ["notes.tmp", "model_0000004.pth", "last_checkpoint", ".hidden"]
+    (tmp_path / "notes.tmp").write_text("a user's file, not one of ours")
+    (tmp_path / ".hidden").write_text("x")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / ".r.png.abc.tmp").write_bytes(b"")  # subdirectories: not ours to tidy
+    _hook(SafeCheckpointer(m, str(tmp_path), save_to_disk=True), keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(kept)
+    assert (tmp_path / "masks" / ".r.png.abc.tmp").exists()
+
+
+def test_checkpoints_to_keep_counts_checkpoints_from_before_a_restart(tmp_path) -> None:
+    m, _ = _saved_run(tmp_path, (1, 2, 3, 4, 5))
+    (tmp_path / "model_final.pth").write_bytes((tmp_path / "model_0000001.pth").read_bytes())
+    hook = _hook(SafeCheckpointer(m, str(tmp_path), save_to_disk=True), keep=2)
+    hook.step(6)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000005.pth", "model_0000006.pth", "model_final.pth"
+    ]  # fmt: skip
+
+
+def test_rewritten_checkpoint_counts_once(tmp_path) -> None:
+    # resumed from iteration 3 after a crash: 4 and 5 are written again, never pruned as "old"
+    m, _ = _saved_run(tmp_path, (3, 4, 5))
+    hook = _hook(SafeCheckpointer(m, str(tmp_path), save_to_disk=True), keep=1)
+    hook.step(4)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000004.pth"]
+    hook.step(5)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000005.pth"]

@@ -232,3 +232,28 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path) -> None:
     assert all(
         torch.isfinite(v).all() for v in t.model.state_dict().values() if v.is_floating_point()
     )
+
+
+def test_resume_after_crash_recovers_without_a_human(tmp_path) -> None:
+    """A crash leaves a truncated latest checkpoint and a temp file, and the restart asks for
+    fewer checkpoints than the crashed run kept: the resume falls back to the newest complete
+    checkpoint, removes the temp file and prunes the old checkpoints too."""
+    out = tmp_path / "run"
+    cfg = _cfg(str(out))
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 0  # keep all
+    _train(cfg, crash_at=5)
+    assert (out / "last_checkpoint").read_text() == "model_0000005.pth"
+    latest = out / "model_0000005.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    (out / ".model_0000006.pth.q1w2e3r4.tmp").write_bytes(b"partial")
+
+    cfg = _cfg(str(out))
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2
+    resumed = _train(cfg, resume=True)
+    assert resumed.start_iter == 5  # from model_0000004.pth
+    assert not list(out.glob("*.tmp"))
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000007.pth", "model_0000008.pth", "model_final.pth"
+    ]  # fmt: skip
