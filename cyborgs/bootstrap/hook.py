@@ -258,6 +258,10 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
     """Round runner, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
     import functools
 
+    from cyborgs.config import validate_cyborgs_config
+
+    validate_cyborgs_config(cfg)
+
     from detectron2.data import DatasetCatalog
 
     import cyborgs.data.datasets  # noqa: F401  (registers the data sets)

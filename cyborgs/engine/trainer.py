@@ -37,6 +37,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
+from cyborgs.config import validate_cyborgs_config
 from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer, iters_per_epoch
 
 from .checkpoint import RunInfo, SafeCheckpointer
@@ -198,6 +199,8 @@ class CyborgsTrainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode, args: Any = None) -> None:
         TrainerBase.__init__(self)
+        # Up front: sizing the data set and building the model may take minutes.
+        validate_cyborgs_config(cfg)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if cfg.SOLVER.AMP.ENABLED:
