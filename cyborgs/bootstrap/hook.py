@@ -38,6 +38,7 @@ import numpy as np
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from cyborgs.engine.nonfinite import NonFiniteLossError
 from cyborgs.masks.store import MaskStore
 
 from .round import round_manifest
@@ -189,23 +190,14 @@ class BootstrapHook(HookBase):
     def _run_round(self, epoch: int) -> None:
         round_id = epoch
         iteration = epoch * self.iters_per_epoch
-        world, rank = comm.get_world_size(), comm.get_rank()
+        rank = comm.get_rank()
         metrics: dict[str, list[float]] = {}
         for name, dicts, store in self.datasets:
             if rank == 0:
                 # replace: a stale pointer from an aborted run may name this round
                 store.begin_round(round_id, replace_current=True)
             comm.synchronize()
-            stats = self.round_fn(
-                self.trainer.model,
-                dicts,
-                _round_store(store),
-                round_id,
-                epoch=epoch,
-                iteration=iteration,
-                world_size=world,
-                rank=rank,
-            )
+            stats = self._call_round_fn(dicts, store, round_id, epoch, iteration)
             all_stats = comm.all_gather(
                 {k: stats[k] for k in ("k_values", "time_s", "images", "bytes")}
             )
@@ -245,6 +237,35 @@ class BootstrapHook(HookBase):
                 storage.put_scalar(f"bootstrap/{k}", float(np.mean(vals)), smoothing_hint=False)
             # The round id (= epoch) lets plots label rounds correctly across resumes.
             storage.put_scalar("bootstrap/round", float(round_id), smoothing_hint=False)
+
+    def _call_round_fn(self, dicts, store: MaskStore, round_id: int, epoch: int, iteration: int):
+        """``round_fn`` on this rank's shard; a non-finite stop on any rank stops every rank
+        (the others would wait in the next collective) and names the last good checkpoint."""
+        world, rank = comm.get_world_size(), comm.get_rank()
+        error: NonFiniteLossError | None = None
+        try:
+            stats = self.round_fn(
+                self.trainer.model,
+                dicts,
+                _round_store(store),
+                round_id,
+                epoch=epoch,
+                iteration=iteration,
+                world_size=world,
+                rank=rank,
+            )
+        except NonFiniteLossError as e:
+            error, stats = e, None
+        if world > 1 and not all(comm.all_gather(error is None)) and error is None:
+            error = NonFiniteLossError(
+                f"Non-finite bootstrap features on another rank in round {round_id} at "
+                f"iteration {iteration} (see its log)",
+                iteration,
+            )
+        if error is not None:
+            cfg = getattr(self.trainer, "cfg", None)
+            raise error.with_output_dir(getattr(cfg, "OUTPUT_DIR", None)) from None
+        return stats
 
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:

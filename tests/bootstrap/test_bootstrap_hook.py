@@ -192,3 +192,23 @@ def test_with_real_round_runner(tmp_path):
     assert man["features"] == ["res3.2"] and man["k_per_group"] == [2, 2]
     m = store.read(0)
     assert m.shape == (4, 4) and (m[:, :2] != m[:, 2:]).all()
+
+
+def test_nonfinite_round_names_the_last_good_checkpoint(tmp_path):
+    from cyborgs.engine.nonfinite import NonFiniteLossError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in ("model_0000002.pth", "model_0000005.pth"):
+        (out / n).write_bytes(b"")
+
+    def diverged(model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+        raise NonFiniteLossError(f"Non-finite bootstrap features in round {round_id}", iteration)
+
+    hook = _hook(MaskStore(str(tmp_path / "m")), diverged)
+    trainer = _Trainer(3 * 13)
+    trainer.cfg = type("Cfg", (), {"OUTPUT_DIR": str(out)})()
+    with pytest.raises(NonFiniteLossError, match="round 2") as e:
+        _train(hook, trainer, 0, 13)
+    assert e.value.iteration == 6  # the round after epoch 2 precedes step 6
+    assert f"Last good checkpoint: {out / 'model_0000002.pth'}" in str(e.value)
