@@ -148,18 +148,19 @@ class BootstrapHook(HookBase):
         return epoch in due_epochs(self.warmup_epochs, self.period_epochs, self._max_epoch())
 
     def before_train(self) -> None:
-        # (i) Masks of the checkpoint: the latest round it completed, or none.
-        if comm.is_main_process():
-            latest = max(self.completed) if self.completed else None
-            for name, _, store in self.datasets:
-                if latest is not None and not store.is_complete(latest):
-                    raise FileNotFoundError(
-                        f"{store.round_dir(latest)}: bootstrap round {latest} of {name!r} is "
-                        "recorded as complete in the checkpoint but missing on disk (was "
-                        "CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR changed?)"
-                    )
-                if store.current_round() != latest:
-                    store.set_current(latest)
+        # (i) Masks of the checkpoint: the latest round it completed (verified against its
+        # manifest, redone from the checkpoint's weights if damaged), or none.
+        latest = max(self.completed) if self.completed else None
+        damaged = self._repair_pointers(latest) if comm.is_main_process() else []
+        damaged = comm.all_gather(damaged)[0]  # rank 0's verdict, on every rank
+        if damaged:
+            logger.warning(
+                f"bootstrap round {latest}, recorded as complete in the checkpoint, is damaged "
+                f"({'; '.join(damaged)}): redoing it with the checkpoint's weights (iteration "
+                f"{int(self.trainer.iter)}), so its masks differ from the lost ones"
+            )
+            self._run_round(latest)
+            self._restart_loader(int(self.trainer.iter))
         comm.synchronize()
         # (ii) The latest round due at or before the start iteration, if not completed.
         start_epoch = int(self.trainer.iter) // self.iters_per_epoch
@@ -168,6 +169,38 @@ class BootstrapHook(HookBase):
         if due and max(due) not in self.completed and max(due) <= start_epoch:
             self._run_round(max(due))
             self._restart_loader(int(self.trainer.iter))
+
+    def _repair_pointers(self, latest: int | None) -> list[str]:
+        """Point every store at ``latest`` (rank 0). A garbage ``current.json`` is rewritten;
+        returns the problems of round ``latest`` in stores where it is damaged (left pointing
+        at no round, for the caller to redo). A store without the round's directory at all is
+        an error: more likely a changed CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR than damage."""
+        damaged: list[str] = []
+        for name, _, store in self.datasets:
+            current = store._current_or_corrupt()
+            if current == "corrupt":
+                logger.warning(
+                    f"{store.pointer_path} is corrupt: rewriting it from the checkpoint's record "
+                    f"of completed bootstrap rounds (latest: {latest})"
+                )
+                store.set_current(None)
+                current = None
+            if latest is not None:
+                if not os.path.isdir(store.round_dir(latest)):
+                    raise FileNotFoundError(
+                        f"{store.round_dir(latest)}: bootstrap round {latest} of {name!r} is "
+                        "recorded as complete in the checkpoint but missing on disk (was "
+                        "CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR changed?)"
+                    )
+                problems = store.verify_round(latest)
+                if problems:
+                    damaged += [f"{name}: {p}" for p in problems]
+                    if current is not None:
+                        store.set_current(None)
+                    continue
+            if current != latest:
+                store.set_current(latest)
+        return damaged
 
     def _restart_loader(self, iteration: int) -> None:
         # The source switches by itself, but batches prefetched by loader workers still carry

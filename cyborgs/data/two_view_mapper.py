@@ -1,6 +1,7 @@
 """Dataset dict -> two augmented views with their masks, crop boxes and flips (DESIGN.md).
 
-An unreadable or corrupt image is logged (naming the file) and the mapper returns ``None``;
+An unreadable or corrupt image, or one whose stored mask is missing or corrupt
+(``MaskFileError``), is logged (naming the file) and the mapper returns ``None``;
 ``pretrain_loader.SkippingMapDataset`` then maps another image and records the skipped file
 in the returned item's ``"skipped_files"`` so the trainer can count skips across workers.
 """
@@ -18,6 +19,7 @@ from detectron2.utils import comm
 from PIL import Image
 
 from ..masks.registry import build_mask_source
+from ..masks.store import MaskFileError
 from .augment import TwoViewAugment
 
 __all__ = ["TwoViewDatasetMapper", "IMAGE_READ_ERRORS"]
@@ -99,7 +101,13 @@ class TwoViewDatasetMapper:
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
             logger.warning(f"Skipping image {file_name} with unusable shape {image.shape}")
             return None
-        mask = self.mask_source(dataset_dict, image)
+        try:
+            mask = self.mask_source(dataset_dict, image)
+        except MaskFileError as e:
+            # A stored map deleted or damaged mid-run: skipped and counted like a bad image
+            # until the next round rewrites it (on resume BootstrapHook verifies the round).
+            logger.warning(f"Skipping image {file_name}: its mask is unavailable: {e}")
+            return None
         if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2]:
             raise ValueError(
                 f"mask source {type(self.mask_source).__name__} returned "
