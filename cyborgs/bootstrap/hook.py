@@ -177,14 +177,14 @@ class BootstrapHook(HookBase):
         an error: more likely a changed CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR than damage."""
         damaged: list[str] = []
         for name, _, store in self.datasets:
-            current = store._current_or_corrupt()
-            if current == "corrupt":
+            problem = store.pointer_problem()
+            if problem:
                 logger.warning(
-                    f"{store.pointer_path} is corrupt: rewriting it from the checkpoint's record "
-                    f"of completed bootstrap rounds (latest: {latest})"
+                    f"{problem}: rewriting it from the checkpoint's record of completed "
+                    f"bootstrap rounds (latest: {latest})"
                 )
                 store.set_current(None)
-                current = None
+            current = store.current_round()
             if latest is not None:
                 if not os.path.isdir(store.round_dir(latest)):
                     raise FileNotFoundError(

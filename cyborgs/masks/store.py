@@ -133,7 +133,7 @@ class MaskStore:
         """Start writing round ``round_id``; any earlier (partial or stale) directory of that id
         is removed. The current round cannot be rewritten while readers may use it, unless
         ``replace_current``: then 'current' first points at no round (readers see none)."""
-        if replace_current and self._current_or_corrupt() in (int(round_id), "corrupt"):
+        if replace_current and (self.pointer_problem() or self.current_round() == int(round_id)):
             self.set_current(None)
         if self.current_round() == int(round_id):
             raise ValueError(
@@ -219,11 +219,13 @@ class MaskStore:
             )
         return r
 
-    def _current_or_corrupt(self) -> int | None | str:
+    def pointer_problem(self) -> str | None:
+        """Why ``current.json`` is corrupt (the :class:`CorruptPointerError` message), or None."""
         try:
-            return self.current_round()
-        except CorruptPointerError:
-            return "corrupt"
+            self.current_round()
+        except CorruptPointerError as e:
+            return str(e)
+        return None
 
     def verify_round(self, round_id: int) -> list[str]:
         """Problems of a round on disk (empty: sound): no directory, no or unreadable manifest,
