@@ -13,8 +13,9 @@ changes, so every rank and data-loader worker switches without restarting.
 
 Resume: ``state_dict`` records the completed rounds. ``before_train`` (i) points ``current`` at
 the latest completed round of the checkpoint (or at none), so masks match the checkpoint even
-if a later round finished after it was saved, and (ii) runs the latest due round the checkpoint
-has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 this is the
+if a later round finished after it was saved (a garbage ``current.json`` is rewritten; the
+round is verified against its manifest and redone with the checkpoint's weights if files are
+missing or damaged), and (ii) runs the latest due round the checkpoint has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 this is the
 initial round at iteration 0).
 
 Metrics (EventStorage): bootstrap/round, time_s, images_per_s, bytes_per_image, k_mean, and
