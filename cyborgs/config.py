@@ -165,3 +165,288 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Stop with a clear message when a loss term is not finite.
     _C.SOLVER.STOP_ON_NONFINITE = True
     return cfg
+
+
+# Blocks per stage (res2..res5) of detectron2's ``build_resnet_backbone`` for each depth.
+_RESNET_BLOCKS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+_RESNET_BUILDERS = ("build_resnet_backbone",)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value, what is expected."""
+
+
+def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
+    """Check every ``CYBORGS.*`` / pretraining ``SOLVER.*`` value that can be checked up front.
+
+    Runs in milliseconds, touches no file and no data set, and may be called any number of
+    times: ``tools/pretrain_net.py`` calls it in ``setup`` and the trainer, the model's
+    ``from_config`` and the bootstrap hook call it again, so library users get the same checks
+    before anything expensive happens (data set sizing, model construction, the vMF warm-up).
+
+    Args:
+        cfg: a config with :func:`add_cyborgs_config` applied (frozen or not; not modified).
+        world_size: processes sharing ``SOLVER.IMS_PER_BATCH``; default: the current process
+            group's size (1 outside ``launch``).
+
+    Raises:
+        ConfigError (a ``ValueError``) naming the key, its value and what was expected.
+        Settings that are legal but probably not what was meant (a schedule that never reaches
+        a bootstrap round) are logged as warnings instead.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+
+    def fail(key: str, value, expected: str) -> None:
+        raise ConfigError(f"{key} = {value!r}: expected {expected}")
+
+    def number(key: str, value, *, lo=None, hi=None, lo_open=False, integer=False, why="") -> None:
+        what = ("an integer" if integer else "a finite number") + _range_text(lo, hi, lo_open)
+        what += f" ({why})" if why else ""
+        if integer and not (isinstance(value, int) and not isinstance(value, bool)):
+            fail(key, value, what)
+        if not _is_num(value):
+            fail(key, value, what)
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            fail(key, value, what)
+        if hi is not None and value > hi:
+            fail(key, value, what)
+
+    def choice(key: str, value, allowed) -> None:
+        if value not in allowed:
+            fail(key, value, f"one of {sorted(allowed)}")
+
+    def pair(key: str, value, n: int = 2) -> tuple:
+        if not isinstance(value, list | tuple) or len(value) != n:
+            fail(key, value, f"a list of {n} values")
+        return tuple(value)
+
+    if not hasattr(cfg, "CYBORGS"):
+        raise ConfigError("cfg has no CYBORGS node: call cyborgs.config.add_cyborgs_config(cfg)")
+    c, s, m = cfg.CYBORGS, cfg.SOLVER, cfg.MODEL
+
+    # ---- backbone and feature names ----
+    depth = m.RESNETS.DEPTH
+    resnet = m.BACKBONE.NAME in _RESNET_BUILDERS
+    if resnet:
+        choice("MODEL.RESNETS.DEPTH", depth, _RESNET_BLOCKS)
+        if depth in (18, 34) and m.RESNETS.RES2_OUT_CHANNELS != 64:
+            fail(
+                "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                m.RESNETS.RES2_OUT_CHANNELS,
+                f"64 for MODEL.RESNETS.DEPTH {depth} (detectron2's basic-block ResNets)",
+            )
+        choice("MODEL.RESNETS.RES5_DILATION", m.RESNETS.RES5_DILATION, (1, 2))
+    for v in pair("MODEL.PIXEL_MEAN", m.PIXEL_MEAN, 3):
+        number("MODEL.PIXEL_MEAN", v)
+    for v in pair("MODEL.PIXEL_STD", m.PIXEL_STD, 3):
+        number("MODEL.PIXEL_STD", v, lo=0, lo_open=True)
+    strides = {}
+    for key, names in (
+        ("CYBORGS.FUSION_FEATURES", c.FUSION_FEATURES),
+        ("CYBORGS.BOOTSTRAP.FEATURES", c.BOOTSTRAP.FEATURES),
+    ):
+        if not isinstance(names, list | tuple) or not names:
+            fail(key, names, "a non-empty list of feature names such as ['res3', 'res4', 'res5']")
+        for name in names:
+            strides[name] = _check_feature_name(key, name, depth if resnet else None, m)
+
+    # ---- stage 1: mask-contrastive loss ----
+    number("CYBORGS.NUM_SAMPLED_MASKS", c.NUM_SAMPLED_MASKS, lo=1, integer=True)
+    number("CYBORGS.MAX_MASK_IDS", c.MAX_MASK_IDS, lo=2, integer=True)
+    number("CYBORGS.TEMPERATURE", c.TEMPERATURE, lo=0, lo_open=True)
+    number("CYBORGS.PROJECTOR_HIDDEN_DIM", c.PROJECTOR_HIDDEN_DIM, lo=1, integer=True)
+    number("CYBORGS.PROJECTOR_OUT_DIM", c.PROJECTOR_OUT_DIM, lo=1, integer=True)
+    number("CYBORGS.CONTRASTIVE_WEIGHT", c.CONTRASTIVE_WEIGHT, lo=0)
+    number("CYBORGS.EMA.BASE_MOMENTUM", c.EMA.BASE_MOMENTUM, lo=0, hi=1)
+    choice("CYBORGS.EMA.SCHEDULE", c.EMA.SCHEDULE, ("cosine", "constant"))
+
+    # ---- augmentation ----
+    a = c.AUG
+    number("CYBORGS.AUG.CROP_SIZE", a.CROP_SIZE, lo=1, integer=True)
+    lo, hi = pair("CYBORGS.AUG.CROP_SCALE", a.CROP_SCALE)
+    if not (_is_num(lo) and _is_num(hi) and 0 < lo <= hi <= 1):
+        fail("CYBORGS.AUG.CROP_SCALE", a.CROP_SCALE, "(lo, hi) with 0 < lo <= hi <= 1")
+    lo, hi = pair("CYBORGS.AUG.CROP_RATIO", a.CROP_RATIO)
+    if not (_is_num(lo) and _is_num(hi) and 0 < lo <= hi):
+        fail("CYBORGS.AUG.CROP_RATIO", a.CROP_RATIO, "(lo, hi) with 0 < lo <= hi")
+    for v in pair("CYBORGS.AUG.COLOR_JITTER", a.COLOR_JITTER, 4):
+        number("CYBORGS.AUG.COLOR_JITTER", v, lo=0)
+    for key in ("FLIP_PROB", "COLOR_JITTER_PROB", "GRAYSCALE_PROB"):
+        number(f"CYBORGS.AUG.{key}", a.get(key), lo=0, hi=1)
+    for key in ("BLUR_PROB", "SOLARIZE_PROB"):
+        for v in pair(f"CYBORGS.AUG.{key}", a.get(key)):
+            number(f"CYBORGS.AUG.{key}", v, lo=0, hi=1)
+
+    # ---- mask source ----
+    from cyborgs.masks.registry import mask_source_names
+
+    choice("CYBORGS.MASKS.SOURCE", c.MASKS.SOURCE, mask_source_names())
+    number("CYBORGS.MASKS.GRID_SIZE", c.MASKS.GRID_SIZE, lo=1, hi=16, integer=True)
+    number("CYBORGS.MASKS.FH_SCALE", c.MASKS.FH_SCALE, lo=0, lo_open=True)
+    number("CYBORGS.MASKS.FH_MIN_SIZE", c.MASKS.FH_MIN_SIZE, lo=0)
+    number("CYBORGS.MASKS.FH_SIGMA", c.MASKS.FH_SIGMA, lo=0)
+
+    # ---- bootstrapping ----
+    from cyborgs.clustering import KMEANS_BACKENDS
+
+    backends = {"auto", *KMEANS_BACKENDS}
+    b = c.BOOTSTRAP
+    number("CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", b.PERIOD_EPOCHS, lo=0, integer=True)
+    number("CYBORGS.BOOTSTRAP.GROUP_SIZE", b.GROUP_SIZE, lo=1, integer=True)
+    # Label maps are uint8 and the contrastive loss votes ids into MAX_MASK_IDS slots.
+    k_cap = min(256, int(c.MAX_MASK_IDS) - 1)
+    why = f"uint8 label maps, and CYBORGS.MAX_MASK_IDS = {c.MAX_MASK_IDS} counts ids < {k_cap + 1}"
+    number("CYBORGS.BOOTSTRAP.K_MIN", b.K_MIN, lo=2, hi=k_cap, integer=True, why=why)
+    number("CYBORGS.BOOTSTRAP.K_MAX", b.K_MAX, lo=2, hi=k_cap, integer=True, why=why)
+    if b.K_MIN > b.K_MAX:
+        raise ConfigError(
+            f"CYBORGS.BOOTSTRAP.K_MIN = {b.K_MIN} > CYBORGS.BOOTSTRAP.K_MAX = {b.K_MAX}: expected "
+            f"2 <= K_MIN <= K_MAX <= {k_cap} (K ~ Uniform{{K_MIN..K_MAX}}; fix both for one K)"
+        )
+    number("CYBORGS.BOOTSTRAP.KMEANS_ITERS", b.KMEANS_ITERS, lo=1, integer=True)
+    choice("CYBORGS.BOOTSTRAP.KMEANS_BACKEND", b.KMEANS_BACKEND, backends)
+    number("CYBORGS.BOOTSTRAP.INPUT_SIZE", b.INPUT_SIZE, lo=0, integer=True)
+    number("CYBORGS.BOOTSTRAP.BORDER_PAD", b.BORDER_PAD, lo=0, integer=True)
+    stride = strides.get(b.FEATURES[-1])
+    if b.BORDER_PAD and stride and b.BORDER_PAD % stride:
+        fail(
+            "CYBORGS.BOOTSTRAP.BORDER_PAD",
+            b.BORDER_PAD,
+            f"a multiple of the stride {stride} of {b.FEATURES[-1]!r} (the bootstrap map's grid)",
+        )
+    number("CYBORGS.BOOTSTRAP.BATCH_SIZE", b.BATCH_SIZE, lo=1, integer=True)
+    choice("CYBORGS.BOOTSTRAP.CRF", b.CRF, (True, False))
+
+    # ---- vMF clustering ----
+    v = c.VMF
+    number("CYBORGS.VMF.KAPPA", v.KAPPA, lo=0, lo_open=True)
+    number("CYBORGS.VMF.WARMUP_EPOCHS", v.WARMUP_EPOCHS, lo=0, integer=True)
+    # K = 1 makes the loss identically 0 (a softmax over one prototype).
+    number("CYBORGS.VMF.WARMUP_K", v.WARMUP_K, lo=2, integer=True)
+    choice("CYBORGS.VMF.K_SAMPLING", v.K_SAMPLING, ("uniform", "fixed"))
+    number("CYBORGS.VMF.K", v.K, lo=2, integer=True)
+    number("CYBORGS.VMF.LAMBDA", v.LAMBDA, lo=0)
+    number("CYBORGS.VMF.PERIOD_EPOCHS", v.PERIOD_EPOCHS, lo=0, integer=True)
+    choice("CYBORGS.VMF.FEATURE", v.FEATURE, ("bootstrap", "fused"))
+    choice("CYBORGS.VMF.DISTANCE", v.DISTANCE, ("vmf", "euclidean"))
+    number("CYBORGS.VMF.KMEANS_ITERS", v.KMEANS_ITERS, lo=1, integer=True)
+    number("CYBORGS.VMF.INTER_GRID", v.INTER_GRID, lo=1, integer=True)
+    choice("CYBORGS.VMF.KMEANS_BACKEND", v.KMEANS_BACKEND, backends)
+
+    from cyborgs.modeling.precision import parse_switch
+
+    for key in ("CHANNELS_LAST", "BF16"):
+        try:
+            parse_switch(c.GPU.get(key), f"CYBORGS.GPU.{key}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    # ---- optimisation and schedule ----
+    if str(s.OPTIMIZER).upper() not in ("LARS", "SGD"):
+        fail("SOLVER.OPTIMIZER", s.OPTIMIZER, "'LARS' or 'SGD'")
+    number("SOLVER.BASE_LR", s.BASE_LR, lo=0, lo_open=True)
+    number("SOLVER.MOMENTUM", s.MOMENTUM, lo=0, hi=1)
+    if s.MOMENTUM == 1:
+        fail("SOLVER.MOMENTUM", s.MOMENTUM, "a number in [0, 1)")
+    number("SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, lo=0)
+    number("SOLVER.LARS_TRUST_COEFFICIENT", s.LARS_TRUST_COEFFICIENT, lo=0, lo_open=True)
+    number("SOLVER.EPOCHS", s.EPOCHS, lo=0, lo_open=True)
+    number("SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS, lo=0, hi=s.EPOCHS)
+    choice("SOLVER.EPOCH_SCHEDULE", s.EPOCH_SCHEDULE, ("cosine", "step"))
+    if s.EPOCH_SCHEDULE == "step":
+        steps = list(s.STEP_EPOCHS)
+        ok = all(_is_num(e) and 0 < e <= s.EPOCHS for e in steps)
+        if not ok or steps != sorted(steps):
+            fail(
+                "SOLVER.STEP_EPOCHS",
+                s.STEP_EPOCHS,
+                f"increasing epochs in (0, SOLVER.EPOCHS = {s.EPOCHS}]",
+            )
+        number("SOLVER.GAMMA", s.GAMMA, lo=0, lo_open=True)
+    number("SOLVER.CHECKPOINT_PERIOD", s.CHECKPOINT_PERIOD, lo=1, integer=True)
+    number("SOLVER.CHECKPOINTS_TO_KEEP", s.CHECKPOINTS_TO_KEEP, lo=0, integer=True)
+    choice("SOLVER.STOP_ON_NONFINITE", s.STOP_ON_NONFINITE, (True, False))
+    if s.AMP.ENABLED:
+        fail("SOLVER.AMP.ENABLED", s.AMP.ENABLED, "False (use CYBORGS.GPU.BF16 instead)")
+    number("SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, lo=1, integer=True)
+    if world_size is None:
+        from detectron2.utils import comm
+
+        world_size = comm.get_world_size()
+    if s.IMS_PER_BATCH % int(world_size):
+        fail(
+            "SOLVER.IMS_PER_BATCH",
+            s.IMS_PER_BATCH,
+            f"a multiple of the {world_size} processes (it is the global batch)",
+        )
+    number("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, lo=0, integer=True)
+
+    # ---- legal, but probably not meant ----
+    if v.WARMUP_EPOCHS >= s.EPOCHS:
+        log.warning(
+            f"CYBORGS.VMF.WARMUP_EPOCHS = {v.WARMUP_EPOCHS} >= SOLVER.EPOCHS = {s.EPOCHS}: the "
+            "whole run is the vMF warm-up (no contrastive loss, no bootstrap round)"
+        )
+    elif c.MASKS.SOURCE == "bootstrap" and 0 < b.PERIOD_EPOCHS and v.WARMUP_EPOCHS + 1 < s.EPOCHS:
+        if not any(e % b.PERIOD_EPOCHS == 0 for e in range(v.WARMUP_EPOCHS + 1, int(s.EPOCHS))):
+            log.warning(
+                f"CYBORGS.BOOTSTRAP.PERIOD_EPOCHS = {b.PERIOD_EPOCHS}: no round after the "
+                f"post-warm-up one within SOLVER.EPOCHS = {s.EPOCHS}"
+            )
+
+
+def _is_num(x) -> bool:
+    import math
+
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _range_text(lo, hi, lo_open: bool) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" {'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f" <= {hi}"
+    return f" in {'(' if lo_open else '['}{lo}, {hi}]"
+
+
+def _check_feature_name(key: str, name, depth: int | None, model_cfg) -> int | None:
+    """Validate one feature name (``res4``, ``res3.2``) against the ResNet depth; returns the
+    map's stride (None for non-ResNet backbones, which the model checks when it is built)."""
+    from cyborgs.modeling.backbone_taps import parse_tap
+
+    try:
+        stage, block = parse_tap(name)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if depth is None:
+        return None
+    stages = ("res2", "res3", "res4", "res5")
+    if stage == "stem":
+        if block is not None:
+            raise ConfigError(f"{key} = {name!r}: the stem has no blocks")
+        return 4
+    if stage not in stages:
+        raise ConfigError(
+            f"{key} = {name!r}: expected 'stem', one of {list(stages)} or '<stage>.<block>' "
+            "(e.g. 'res3.2')"
+        )
+    n_blocks = _RESNET_BLOCKS[depth][stages.index(stage)]
+    if block is not None and block >= n_blocks:
+        raise ConfigError(
+            f"{key} = {name!r}: a ResNet-{depth} has {n_blocks} blocks in {stage}, so block "
+            f"indices 0..{n_blocks - 1} (e.g. '{stage}.{n_blocks - 1}')"
+        )
+    stride = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}[stage]
+    if stage == "res5" and model_cfg.RESNETS.RES5_DILATION == 2:
+        stride = 16
+    return stride

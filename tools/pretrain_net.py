@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import cyborgs.data.datasets  # noqa: F401  (registers the pretraining sets, demo_* twins)
-from cyborgs.config import add_cyborgs_config
+from cyborgs.config import add_cyborgs_config, validate_cyborgs_config
 from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.trainer import CyborgsTrainer
 
@@ -87,6 +87,8 @@ def build_cfg(config_file: str, opts: list[str]) -> tuple[CfgNode, list[str]]:
 
 def setup(args) -> CfgNode:
     cfg, notes = build_cfg(args.config_file, args.opts)
+    # Before anything slow (logger files, data set sizing, the model, the vMF warm-up).
+    validate_cyborgs_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)  # logger, env info, OUTPUT_DIR/config.yaml, seeding
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")

@@ -13,8 +13,9 @@ changes, so every rank and data-loader worker switches without restarting.
 
 Resume: ``state_dict`` records the completed rounds. ``before_train`` (i) points ``current`` at
 the latest completed round of the checkpoint (or at none), so masks match the checkpoint even
-if a later round finished after it was saved, and (ii) runs the latest due round the checkpoint
-has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 this is the
+if a later round finished after it was saved (a garbage ``current.json`` is rewritten; the
+round is verified against its manifest and redone with the checkpoint's weights if files are
+missing or damaged), and (ii) runs the latest due round the checkpoint has not completed (a crash during a round restarts it; with WARMUP_EPOCHS = 0 this is the
 initial round at iteration 0).
 
 Metrics (EventStorage): bootstrap/round, time_s, images_per_s, bytes_per_image, k_mean, and
@@ -40,6 +41,7 @@ import numpy as np
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from cyborgs.engine.nonfinite import NonFiniteLossError
 from cyborgs.masks.store import MaskStore
 
 from .round import round_manifest
@@ -172,18 +174,19 @@ class BootstrapHook(HookBase):
         return len(left), mean
 
     def before_train(self) -> None:
-        # (i) Masks of the checkpoint: the latest round it completed, or none.
-        if comm.is_main_process():
-            latest = max(self.completed) if self.completed else None
-            for name, _, store in self.datasets:
-                if latest is not None and not store.is_complete(latest):
-                    raise FileNotFoundError(
-                        f"{store.round_dir(latest)}: bootstrap round {latest} of {name!r} is "
-                        "recorded as complete in the checkpoint but missing on disk (was "
-                        "CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR changed?)"
-                    )
-                if store.current_round() != latest:
-                    store.set_current(latest)
+        # (i) Masks of the checkpoint: the latest round it completed (verified against its
+        # manifest, redone from the checkpoint's weights if damaged), or none.
+        latest = max(self.completed) if self.completed else None
+        damaged = self._repair_pointers(latest) if comm.is_main_process() else []
+        damaged = comm.all_gather(damaged)[0]  # rank 0's verdict, on every rank
+        if damaged:
+            logger.warning(
+                f"bootstrap round {latest}, recorded as complete in the checkpoint, is damaged "
+                f"({'; '.join(damaged)}): redoing it with the checkpoint's weights (iteration "
+                f"{int(self.trainer.iter)}), so its masks differ from the lost ones"
+            )
+            self._run_round(latest)
+            self._restart_loader(int(self.trainer.iter))
         comm.synchronize()
         # (ii) The latest round due at or before the start iteration, if not completed.
         start_epoch = int(self.trainer.iter) // self.iters_per_epoch
@@ -192,6 +195,38 @@ class BootstrapHook(HookBase):
         if due and max(due) not in self.completed and max(due) <= start_epoch:
             self._run_round(max(due))
             self._restart_loader(int(self.trainer.iter))
+
+    def _repair_pointers(self, latest: int | None) -> list[str]:
+        """Point every store at ``latest`` (rank 0). A garbage ``current.json`` is rewritten;
+        returns the problems of round ``latest`` in stores where it is damaged (left pointing
+        at no round, for the caller to redo). A store without the round's directory at all is
+        an error: more likely a changed CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR than damage."""
+        damaged: list[str] = []
+        for name, _, store in self.datasets:
+            problem = store.pointer_problem()
+            if problem:
+                logger.warning(
+                    f"{problem}: rewriting it from the checkpoint's record of completed "
+                    f"bootstrap rounds (latest: {latest})"
+                )
+                store.set_current(None)
+            current = store.current_round()
+            if latest is not None:
+                if not os.path.isdir(store.round_dir(latest)):
+                    raise FileNotFoundError(
+                        f"{store.round_dir(latest)}: bootstrap round {latest} of {name!r} is "
+                        "recorded as complete in the checkpoint but missing on disk (was "
+                        "CYBORGS.MASKS.STORE_DIR / OUTPUT_DIR changed?)"
+                    )
+                problems = store.verify_round(latest)
+                if problems:
+                    damaged += [f"{name}: {p}" for p in problems]
+                    if current is not None:
+                        store.set_current(None)
+                    continue
+            if current != latest:
+                store.set_current(latest)
+        return damaged
 
     def _restart_loader(self, iteration: int) -> None:
         # The source switches by itself, but batches prefetched by loader workers still carry
@@ -215,23 +250,14 @@ class BootstrapHook(HookBase):
         t_round = time.perf_counter()
         round_id = epoch
         iteration = epoch * self.iters_per_epoch
-        world, rank = comm.get_world_size(), comm.get_rank()
+        rank = comm.get_rank()
         metrics: dict[str, list[float]] = {}
         for name, dicts, store in self.datasets:
             if rank == 0:
                 # replace: a stale pointer from an aborted run may name this round
                 store.begin_round(round_id, replace_current=True)
             comm.synchronize()
-            stats = self.round_fn(
-                self.trainer.model,
-                dicts,
-                _round_store(store),
-                round_id,
-                epoch=epoch,
-                iteration=iteration,
-                world_size=world,
-                rank=rank,
-            )
+            stats = self._call_round_fn(dicts, store, round_id, epoch, iteration)
             keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files")
             all_stats = comm.all_gather({k: stats[k] for k in keys if k in stats})
             comm.synchronize()
@@ -284,6 +310,35 @@ class BootstrapHook(HookBase):
             self._visual_dicts[name] = visual_dicts(dicts)
         put_round_visuals(storage, name, store, round_id, self._visual_dicts[name], man)
 
+    def _call_round_fn(self, dicts, store: MaskStore, round_id: int, epoch: int, iteration: int):
+        """``round_fn`` on this rank's shard; a non-finite stop on any rank stops every rank
+        (the others would wait in the next collective) and names the last good checkpoint."""
+        world, rank = comm.get_world_size(), comm.get_rank()
+        error: NonFiniteLossError | None = None
+        try:
+            stats = self.round_fn(
+                self.trainer.model,
+                dicts,
+                _round_store(store),
+                round_id,
+                epoch=epoch,
+                iteration=iteration,
+                world_size=world,
+                rank=rank,
+            )
+        except NonFiniteLossError as e:
+            error, stats = e, None
+        if world > 1 and not all(comm.all_gather(error is None)) and error is None:
+            error = NonFiniteLossError(
+                f"Non-finite bootstrap features on another rank in round {round_id} at "
+                f"iteration {iteration} (see its log)",
+                iteration,
+            )
+        if error is not None:
+            cfg = getattr(self.trainer, "cfg", None)
+            raise error.with_output_dir(getattr(cfg, "OUTPUT_DIR", None)) from None
+        return stats
+
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:
         return {"completed": list(self.completed)}
@@ -295,6 +350,10 @@ class BootstrapHook(HookBase):
 def _kwargs_from_config(cfg) -> dict[str, Any]:
     """Round runner, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
     import functools
+
+    from cyborgs.config import validate_cyborgs_config
+
+    validate_cyborgs_config(cfg)
 
     from detectron2.data import DatasetCatalog
 

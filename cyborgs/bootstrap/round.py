@@ -307,6 +307,7 @@ def run_bootstrap_round(
         t0 = time.perf_counter()
         flat = [f.flatten(1).T for _, _, f in items]  # [h*w, D] each
         x = torch.cat(flat)
+        _check_finite_group(x, items, round_id, iteration)
         rng = np.random.default_rng([int(seed), int(round_id), int(rank), group_idx])
         k = min(int(rng.integers(k_min, k_max + 1)), x.shape[0])
         gseed = int(rng.integers(2**31 - 1))
@@ -412,6 +413,22 @@ def run_bootstrap_round(
             ),
         )
     return stats
+
+
+def _check_finite_group(x: torch.Tensor, items: Sequence, round_id: int, iteration: int) -> None:
+    """Non-finite features would crash k-means++ ("invalid multinomial distribution"): stop
+    with the engine's non-finite message instead (the hook adds the last good checkpoint)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    from cyborgs.engine.nonfinite import NonFiniteLossError
+
+    bad = [str(image_id) for image_id, _, f in items if not bool(torch.isfinite(f).all())]
+    raise NonFiniteLossError(
+        f"Non-finite bootstrap features in round {round_id} at iteration {iteration}: the "
+        f"online encoder gives NaN/inf for {len(bad)} of {len(items)} images of a group "
+        f"(image ids {bad[:5]}), so the weights have diverged",
+        iteration,
+    )
 
 
 def round_manifest(

@@ -1,8 +1,9 @@
 """Dataset dict -> two augmented views with their masks, crop boxes and flips (DESIGN.md).
 
 Images are read with :func:`cyborgs.data.image_io.read_image`. One it refuses (unreadable,
-truncated, zero-size, aspect ratio above ``CYBORGS.DATA.MAX_ASPECT_RATIO``, ...) is logged
-(naming the file and the reason) and the mapper returns ``None``;
+truncated, zero-size, aspect ratio above ``CYBORGS.DATA.MAX_ASPECT_RATIO``, ...), or one whose
+stored mask is missing or corrupt (``MaskFileError``), is logged (naming the file and the
+reason) and the mapper returns ``None``;
 ``pretrain_loader.SkippingMapDataset`` then maps another image and records the skipped file
 in the returned item's ``"skipped_files"`` so the trainer can count skips across workers.
 """
@@ -18,6 +19,7 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 
 from ..masks.registry import build_mask_source
+from ..masks.store import MaskFileError
 from .augment import TwoViewAugment
 from .image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image
 
@@ -104,7 +106,13 @@ class TwoViewDatasetMapper:
         except BadImageError as e:
             logger.warning(f"Skipping bad image {e.path}: {e.reason}")
             return None
-        mask = self.mask_source(dataset_dict, image)
+        try:
+            mask = self.mask_source(dataset_dict, image)
+        except MaskFileError as e:
+            # A stored map deleted or damaged mid-run: skipped and counted like a bad image
+            # until the next round rewrites it (on resume BootstrapHook verifies the round).
+            logger.warning(f"Skipping image {file_name}: its mask is unavailable: {e}")
+            return None
         if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2]:
             raise ValueError(
                 f"mask source {type(self.mask_source).__name__} returned "

@@ -37,11 +37,12 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
+from cyborgs.config import validate_cyborgs_config
 from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer, iters_per_epoch
 
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
-from .nonfinite import NonFiniteLossError, check_finite_losses
+from .nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
 from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
 
 __all__ = ["CyborgsTrainer", "ResumableLoader", "preserve_rng"]
@@ -112,10 +113,12 @@ class _CyborgsStep(SimpleTrainer):
         *,
         ims_per_batch: int,
         stop_on_nonfinite: bool,
+        output_dir: str | None = None,
     ) -> None:
         super().__init__(model, data_loader, optimizer)
         self.ims_per_batch = ims_per_batch
         self.stop_on_nonfinite = stop_on_nonfinite
+        self.output_dir = output_dir  # named in the non-finite message (last good checkpoint)
         self.num_skipped = 0  # this rank's skipped images since the (re)start
 
     def run_step(self) -> None:
@@ -154,19 +157,24 @@ class _CyborgsStep(SimpleTrainer):
                 )
 
     def _check_finite(self, loss_dict: dict[str, torch.Tensor]) -> None:
-        # All ranks must stop together: a rank that raised alone would leave the others
-        # waiting in the next collective until the process-group timeout.
+        # One host sync per step: a single reduction over every term (and the ranks).
+        finite = finite_flag(loss_dict)
         if comm.get_world_size() > 1:
-            finite = all(bool(torch.isfinite(v).all()) for v in loss_dict.values())
-            flag = torch.tensor(
-                [0.0 if finite else 1.0], device=next(iter(loss_dict.values())).device
-            )
-            dist.all_reduce(flag)
-            if finite and flag.item() > 0:
+            # All ranks must stop together: a rank that raised alone would leave the others
+            # waiting in the next collective until the process-group timeout.
+            device = next(iter(loss_dict.values())).device
+            mine = (~finite).to(device=device, dtype=torch.float32).reshape(1)
+            total = mine.clone()
+            dist.all_reduce(total)
+            total_bad, mine_bad = torch.cat([total, mine]).tolist()
+            finite = not mine_bad
+            if total_bad > 0 and finite:
                 raise NonFiniteLossError(
-                    f"Non-finite loss on another rank at iteration {self.iter} (see its log)"
+                    f"Non-finite loss on another rank at iteration {self.iter} (see its log)",
+                    self.iter,
+                    self.output_dir,
                 )
-        check_finite_losses(loss_dict, self.iter)
+        check_finite_losses(loss_dict, self.iter, self.output_dir, flag=finite)
 
     def _count_skipped(self, data: Any) -> None:
         # The pretraining loader puts the files it had to skip (unreadable images) since the
@@ -199,6 +207,8 @@ class CyborgsTrainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode, args: Any = None) -> None:
         TrainerBase.__init__(self)
+        # Up front: sizing the data set and building the model may take minutes.
+        validate_cyborgs_config(cfg)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if cfg.SOLVER.AMP.ENABLED:
@@ -231,6 +241,7 @@ class CyborgsTrainer(DefaultTrainer):
             optimizer,
             ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
             stop_on_nonfinite=cfg.SOLVER.STOP_ON_NONFINITE,
+            output_dir=cfg.OUTPUT_DIR,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

@@ -71,6 +71,16 @@ class _Job(torch.utils.data.Dataset):
         return {"bytes": nbytes, "skipped": ""}
 
 
+def _cache_problems(store: MaskStore) -> list[str]:
+    """Why the cache (round 0, current) cannot be used as it is; empty: it can."""
+    problem = store.pointer_problem()
+    if problem:
+        return [problem]
+    if store.current_round() != 0:
+        return ["no complete cache"]
+    return store.verify_round(0)
+
+
 def params_tag(params: dict) -> str:
     """Short stable hash of the parameters, so a changed setting never reads a stale cache."""
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -159,7 +169,12 @@ def cached_mask_source(
 
     root = store_root(cfg, f"{name}-{params_tag(params)}", dataset_name)
     store = MaskStore(root)
-    if store.current_round() != 0:
+    # Rank 0 decides for all (a damaged cache is recomputed, never half-used).
+    problems = _cache_problems(store) if comm.is_main_process() else []
+    problems = comm.all_gather(problems)[0]
+    if problems:
+        if store.rounds():  # a cache existed: say why it is rebuilt
+            logger.warning(f"recomputing the {name} mask cache {root}: {problems}")
         precompute_masks(
             fn,
             items(),

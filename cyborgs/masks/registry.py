@@ -51,13 +51,18 @@ _SOURCE_MODULES = {
 }
 
 
+def mask_source_names() -> list[str]:
+    """The values ``CYBORGS.MASKS.SOURCE`` may take."""
+    return sorted(_SOURCE_MODULES)
+
+
 def build_mask_source(cfg, dataset_name: str):
     """Build the source named by ``cfg.CYBORGS.MASKS.SOURCE`` for ``dataset_name``."""
     name = cfg.CYBORGS.MASKS.SOURCE
     if name not in _SOURCE_MODULES:
         raise KeyError(
             f"CYBORGS.MASKS.SOURCE={name!r} is not a mask source; expected one of "
-            f"{sorted(_SOURCE_MODULES)}"
+            f"{mask_source_names()}"
         )
     importlib.import_module(_SOURCE_MODULES[name])
     return MASK_SOURCE_REGISTRY.get(name).from_config(cfg, dataset_name)

@@ -19,6 +19,12 @@ The store itself is lossless: ``read`` returns exactly what ``write`` got.
 Every file is written to a temporary name in the same directory and renamed, so readers (data
 loader workers) never see a half-written file. Several processes (distributed ranks) may
 ``write`` into the same round; only one calls ``finish_round`` after a barrier.
+
+Damage done from outside (a disk error, a user deleting files) is detected, not repaired, here:
+``current_round`` raises :class:`CorruptPointerError` for a garbage pointer, ``verify_round``
+compares a round's manifest with its files (count and bytes), and ``read`` raises
+:class:`MaskFileError` for a missing or undecodable label map. ``BootstrapHook`` repairs from
+the checkpoint's record of completed rounds; the data loader skips an image whose map is gone.
 """
 
 from __future__ import annotations
@@ -37,12 +43,27 @@ from PIL import Image
 
 from cyborgs.utils.atomic import atomic_write_bytes
 
-__all__ = ["MaskStore", "image_key", "store_root", "upsample_nearest"]
+__all__ = [
+    "CorruptPointerError",
+    "MaskFileError",
+    "MaskStore",
+    "image_key",
+    "store_root",
+    "upsample_nearest",
+]
 
 _POINTER = "current.json"
 _MANIFEST = "manifest.json"
 _ROUND_RE = re.compile(r"^round_(\d{4,})$")
 _SAFE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class CorruptPointerError(RuntimeError):
+    """``current.json`` exists but does not hold ``{"round": int | null, ...}``."""
+
+
+class MaskFileError(FileNotFoundError):
+    """The label map of an image in a round is missing or cannot be decoded."""
 
 
 def image_key(image_id: Any) -> str:
@@ -112,7 +133,7 @@ class MaskStore:
         """Start writing round ``round_id``; any earlier (partial or stale) directory of that id
         is removed. The current round cannot be rewritten while readers may use it, unless
         ``replace_current``: then 'current' first points at no round (readers see none)."""
-        if replace_current and self.current_round() == int(round_id):
+        if replace_current and (self.pointer_problem() or self.current_round() == int(round_id)):
             self.set_current(None)
         if self.current_round() == int(round_id):
             raise ValueError(
@@ -149,12 +170,7 @@ class MaskStore:
         d = self.round_dir(round_id)
         if not os.path.isdir(d):
             raise FileNotFoundError(f"{d}: round {round_id} was never begun")
-        n, nbytes = 0, 0
-        for dirpath, _, files in os.walk(d):
-            for f in files:
-                if f.endswith(".png") and not f.startswith(".tmp-"):
-                    n += 1
-                    nbytes += os.path.getsize(os.path.join(dirpath, f))
+        n, nbytes = self._count_maps(d)
         if n == 0:
             raise RuntimeError(f"{d}: refusing to finish a round with no label maps")
         m = dict(manifest or {})
@@ -185,14 +201,63 @@ class MaskStore:
         return os.path.isfile(os.path.join(self.round_dir(round_id), _MANIFEST))
 
     def current_round(self) -> int | None:
+        """The round ``current.json`` points at (None: no pointer, or a pointer at no round).
+
+        Raises :class:`CorruptPointerError` when the file holds anything else."""
         try:
             with open(self.pointer_path, "rb") as f:
                 rec = json.loads(f.read())
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError as e:
-            raise RuntimeError(f"{self.pointer_path}: corrupt pointer file ({e})") from e
-        return rec.get("round")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorruptPointerError(f"{self.pointer_path}: corrupt pointer file ({e})") from e
+        r = rec.get("round", ...) if isinstance(rec, dict) else ...
+        if r is not None and (not isinstance(r, int) or isinstance(r, bool) or r < 0):
+            raise CorruptPointerError(
+                f'{self.pointer_path}: corrupt pointer file (expected {{"round": <int> or '
+                f"null}}, got {rec!r:.100})"
+            )
+        return r
+
+    def pointer_problem(self) -> str | None:
+        """Why ``current.json`` is corrupt (the :class:`CorruptPointerError` message), or None."""
+        try:
+            self.current_round()
+        except CorruptPointerError as e:
+            return str(e)
+        return None
+
+    def verify_round(self, round_id: int) -> list[str]:
+        """Problems of a round on disk (empty: sound): no directory, no or unreadable manifest,
+        or label-map files whose count or total size differ from the manifest's. Lists the
+        files (no decoding): a whole COCO round takes about a second."""
+        d = self.round_dir(round_id)
+        if not os.path.isdir(d):
+            return [f"{d} does not exist"]
+        try:
+            man = self.manifest(round_id)
+            want_n, want_bytes = int(man["num_images"]), int(man["bytes"])
+        except FileNotFoundError:
+            return [f"{d} has no {_MANIFEST}"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            return [f"{os.path.join(d, _MANIFEST)} is unreadable ({type(e).__name__}: {e})"]
+        n, nbytes = self._count_maps(d)
+        problems = []
+        if n != want_n:
+            problems.append(f"{d} holds {n} label maps, its manifest says {want_n}")
+        if nbytes != want_bytes:
+            problems.append(f"{d}: label maps total {nbytes} bytes, its manifest says {want_bytes}")
+        return problems
+
+    @staticmethod
+    def _count_maps(d: str) -> tuple[int, int]:
+        n, nbytes = 0, 0
+        for dirpath, _, files in os.walk(d):
+            for f in files:
+                if f.endswith(".png") and not f.startswith("."):
+                    n += 1
+                    nbytes += os.path.getsize(os.path.join(dirpath, f))
+        return n, nbytes
 
     def rounds(self) -> list[int]:
         """Ids of the complete rounds, ascending."""
@@ -236,11 +301,16 @@ class MaskStore:
             with Image.open(path) as im:
                 arr = np.asarray(im)
         except FileNotFoundError:
-            raise FileNotFoundError(
+            raise MaskFileError(
                 f"{path}: no mask for image_id {image_id!r} in round {r} of {self.root}"
             ) from None
+        except (OSError, ValueError, SyntaxError) as e:  # truncated / not a PNG
+            raise MaskFileError(
+                f"{path}: unreadable mask of image_id {image_id!r} in round {r} of {self.root} "
+                f"({type(e).__name__}: {e})"
+            ) from None
         if arr.dtype != np.uint8 or arr.ndim != 2:
-            raise RuntimeError(f"{path}: not an 8-bit label map ({arr.dtype}, {arr.shape})")
+            raise MaskFileError(f"{path}: not an 8-bit label map ({arr.dtype}, {arr.shape})")
         if out_hw is not None:
             arr = upsample_nearest(arr, out_hw)
         return arr

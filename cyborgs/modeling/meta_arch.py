@@ -37,6 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..config import validate_cyborgs_config
 from .backbone_taps import forward_taps, tap_channels, validate_taps
 from .fusion import fuse_features, fused_channels
 from .heads import MLPHead
@@ -182,6 +183,7 @@ class CYBORGS(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
+        validate_cyborgs_config(cfg)
         c = cfg.CYBORGS
         cfg = cfg.clone()
         cfg.defrost()

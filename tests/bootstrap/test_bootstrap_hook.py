@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -192,3 +193,70 @@ def test_with_real_round_runner(tmp_path):
     assert man["features"] == ["res3.2"] and man["k_per_group"] == [2, 2]
     m = store.read(0)
     assert m.shape == (4, 4) and (m[:, :2] != m[:, 2:]).all()
+
+
+def _two_rounds(tmp_path):
+    """Rounds 2 and 4 finished; the checkpoint (end of epoch 4) records both."""
+    store = MaskStore(str(tmp_path))
+    rounds = _FakeRounds()
+    _train(_hook(store, rounds), _Trainer(3 * 13), 0, 13)
+    assert store.rounds() == [2, 4] and [r for r, _ in rounds.calls] == [2, 4]
+    return store, rounds
+
+
+def _resume_at_12(store, rounds):
+    hook = _hook(store, rounds)
+    hook.load_state_dict({"completed": [2, 4]})
+    trainer = _Trainer(3 * 13)
+    _train(hook, trainer, 12, 13)
+    return trainer
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage", b'{"round": "four"}', b""])
+def test_resume_repairs_a_garbage_pointer_from_the_checkpoint(tmp_path, content):
+    store, rounds = _two_rounds(tmp_path)
+    with open(store.pointer_path, "wb") as f:
+        f.write(content)
+    _resume_at_12(store, rounds)
+    assert store.current_round() == 4  # the checkpoint's latest round
+    assert [r for r, _ in rounds.calls] == [2, 4]  # intact round: not redone
+    assert BootstrapMaskSource(str(tmp_path))({"image_id": 1}, np.zeros((4, 4, 3))).max() == 4
+
+
+@pytest.mark.parametrize("damage", ["delete_map", "truncate_map", "corrupt_manifest"])
+def test_resume_redoes_a_damaged_round(tmp_path, damage):
+    store, rounds = _two_rounds(tmp_path)
+    png = store._path(4, 3)
+    if damage == "delete_map":
+        os.remove(png)
+    elif damage == "truncate_map":
+        with open(png, "r+b") as f:
+            f.truncate(10)
+    else:
+        with open(os.path.join(store.round_dir(4), "manifest.json"), "wb") as f:
+            f.write(b"{garbage")
+    trainer = _resume_at_12(store, rounds)
+    assert [r for r, _ in rounds.calls] == [2, 4, 4]  # redone from the checkpoint's weights
+    assert store.verify_round(4) == [] and store.current_round() == 4
+    np.testing.assert_array_equal(store.read(3), np.full((2, 2), 4, np.uint8))
+    assert trainer.restarts == [12]  # loader rebuilt on the new masks
+
+
+def test_nonfinite_round_names_the_last_good_checkpoint(tmp_path):
+    from cyborgs.engine.nonfinite import NonFiniteLossError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in ("model_0000002.pth", "model_0000005.pth"):
+        (out / n).write_bytes(b"")
+
+    def diverged(model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+        raise NonFiniteLossError(f"Non-finite bootstrap features in round {round_id}", iteration)
+
+    hook = _hook(MaskStore(str(tmp_path / "m")), diverged)
+    trainer = _Trainer(3 * 13)
+    trainer.cfg = type("Cfg", (), {"OUTPUT_DIR": str(out)})()
+    with pytest.raises(NonFiniteLossError, match="round 2") as e:
+        _train(hook, trainer, 0, 13)
+    assert e.value.iteration == 6  # the round after epoch 2 precedes step 6
+    assert f"Last good checkpoint: {out / 'model_0000002.pth'}" in str(e.value)

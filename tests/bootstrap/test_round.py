@@ -208,3 +208,24 @@ def test_round_on_cuda_with_gpu_kmeans_gives_the_cpu_maps(tmp_path):
     assert gpu_model.calls > 0 and s["images"] == len(dicts)
     for d in dicts:
         np.testing.assert_array_equal(gpu.read(d["image_id"]), cpu.read(d["image_id"]))
+
+
+class _DivergedNet(_ColourNet):
+    """The colour features with NaN in one image: what a diverged encoder gives."""
+
+    def extract_features(self, images, names):
+        f = super().extract_features(images, names)[names[0]].clone()
+        f[0, :, 1, 1] = float("nan")
+        return {n: f for n in names}
+
+
+def test_nonfinite_features_stop_the_round_with_the_nonfinite_message(tmp_path):
+    from cyborgs.engine.nonfinite import NonFiniteLossError
+
+    dicts = _write_images(tmp_path)
+    kw = dict(group_size=4, k_min=3, k_max=3, kmeans_iters=5, backend="torch", input_size=0,
+              batch_size=6, seed=1, iteration=40, manage_round=False)  # fmt: skip
+    store = MaskStore(str(tmp_path / "m"))
+    store.begin_round(5)
+    with pytest.raises(NonFiniteLossError, match=r"round 5 at iteration 40: .* 1 of 4 images"):
+        run_bootstrap_round(_DivergedNet(), dicts, store, 5, **kw)

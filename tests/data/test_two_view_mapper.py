@@ -1,6 +1,7 @@
 """TwoViewDatasetMapper: output structure, masks from the source, corrupt files skipped."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -111,3 +112,34 @@ def test_from_config_needs_one_train_set():
         TwoViewDatasetMapper(cfg)
     with pytest.raises(ValueError, match="is_train"):
         TwoViewDatasetMapper(_cfg(), is_train=False)
+
+
+def test_missing_or_corrupt_bootstrap_mask_skips_the_image_and_counts_it(tmp_path):
+    """A mask PNG deleted or damaged mid-run does not crash the loader: the image is skipped
+    (named in a warning) and counted in the item's "skipped_files"."""
+    from cyborgs.data.pretrain_loader import SkippingMapDataset
+    from cyborgs.masks.store import MaskStore, store_root
+
+    cfg = _cfg(source="bootstrap")
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    dicts = []
+    for n in "abc":
+        _png(tmp_path / f"{n}.png")
+        dicts.append({"file_name": str(tmp_path / f"{n}.png"), "image_id": n})
+    store = MaskStore(store_root(cfg, "bootstrap", "some_unlabeled_set"))
+    store.begin_round(1)
+    for d in dicts:
+        store.write(1, d["image_id"], np.ones((5, 8), np.uint8))
+    store.finish_round(1)
+    os.remove(store._path(1, "a"))
+    with open(store._path(1, "b"), "wb") as f:
+        f.write(b"\x89PNG truncated")
+
+    mapper = TwoViewDatasetMapper(cfg)
+    assert mapper(dicts[0]) is None and mapper(dicts[1]) is None
+    assert int(mapper(dicts[2])["views"][0]["mask"].max()) == 1
+    ds = SkippingMapDataset(dicts, mapper, seed=0)
+    items = [ds.map_at(i, i) for i in range(3)]
+    assert all(int(it["views"][0]["mask"].max()) == 1 for it in items)  # only c's mask
+    skipped = [f for it in items for f in it["skipped_files"]]
+    assert str(tmp_path / "a.png") in skipped and str(tmp_path / "b.png") in skipped

@@ -129,3 +129,33 @@ def test_build_mask_source_rejects_unknown_name():
     cfg.CYBORGS.MASKS.SOURCE = "nope"
     with pytest.raises(KeyError, match="CYBORGS.MASKS.SOURCE"):
         build_mask_source(cfg, "x")
+
+
+@pytest.mark.parametrize("damage", ["none", "garbage_pointer", "deleted_map"])
+def test_cached_source_recomputes_a_damaged_cache(tmp_path, damage):
+    from detectron2.config import get_cfg
+
+    from cyborgs.config import add_cyborgs_config
+    from cyborgs.masks.precompute import cached_mask_source
+
+    cfg = add_cyborgs_config(get_cfg())
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.DATALOADER.NUM_WORKERS = 0  # fn records its calls in this process
+    items = [{"image_id": f"im{i}"} for i in range(3)]
+    calls = []
+
+    def fn(item):
+        calls.append(item["image_id"])
+        return np.full((4, 5), int(item["image_id"][2:]), np.uint8)
+
+    src = cached_mask_source(cfg, "d", "const", {"v": 1}, fn, lambda: items)
+    assert len(calls) == 3
+    if damage == "garbage_pointer":
+        with open(src.store.pointer_path, "wb") as f:
+            f.write(b"\x00{")
+    elif damage == "deleted_map":
+        os.remove(src.store._path(0, "im2"))
+    src = cached_mask_source(cfg, "d", "const", {"v": 1}, fn, lambda: items)
+    assert len(calls) == (3 if damage == "none" else 6)  # an intact cache is reused
+    assert src.store.verify_round(0) == []
+    assert int(src({"image_id": "im2"}, np.zeros((8, 10, 3), np.uint8)).max()) == 2

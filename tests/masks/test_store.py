@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,62 @@ def test_bytes_per_image_smooth_maps_are_small(tmp_path):
         store.write(0, i, d.argmin(-1).astype(np.uint8))
     store.finish_round(0)
     assert 100 < store.bytes_per_image(0) < 2048
+
+
+def _finished(tmp_path, ids=(1, 2, 3)):
+    store = MaskStore(str(tmp_path))
+    store.begin_round(4)
+    for i in ids:
+        store.write(4, i, _map(i))
+    store.finish_round(4)
+    return store
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x00garbage{", b"[]", b'{"round": "4"}', b'{"dir": "round_0004"}', b"\xff\xfe"]
+)
+def test_garbage_pointer_is_a_corrupt_pointer_error(tmp_path, content):
+    from cyborgs.masks.store import CorruptPointerError
+
+    store = _finished(tmp_path)
+    Path(store.pointer_path).write_bytes(content)
+    with pytest.raises(CorruptPointerError, match="current.json: corrupt pointer file"):
+        store.current_round()
+    # a round can still be begun over it (the pointer is rewritten to none first)
+    store.begin_round(4, replace_current=True)
+    assert store.current_round() is None
+
+
+def test_verify_round_compares_manifest_and_files(tmp_path):
+    store = _finished(tmp_path)
+    assert store.verify_round(4) == []
+    png = Path(store._path(4, 2))
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 2])  # truncated
+    assert any("bytes" in p for p in store.verify_round(4))
+    png.unlink()  # deleted
+    assert any("holds 2 label maps, its manifest says 3" in p for p in store.verify_round(4))
+    manifest = Path(store.round_dir(4)) / "manifest.json"
+    manifest.write_bytes(b"{not json")
+    assert any("manifest.json is unreadable" in p for p in store.verify_round(4))
+    manifest.unlink()
+    assert store.verify_round(4) == [f"{store.round_dir(4)} has no manifest.json"]
+    assert store.verify_round(7) == [f"{store.round_dir(7)} does not exist"]
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])
+def test_read_of_a_damaged_map_is_a_mask_file_error(tmp_path, damage):
+    from cyborgs.masks.store import MaskFileError
+
+    store = _finished(tmp_path)
+    png = Path(store._path(4, 2))
+    if damage == "delete":
+        png.unlink()
+    elif damage == "truncate":
+        png.write_bytes(png.read_bytes()[:40])
+    else:
+        png.write_bytes(b"not a png at all")
+    with pytest.raises(MaskFileError, match=r"image_id 2 in round 4") as e:
+        store.read(2)
+    assert isinstance(e.value, FileNotFoundError)  # what callers caught before
+    np.testing.assert_array_equal(store.read(3), _map(3))

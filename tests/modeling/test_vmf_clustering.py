@@ -219,3 +219,16 @@ def test_explicit_seed_makes_prototypes_independent_of_call_history():
     c = fresh(tuple(feats), tuple(feats), boxes, flips)["total"]  # counter 0, not seed 7
     d = fresh(tuple(feats), tuple(feats), boxes, flips, seed=7)["total"]
     assert torch.equal(d, a) and not torch.equal(c, a)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_target_features_give_a_nan_term_not_a_kmeans_crash(bad):
+    """k-means++ on NaN/inf features dies in torch.multinomial; the loss returns NaN terms
+    instead, which the trainer's finite-loss check reports with its message."""
+    views, boxes, flips = _synthetic_batch()
+    target = (views[0].clone(), views[1])
+    target[0][1, :, 3, 5] = bad
+    online = tuple(v.clone().requires_grad_(True) for v in views)
+    out = VMFClusteringLoss(kappa=10.0, num_clusters=2, inter_grid=4)(online, target, boxes, flips)
+    assert all(torch.isnan(out[k]) for k in ("intra", "inter", "total"))
+    assert out["total"].requires_grad  # still a graph term, like every loss the model returns

@@ -25,6 +25,8 @@ and the constant cancels), so it would not be a different loss.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,6 +35,8 @@ from cyborgs.clustering import spherical_kmeans
 from cyborgs.modeling.correspondence import corresponding_grids
 
 __all__ = ["VMFClusteringLoss", "vmf_nll", "squared_distance"]
+
+logger = logging.getLogger(__name__)
 
 
 def _check(features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor) -> None:
@@ -115,7 +119,8 @@ class VMFClusteringLoss(nn.Module):
 
     Returns:
         {"intra": Tensor[], "inter": Tensor[], "total": Tensor[]}; "inter" is a zero (attached
-        to the online features) when no image's crops overlap.
+        to the online features) when no image's crops overlap. All three are NaN when the
+        target features are not finite (k-means is skipped; the trainer's check reports it).
     """
 
     def __init__(
@@ -175,6 +180,17 @@ class VMFClusteringLoss(nn.Module):
             self._calls += 1
 
         target = tuple(t.detach() for t in target)
+        # k-means++ on NaN/inf features dies in torch.multinomial with no hint of the cause; a
+        # NaN term instead reaches the trainer's finite-loss check before backward, which
+        # stops every rank together and names the term, the step and the last good checkpoint.
+        # (One sync; the k-means++ seeding below syncs once per seed anyway.)
+        if not bool(torch.stack([torch.isfinite(t).all() for t in target]).all()):
+            logger.warning(
+                f"vMF loss: the target features are not finite before k-means (step seed "
+                f"{seed}): the term is NaN"
+            )
+            nan = (online[0].sum() + online[1].sum()).float() * float("nan")
+            return {"intra": nan, "inter": nan, "total": nan}
         prototypes, intra = [], []
         for v in range(2):
             locations = _locations(target[v])
