@@ -60,6 +60,11 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.AUG.GRAYSCALE_PROB = 0.2
     c.AUG.BLUR_PROB = (1.0, 0.1)  # view 1, view 2
     c.AUG.SOLARIZE_PROB = (0.0, 0.2)  # view 1, view 2
+    # Where the photometric ops (colour jitter, grayscale, blur, solarize) run: "on" = batched
+    # on the model's device before normalisation (loader workers only decode, crop, resize and
+    # draw the parameters, from the same per-sample generator); "off" = per image in the loader
+    # workers; "auto" = on iff MODEL.DEVICE is CUDA (and CUDA is available). Quote it in YAML.
+    c.AUG.DEVICE = "auto"
 
     # ---- Pretraining data ----
     c.DATA = CN()

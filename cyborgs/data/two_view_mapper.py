@@ -15,17 +15,38 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..masks.registry import build_mask_source
 from .augment import TwoViewAugment
 
-__all__ = ["TwoViewDatasetMapper", "IMAGE_READ_ERRORS"]
+__all__ = ["TwoViewDatasetMapper", "IMAGE_READ_ERRORS", "read_rgb_fast"]
 
 logger = logging.getLogger(__name__)
 
 # What PIL / detectron2's reader raise on missing, truncated or corrupt files.
 IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def read_rgb_fast(file_name: str) -> np.ndarray:
+    """The image as uint8 [H, W, 3] RGB: the same pixels as detectron2's
+    ``read_image(file_name, format="RGB")`` (EXIF orientation applied), one copy fewer.
+
+    detectron2 always calls ``convert("RGB")``, which copies an image that is RGB already;
+    here the decoded buffer is used as is (a read-only array). PIL decodes JPEGs with
+    libjpeg-turbo; ``benchmarks/dataloader.py`` compares it with torchvision.io.decode_jpeg and
+    PIL's draft (DCT-scaled) mode. Used by the device-augmentation path, where decoding is
+    most of a worker's time. Raises what :data:`IMAGE_READ_ERRORS` lists on bad files.
+    """
+    with PathManager.open(file_name, "rb") as f:
+        image = Image.open(f)
+        image = utils._apply_exif_orientation(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        else:
+            image.load()
+        return np.asarray(image)
 
 
 class TwoViewDatasetMapper:
@@ -92,7 +113,10 @@ class TwoViewDatasetMapper:
                 f"pretraining dataset dict needs 'file_name' (DESIGN.md), got keys {sorted(dataset_dict)}"
             )
         try:
-            image = utils.read_image(file_name, format="RGB")
+            if self.augment.photometric_on_device:
+                image = read_rgb_fast(file_name)
+            else:
+                image = utils.read_image(file_name, format="RGB")
         except IMAGE_READ_ERRORS as e:
             logger.warning(f"Skipping unreadable image {file_name}: {type(e).__name__}: {e}")
             return None

@@ -505,3 +505,32 @@ def test_cuda_training_step_uses_bf16_and_channels_last_by_default():
     m.update_target(0.99)
     assert not torch.equal(m.backbone.stem.conv1.weight.detach(), before)
     assert m.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_views_with_photometric_parameters_are_augmented_on_the_model_device(model):
+    """CYBORGS.AUG.DEVICE: views carry drawn parameters; the model applies them (batched)
+    before normalising, exactly as ``device_augment.apply_photometric`` on the stacked view."""
+    import numpy as np
+
+    from cyborgs.data.augment import ViewAugment
+    from cyborgs.data.device_augment import apply_photometric, stack_photometric
+
+    batch = two_view_batch(b=3, seed=4)
+    view = ViewAugment(size=SIZE, color_jitter_prob=1.0, grayscale_prob=0.5, solarize_prob=0.5)
+    rng = np.random.default_rng(0)
+    for x in batch:
+        for v in x["views"]:
+            v["photometric"] = view.draw_photometric(rng)
+    images, *_ = model._unpack(batch)
+    for v in range(2):
+        params = [x["views"][v]["photometric"] for x in batch]
+        raw = torch.stack([x["views"][v]["image"] for x in batch])
+        want = model._normalize(apply_photometric(raw, stack_photometric(params, "cpu")))
+        assert torch.equal(images[v], want)
+        assert not torch.allclose(images[v], model._normalize(raw))
+    with EventStorage():
+        losses = model(batch)
+    assert all(torch.isfinite(t) for t in losses.values())
+    del batch[0]["views"][1]["photometric"]
+    with pytest.raises(ValueError, match="photometric"):
+        model._unpack(batch)
