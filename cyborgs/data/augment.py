@@ -32,6 +32,8 @@ __all__ = [
     "TwoViewAugment",
     "sample_crop_box",
     "crop_resize_flip",
+    "crop_resize_image",
+    "crop_resize_mask",
     "blur_kernel_size",
 ]
 
@@ -89,23 +91,15 @@ def sample_crop_box(
     return x0, y0, x0 + w, y0 + h
 
 
-def crop_resize_flip(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    box: Sequence[int],
-    flip: bool,
-    size: int,
-    uint8_kernels: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop ``box`` from image uint8[3,H,W] and mask int[H,W], resize to size x size, flip.
+def crop_resize_image(
+    image: torch.Tensor, box: Sequence[int], flip: bool, size: int, uint8_kernels: bool = False
+) -> torch.Tensor:
+    """Crop ``box`` from image uint8[3,H,W], resize to uint8[3,size,size] (bilinear with
+    antialiasing, torchvision's default for tensors), flip horizontally when ``flip``.
 
-    Image: bilinear with antialiasing (torchvision's default for tensors). Mask: nearest with
-    pixel-centre alignment (``nearest-exact``), which matches the bilinear sampling grid; plain
-    ``nearest`` would shift the mask by up to half a source pixel against the image.
-
-    ``uint8_kernels``: resample the uint8 image (and a uint8 mask) directly with torch's uint8
-    kernels instead of through float32: several times faster on the CPU, and within 1 grey
-    level of the float path (the device-augmentation path uses it). Output mask: int64.
+    ``uint8_kernels``: resample the uint8 image directly with torch's uint8 kernel instead of
+    through float32: several times faster on the CPU and within 1 grey level of the float path
+    (the device-augmentation path uses it).
     """
     x0, y0, x1, y1 = (int(v) for v in box)
     if uint8_kernels:
@@ -120,14 +114,38 @@ def crop_resize_flip(
             img, size=(size, size), mode="bilinear", align_corners=False, antialias=True
         )
         img = img.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return img.flip(-1) if flip else img
+
+
+def crop_resize_mask(mask: torch.Tensor, box: Sequence[int], flip: bool, size: int) -> torch.Tensor:
+    """Crop ``box`` from mask int[H,W] (ids < 256), resize to int64[size,size], flip.
+
+    Nearest with pixel-centre alignment (``nearest-exact``), which matches the image's bilinear
+    sampling grid; plain ``nearest`` would shift the mask by up to half a source pixel. A uint8
+    mask is resampled as is (exact), other dtypes through float32 (ids < 256 are exact there).
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
     m = mask[y0:y1, x0:x1][None, None]
-    if not (uint8_kernels and m.dtype == torch.uint8):
-        m = m.float()  # ids < 256 are exact in float32
+    if m.dtype != torch.uint8:
+        m = m.float()
     m = F.interpolate(m, size=(size, size), mode="nearest-exact")[0, 0].long()
-    if flip:
-        img = img.flip(-1)
-        m = m.flip(-1)
-    return img, m
+    return m.flip(-1) if flip else m
+
+
+def crop_resize_flip(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    box: Sequence[int],
+    flip: bool,
+    size: int,
+    uint8_kernels: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop ``box`` from image uint8[3,H,W] and mask int[H,W], resize to size x size, flip:
+    :func:`crop_resize_image` and :func:`crop_resize_mask` on the same geometry."""
+    return (
+        crop_resize_image(image, box, flip, size, uint8_kernels),
+        crop_resize_mask(mask, box, flip, size),
+    )
 
 
 def blur_kernel_size(size: int) -> int:
@@ -247,9 +265,8 @@ class ViewAugment:
         """
         H, W = image.shape[-2:]
         box, flip = self.geometry(H, W, rng)
-        img, m = crop_resize_flip(
-            image, mask, box, flip, int(self.size), uint8_kernels=photometric_on_device
-        )
+        img = crop_resize_image(image, box, flip, int(self.size), photometric_on_device)
+        m = crop_resize_mask(mask, box, flip, int(self.size))
         view = {"box": torch.tensor(box, dtype=torch.float32), "flip": flip}
         if photometric_on_device:
             view["photometric"] = self.draw_photometric(rng)

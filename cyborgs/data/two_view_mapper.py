@@ -106,6 +106,14 @@ class TwoViewDatasetMapper:
             self._rng_owner = owner
         return self._rng
 
+    def read_image(self, file_name: str) -> np.ndarray:
+        """Decode ``file_name`` to uint8 [H, W, 3] RGB: :func:`read_rgb_fast` on the
+        device-augmentation path (decoding is most of a worker's time there), detectron2's
+        reader otherwise. Same pixels either way."""
+        if self.augment.photometric_on_device:
+            return read_rgb_fast(file_name)
+        return utils.read_image(file_name, format="RGB")
+
     def __call__(self, dataset_dict: dict, rng: np.random.Generator | None = None) -> dict | None:
         file_name = dataset_dict.get("file_name")
         if file_name is None:
@@ -113,10 +121,7 @@ class TwoViewDatasetMapper:
                 f"pretraining dataset dict needs 'file_name' (DESIGN.md), got keys {sorted(dataset_dict)}"
             )
         try:
-            if self.augment.photometric_on_device:
-                image = read_rgb_fast(file_name)
-            else:
-                image = utils.read_image(file_name, format="RGB")
+            image = self.read_image(file_name)
         except IMAGE_READ_ERRORS as e:
             logger.warning(f"Skipping unreadable image {file_name}: {type(e).__name__}: {e}")
             return None
