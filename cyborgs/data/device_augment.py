@@ -11,10 +11,9 @@ reproduces what torchvision's functional op does on a uint8 image, including its
 so a chain of ops sees the same intermediate values as the per-image CPU chain; tests compare
 each op with ``torchvision.transforms.v2.functional`` within 1/255.
 
-Per-image parameters are tensors of shape ``[B]`` on the images' device. An image whose op is
-not drawn gets that op's identity parameter (factor 1, hue shift 0, sigma 0), which leaves
-integer-valued pixels exactly unchanged for the blend ops and the blur; hue, grayscale and
-solarize are selected with ``torch.where``. Nothing here synchronises with the host.
+Per-image parameters are tensors of shape ``[B]`` on the images' device. The single ops accept
+identity parameters too (factor 1, hue shift 0, sigma 0 leave integer-valued pixels unchanged);
+:func:`apply_photometric` runs each op only on the images that draw it.
 
 Parameter record of one view (plain Python, cheap to pass between loader processes), as made
 by ``draw_photometric``::
@@ -250,12 +249,23 @@ def stack_photometric(params: Sequence[dict], device: torch.device | str) -> dic
     return out
 
 
+def _apply_to(x: torch.Tensor, idx: torch.Tensor, fn, *args) -> torch.Tensor:
+    """``x`` with images ``idx`` replaced by ``fn(x[idx], *args)``."""
+    return x.index_copy(0, idx, fn(x.index_select(0, idx), *args))
+
+
 def apply_photometric(images: torch.Tensor, params: dict) -> torch.Tensor:
     """BYOL's photometric chain on a batch: uint8 or float [B, 3, H, W] -> float32 in [0, 255].
 
     Per image, in this order: colour jitter when ``jitter`` (brightness, contrast, saturation,
     hue applied in the image's drawn ``order``, torchvision's ColorJitter), grayscale, Gaussian
     blur (``blur_sigma`` > 0), solarize (threshold 128). ``params``: :func:`stack_photometric`.
+
+    Each op runs once per image that draws it: at jitter step k the images are grouped by the
+    op they apply there (one stable sort per step) and each group is gathered, transformed and
+    scattered back; blur likewise runs only on the images that draw it. The group sizes are
+    read to the host once per call (a single synchronisation), so a view batch costs about one
+    pass of each op whatever the order mix, instead of four.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
@@ -265,18 +275,32 @@ def apply_photometric(images: torch.Tensor, params: dict) -> torch.Tensor:
             f"{params['factors'].shape[0]} photometric parameter sets for a batch of {B} images"
         )
     x = images.to(torch.float32)
-    jitter = params["jitter"]
-    order, factors = params["order"], params["factors"]
-    ones = torch.ones_like(factors[:, 0])
-    for step in range(4):
-        op = torch.where(jitter, order[:, step], torch.full_like(order[:, step], -1))
-        # Identity factor for the images whose op at this step is another one.
-        x = adjust_brightness(x, torch.where(op == 0, factors[:, 0], ones))
-        x = adjust_contrast(x, torch.where(op == 1, factors[:, 1], ones))
-        x = adjust_saturation(x, torch.where(op == 2, factors[:, 2], ones))
-        hue_here = (op == 3).view(-1, 1, 1, 1)
-        x = torch.where(hue_here, adjust_hue(x, factors[:, 3]), x)
+    factors = params["factors"]
+    # key[b, k]: the op image b applies at jitter step k (0..3), 4 = none (no jitter).
+    key = torch.where(params["jitter"].view(-1, 1), params["order"], 4)
+    blur = params["blur_sigma"] > 0
+    groups = torch.argsort(key, dim=0, stable=True)  # per step: images sorted by op
+    blurred = torch.argsort((~blur).to(torch.int64), stable=True)  # blurred images first
+    counts = torch.cat(
+        [
+            torch.stack([torch.bincount(key[:, k], minlength=5) for k in range(4)]).view(-1),
+            blur.sum().view(1),
+        ]
+    ).tolist()  # the one host synchronisation
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    for k in range(4):
+        start = 0
+        for j, op in enumerate(ops):
+            n = counts[5 * k + j]
+            if n:
+                idx = groups[start : start + n, k]
+                x = _apply_to(x, idx, op, factors.index_select(0, idx)[:, j])
+            start += n
     x = torch.where(params["grayscale"].view(-1, 1, 1, 1), rgb_to_grayscale(x), x)
-    x = gaussian_blur(x, params["blur_sigma"], params["blur_kernel"])
+    n_blur = counts[-1]
+    if n_blur:
+        idx = blurred[:n_blur]
+        sigma = params["blur_sigma"].index_select(0, idx)
+        x = _apply_to(x, idx, gaussian_blur, sigma, params["blur_kernel"])
     x = torch.where(params["solarize"].view(-1, 1, 1, 1), solarize(x), x)
     return x

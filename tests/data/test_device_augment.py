@@ -89,8 +89,17 @@ def _drawn(view: ViewAugment, n: int, seed: int) -> list[dict]:
     return [view.draw_photometric(rng) for _ in range(n)]
 
 
-def test_batched_chain_equals_the_cpu_chain_with_the_same_parameters():
-    view = ViewAugment(size=24, color_jitter_prob=1.0, grayscale_prob=0.3, solarize_prob=0.5)
+@pytest.mark.parametrize(
+    "probs",
+    [
+        dict(color_jitter_prob=1.0, grayscale_prob=0.3, solarize_prob=0.5),
+        # some images without jitter / blur: ops run on the images that draw them only
+        dict(color_jitter_prob=0.5, grayscale_prob=0.0, blur_prob=0.5, solarize_prob=0.0),
+        dict(**NO_PHOTO),
+    ],
+)
+def test_batched_chain_equals_the_cpu_chain_with_the_same_parameters(probs):
+    view = ViewAugment(size=24, **probs)
     params = _drawn(view, 8, seed=2)
     x = _images(b=8, size=24, seed=3)
     out = DA.apply_photometric(x, DA.stack_photometric(params, "cpu"))
@@ -98,8 +107,15 @@ def test_batched_chain_equals_the_cpu_chain_with_the_same_parameters():
     diff = (out - ref.float()).abs()
     # each op agrees within 1; a grey level off by one can grow through later factors
     assert diff.max() <= 3 and diff.mean() < 0.05
-    # every op order occurs in a batch and is honoured per image
+    # op orders differ within the batch and are honoured per image
     assert len({tuple(p["order"]) for p in params}) > 1
+    if probs.get("blur_prob") == 0.5:  # the mixed case really mixes
+        assert 0 < sum(p["jitter"] for p in params) < 8
+        assert 0 < sum(p["blur_sigma"] > 0 for p in params) < 8
+    if probs == NO_PHOTO:
+        assert torch.equal(out, x.float())
+    else:
+        assert not torch.equal(out, x.float())
 
 
 def test_parameter_records_are_plain_and_checked():
