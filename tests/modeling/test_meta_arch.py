@@ -239,14 +239,17 @@ def test_vmf_loss_sees_the_configured_feature(model, monkeypatch, feature, chann
     assert seen["seed"] == 11  # the step seeds k-means, so resume draws the same prototypes
 
 
-def test_mapper_output_trains_end_to_end(model, tmp_path):
-    """The two-view mapper's items are valid model input (the data/model contract)."""
+@pytest.mark.parametrize("aug_device", ["off", "on"])
+def test_mapper_output_trains_end_to_end(model, tmp_path, aug_device):
+    """The two-view mapper's items are valid model input (the data/model contract), with the
+    photometric ops in the loader or deferred to the model (CYBORGS.AUG.DEVICE)."""
     import numpy as np
     from PIL import Image
 
     from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
 
     cfg = tiny_cfg()
+    cfg.CYBORGS.AUG.DEVICE = aug_device
     cfg.CYBORGS.MASKS.SOURCE = "grid"
     cfg.CYBORGS.MASKS.GRID_SIZE = 4
     cfg.DATASETS.TRAIN = ("unused",)
@@ -258,6 +261,7 @@ def test_mapper_output_trains_end_to_end(model, tmp_path):
             tmp_path / f"{i}.png"
         )
         items.append(mapper({"file_name": str(tmp_path / f"{i}.png"), "image_id": i}))
+    assert all(("photometric" in v) == (aug_device == "on") for x in items for v in x["views"])
     model.vmf_weight = 0.1
     try:
         losses = model(items)
