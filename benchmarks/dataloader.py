@@ -389,7 +389,9 @@ def run(args: argparse.Namespace) -> dict:
             if gen_dicts is None:
                 dataset_name = cfg.DATASETS.TRAIN[0]
                 all_dicts = pretrain_dataset_dicts(cfg)
+                t0 = time.perf_counter()
                 mask_source = build_mask_source(cfg, dataset_name)
+                out["mask_source_build_s"] = time.perf_counter() - t0  # precompute, if fixed
                 source_name = cfg.CYBORGS.MASKS.SOURCE
             else:
                 dataset_name, all_dicts = "generated", gen_dicts

@@ -219,7 +219,9 @@ def stack_photometric(params: Sequence[dict], device: torch.device | str) -> dic
 
     Returns ``jitter`` bool[B], ``order`` int64[B, 4], ``factors`` float32[B, 4],
     ``grayscale`` bool[B], ``blur_sigma`` float32[B] (0 where no blur), ``blur_kernel`` int
-    (one size per batch: all views of a batch have the same size), ``solarize`` bool[B].
+    (one size per batch: all views of a batch have the same size), ``solarize`` bool[B], and
+    ``group_sizes`` (Python ints: per jitter step k, how many images apply op 0..3 / none
+    there, at ``5 k + op``; last, how many are blurred).
     """
     if not params:
         raise ValueError("no photometric parameters to stack (empty batch)")
@@ -244,9 +246,19 @@ def stack_photometric(params: Sequence[dict], device: torch.device | str) -> dic
     }
     if out["order"].shape[1:] != (4,) or out["factors"].shape[1:] != (4,):
         raise ValueError("photometric 'order' and 'factors' must hold 4 values per image")
+    # Group sizes, counted here on the host so apply_photometric never waits for the device.
+    key = _op_keys(out["jitter"], out["order"])
+    counts = [int(c) for k in range(4) for c in torch.bincount(key[:, k], minlength=5)]
+    counts.append(int((out["blur_sigma"] > 0).sum()))
     out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
     out["blur_kernel"] = kernels.pop()
+    out["group_sizes"] = counts
     return out
+
+
+def _op_keys(jitter: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """key[b, k]: the jitter op image b applies at step k (0..3), 4 = none (no jitter)."""
+    return torch.where(jitter.view(-1, 1), order, 4)
 
 
 def _apply_to(x: torch.Tensor, idx: torch.Tensor, fn, *args) -> torch.Tensor:
@@ -262,10 +274,10 @@ def apply_photometric(images: torch.Tensor, params: dict) -> torch.Tensor:
     blur (``blur_sigma`` > 0), solarize (threshold 128). ``params``: :func:`stack_photometric`.
 
     Each op runs once per image that draws it: at jitter step k the images are grouped by the
-    op they apply there (one stable sort per step) and each group is gathered, transformed and
-    scattered back; blur likewise runs only on the images that draw it. The group sizes are
-    read to the host once per call (a single synchronisation), so a view batch costs about one
-    pass of each op whatever the order mix, instead of four.
+    op they apply there (a stable sort per step) and each group is gathered, transformed and
+    scattered back; blur likewise runs only on the images that draw it. So a view batch costs
+    about one pass of each op whatever the order mix, instead of four; the group sizes come
+    from the host (``group_sizes``), so nothing waits for the device.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
@@ -276,17 +288,11 @@ def apply_photometric(images: torch.Tensor, params: dict) -> torch.Tensor:
         )
     x = images.to(torch.float32)
     factors = params["factors"]
-    # key[b, k]: the op image b applies at jitter step k (0..3), 4 = none (no jitter).
-    key = torch.where(params["jitter"].view(-1, 1), params["order"], 4)
-    blur = params["blur_sigma"] > 0
+    key = _op_keys(params["jitter"], params["order"])
     groups = torch.argsort(key, dim=0, stable=True)  # per step: images sorted by op
-    blurred = torch.argsort((~blur).to(torch.int64), stable=True)  # blurred images first
-    counts = torch.cat(
-        [
-            torch.stack([torch.bincount(key[:, k], minlength=5) for k in range(4)]).view(-1),
-            blur.sum().view(1),
-        ]
-    ).tolist()  # the one host synchronisation
+    no_blur = (params["blur_sigma"] <= 0).to(torch.int64)
+    blurred = torch.argsort(no_blur, stable=True)  # blurred images first
+    counts = params["group_sizes"]
     ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
     for k in range(4):
         start = 0

@@ -270,3 +270,6 @@ def test_batched_ops_on_cuda_match_the_cpu():
     assert cuda.device.type == "cuda"
     diff = (cuda.cpu() - cpu).abs()
     assert diff.max() <= 3 and diff.mean() < 0.05
+    cfg = _cfg("auto")
+    cfg.MODEL.DEVICE = "cuda"
+    assert device_augment_enabled(cfg)  # "auto" turns the device path on with CUDA
