@@ -22,7 +22,8 @@ Per path:
    ``TwoViewDatasetMapper`` over ``--num-images`` samples, ms per two-view sample split into
    ``decode`` (the mapper's reader), ``geometry`` (crop boxes/flips + image crop/resize/flip),
    ``mask`` (mask source + mask crop/resize), ``photometric`` (CPU path: the ops; device path:
-   drawing the parameters) and ``other`` (the rest of the call).
+   drawing the parameters) and ``other`` (the rest of the call). The two paths alternate
+   sample by sample, so a drifting machine load hits both alike.
 2. Through ``torch.utils.data.DataLoader`` for each ``--workers`` count (as before).
 For the device path also the device time of the batched photometric ops on ``--device``
 (``--batch-images`` images per view batch, CUDA-synchronised), and the decode options measured
@@ -192,37 +193,49 @@ def _stage_timers(mapper: TwoViewDatasetMapper, device_path: bool) -> Iterator[d
 
 
 def measure_in_process(
-    mapper: TwoViewDatasetMapper, dicts: list[dict], warmup: int, seed: int, device_path: bool
-) -> tuple[dict, list[dict]]:
-    """Sequential mapper calls (per-position generators, as in training); stage split."""
+    mappers: dict[str, TwoViewDatasetMapper], dicts: list[dict], warmup: int, seed: int
+) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Mapper calls per path (per-position generators, as in training), with the stage split.
+
+    The paths alternate sample by sample (and which goes first alternates too), so on a
+    machine whose load drifts both see the same load and their ratio stays meaningful.
+    """
     for i, d in enumerate(dicts[:warmup]):  # lazy imports / allocator growth
-        mapper(d, rng=np.random.default_rng([seed, 1, i]))  # not a timed position
-    outputs = []
-    with _stage_timers(mapper, device_path) as t:
-        t0 = time.perf_counter()
-        for i, d in enumerate(dicts):
-            out = mapper(d, rng=np.random.default_rng([seed, i]))
+        for m in mappers.values():
+            m(d, rng=np.random.default_rng([seed, 1, i]))  # not a timed position
+    stages = ("decode", "geometry", "mask", "photometric")
+    acc = {p: dict.fromkeys((*stages, "total"), 0.0) for p in mappers}
+    outputs: dict[str, list[dict]] = {p: [] for p in mappers}
+    order = list(mappers)
+    for i, d in enumerate(dicts):
+        for path in order if i % 2 == 0 else order[::-1]:
+            mapper = mappers[path]
+            with _stage_timers(mapper, path == "device") as t:
+                t0 = time.perf_counter()
+                out = mapper(d, rng=np.random.default_rng([seed, i]))
+                acc[path]["total"] += time.perf_counter() - t0
+            acc[path]["decode"] += t["decode"].seconds
+            acc[path]["geometry"] += t["boxes"].seconds + t["image_resize"].seconds
+            acc[path]["mask"] += t["mask_source"].seconds + t["mask_resize"].seconds
+            acc[path]["photometric"] += t["photometric"].seconds
             if out is not None:
-                outputs.append(out)
-        total = time.perf_counter() - t0
-    if not outputs:
-        raise RuntimeError("no image could be mapped (all unreadable?); check the data set")
+                outputs[path].append(out)
     n = len(dicts)
-    split = {
-        "decode": t["decode"].seconds,
-        "geometry": t["boxes"].seconds + t["image_resize"].seconds,
-        "mask": t["mask_source"].seconds + t["mask_resize"].seconds,
-        "photometric": t["photometric"].seconds,
-    }
-    split["other"] = max(total - sum(split.values()), 0.0)
-    return {
-        "samples": n,
-        "mapped": len(outputs),
-        "seconds": total,
-        "samples_per_s": n / total,
-        "ms_per_sample": 1e3 * total / n,
-        "ms_per_sample_split": {k: 1e3 * v / n for k, v in split.items()},
-    }, outputs
+    results = {}
+    for path, a in acc.items():
+        if not outputs[path]:
+            raise RuntimeError("no image could be mapped (all unreadable?); check the data set")
+        split = {k: a[k] for k in stages}
+        split["other"] = max(a["total"] - sum(split.values()), 0.0)
+        results[path] = {
+            "samples": n,
+            "mapped": len(outputs[path]),
+            "seconds": a["total"],
+            "samples_per_s": n / a["total"],
+            "ms_per_sample": 1e3 * a["total"] / n,
+            "ms_per_sample_split": {k: 1e3 * v / n for k, v in split.items()},
+        }
+    return results, outputs
 
 
 def measure_loader(
@@ -382,10 +395,9 @@ def run(args: argparse.Namespace) -> dict:
     out: dict = {"benchmark": "dataloader", "paths": {}}
     notes: list[str] = []
     with _data(args) as (gen_dicts, store, info):
-        per_path = {}
+        mappers, cfgs = {}, {}
         for path in paths:
-            device_path = path == "device"
-            cfg = build_cfg(args, "" if gen_dicts is not None else store, device_path)
+            cfg = build_cfg(args, "" if gen_dicts is not None else store, path == "device")
             if gen_dicts is None:
                 dataset_name = cfg.DATASETS.TRAIN[0]
                 all_dicts = pretrain_dataset_dicts(cfg)
@@ -396,42 +408,47 @@ def run(args: argparse.Namespace) -> dict:
             else:
                 dataset_name, all_dicts = "generated", gen_dicts
                 mask_source, source_name = BootstrapMaskSource(store), "bootstrap"
-            mapper = TwoViewDatasetMapper(
+            mappers[path] = TwoViewDatasetMapper(
                 augment=TwoViewAugment.from_config(cfg), mask_source=mask_source, seed=args.seed
             )
-            dicts = _cycled(all_dicts, args.num_images)
-            in_proc, outputs = measure_in_process(
-                mapper, dicts, min(args.warmup, len(dicts)), args.seed, device_path
+            cfgs[path] = cfg
+        if (
+            source_name == "bootstrap"
+            and getattr(mask_source, "current_round", lambda: 0)() is None
+        ):
+            notes.append(
+                "bootstrap store has no round: masks are all zeros, so mask time is a lower "
+                "bound; pass --store-dir <OUTPUT_DIR>/masks of a run with rounds"
             )
-            loaders = [measure_loader(mapper, dicts, w, args.batch_size) for w in args.workers]
-            for r in loaders:
-                r["efficiency_vs_in_process"] = r["images_per_s"] / (
-                    in_proc["samples_per_s"] * max(r["workers"], 1)
-                )
-            res = {
-                "aug_device": cfg.CYBORGS.AUG.DEVICE,
-                "in_process": in_proc,
-                "dataloader": loaders,
+        dicts = _cycled(all_dicts, args.num_images)
+        in_proc, outputs = measure_in_process(
+            mappers, dicts, min(args.warmup, len(dicts)), args.seed
+        )
+        per_path = {
+            p: {
+                "aug_device": cfgs[p].CYBORGS.AUG.DEVICE,
+                "in_process": in_proc[p],
+                "dataloader": [],
             }
-            if device_path:
-                with _threads(args.device_threads):
-                    res["device_photometric"] = measure_device_photometric(
-                        outputs, args.device, args.batch_images, args.repeats
-                    )
-                res["decode_options_ms"] = measure_decode_options(
-                    _cycled(all_dicts, min(len(all_dicts), args.num_images)),
-                    mapper.augment,
-                    args.seed,
+            for p in paths
+        }
+        for w in args.workers:  # each worker count for both paths back to back
+            for p in paths:
+                r = measure_loader(mappers[p], dicts, w, args.batch_size)
+                r["efficiency_vs_in_process"] = r["images_per_s"] / (
+                    in_proc[p]["samples_per_s"] * max(w, 1)
                 )
-            per_path[path] = res
-            if (
-                source_name == "bootstrap"
-                and getattr(mask_source, "current_round", lambda: 0)() is None
-            ):
-                notes.append(
-                    "bootstrap store has no round: masks are all zeros, so mask time is a lower "
-                    "bound; pass --store-dir <OUTPUT_DIR>/masks of a run with rounds"
+                per_path[p]["dataloader"].append(r)
+        if "device" in per_path:
+            with _threads(args.device_threads):
+                per_path["device"]["device_photometric"] = measure_device_photometric(
+                    outputs["device"], args.device, args.batch_images, args.repeats
                 )
+            per_path["device"]["decode_options_ms"] = measure_decode_options(
+                _cycled(all_dicts, min(len(all_dicts), args.num_images)),
+                mappers["device"].augment,
+                args.seed,
+            )
         out.update(
             dataset=dataset_name,
             data=info,
