@@ -20,7 +20,7 @@ def _positive(x: object) -> bool:
 def _run(args: list[str], cwd: Path, env: dict | None = None) -> dict:
     cmd = [sys.executable, str(SCRIPT), *args]
     proc = subprocess.run(
-        cmd, cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True, timeout=300
+        cmd, cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
