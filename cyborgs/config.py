@@ -62,6 +62,11 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.AUG.GRAYSCALE_PROB = 0.2
     c.AUG.BLUR_PROB = (1.0, 0.1)  # view 1, view 2
     c.AUG.SOLARIZE_PROB = (0.0, 0.2)  # view 1, view 2
+    # Where the photometric ops (colour jitter, grayscale, blur, solarize) run: "on" = batched
+    # on the model's device before normalisation (loader workers only decode, crop, resize and
+    # draw the parameters, from the same per-sample generator); "off" = per image in the loader
+    # workers; "auto" = on iff MODEL.DEVICE is CUDA (and CUDA is available). Quote it in YAML.
+    c.AUG.DEVICE = "auto"
 
     # ---- Pretraining data ----
     c.DATA = CN()
@@ -343,9 +348,13 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
 
     from cyborgs.modeling.precision import parse_switch
 
-    for key in ("CHANNELS_LAST", "BF16"):
+    for key, value in (
+        ("CYBORGS.GPU.CHANNELS_LAST", c.GPU.CHANNELS_LAST),
+        ("CYBORGS.GPU.BF16", c.GPU.BF16),
+        ("CYBORGS.AUG.DEVICE", c.AUG.DEVICE),
+    ):
         try:
-            parse_switch(c.GPU.get(key), f"CYBORGS.GPU.{key}")
+            parse_switch(value, key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

@@ -70,6 +70,7 @@ BAD = [
     (["CYBORGS.VMF.K_SAMPLING", "per_epoch"], ["CYBORGS.VMF.K_SAMPLING = 'per_epoch'", "uniform"]),
     (["CYBORGS.VMF.KMEANS_BACKEND", "sklearn"], ["CYBORGS.VMF.KMEANS_BACKEND = 'sklearn'"]),
     (["CYBORGS.GPU.BF16", "maybe"], ["CYBORGS.GPU.BF16", "maybe"]),
+    (["CYBORGS.AUG.DEVICE", "gpu"], ["CYBORGS.AUG.DEVICE", "gpu"]),
     # res3.2 has stride 8
     (["CYBORGS.BOOTSTRAP.BORDER_PAD", 12], ["CYBORGS.BOOTSTRAP.BORDER_PAD = 12", "stride 8"]),
     (["SOLVER.EPOCHS", 10, "SOLVER.WARMUP_EPOCHS", 20], ["SOLVER.WARMUP_EPOCHS = 20", "10"]),

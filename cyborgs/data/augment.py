@@ -17,6 +17,7 @@ the same views.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,12 +27,31 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 __all__ = [
+    "device_augment_enabled",
     "ViewAugment",
     "TwoViewAugment",
     "sample_crop_box",
     "crop_resize_flip",
+    "crop_resize_image",
+    "crop_resize_mask",
     "blur_kernel_size",
 ]
+
+
+def device_augment_enabled(cfg) -> bool:
+    """Resolve CYBORGS.AUG.DEVICE: "auto" (on iff MODEL.DEVICE is CUDA and CUDA is
+    available, so a default config on a CPU-only machine keeps the CPU path), "on", "off".
+
+    YAML booleans (an unquoted on/off) are accepted as "on"/"off" (the CYBORGS.GPU.* rule).
+    """
+    from cyborgs.modeling.precision import parse_switch
+
+    mode = parse_switch(cfg.CYBORGS.AUG.DEVICE, "CYBORGS.AUG.DEVICE")
+    if mode == "auto":
+        return str(cfg.MODEL.DEVICE).strip().lower().startswith("cuda") and (
+            torch.cuda.is_available()
+        )
+    return mode == "on"
 
 
 def sample_crop_box(
@@ -71,32 +91,64 @@ def sample_crop_box(
     return x0, y0, x0 + w, y0 + h
 
 
+def crop_resize_image(
+    image: torch.Tensor, box: Sequence[int], flip: bool, size: int, uint8_kernels: bool = False
+) -> torch.Tensor:
+    """Crop ``box`` from image uint8[3,H,W], resize to uint8[3,size,size] (bilinear with
+    antialiasing, torchvision's default for tensors), flip horizontally when ``flip``.
+
+    ``uint8_kernels``: resample the uint8 image directly with torch's uint8 kernel instead of
+    through float32: several times faster on the CPU and within 1 grey level of the float path
+    (the device-augmentation path uses it).
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if uint8_kernels:
+        # An HWC-backed [3,H,W] view is channels_last already: the fast uint8 kernel's layout.
+        img = image[:, y0:y1, x0:x1].unsqueeze(0)
+        img = F.interpolate(
+            img, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    else:
+        img = image[:, y0:y1, x0:x1].unsqueeze(0).float()
+        img = F.interpolate(
+            img, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        img = img.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return img.flip(-1) if flip else img
+
+
+def crop_resize_mask(mask: torch.Tensor, box: Sequence[int], flip: bool, size: int) -> torch.Tensor:
+    """Crop ``box`` from mask int[H,W] (ids < 256), resize to [size,size], flip.
+
+    Nearest with pixel-centre alignment (``nearest-exact``), which matches the image's bilinear
+    sampling grid; plain ``nearest`` would shift the mask by up to half a source pixel. A uint8
+    mask is resampled as is and stays uint8 (an eighth of the bytes to pass from a loader
+    worker; the device path); other dtypes go through float32 (ids < 256 are exact there) and
+    come back int64.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    m = mask[y0:y1, x0:x1][None, None]
+    if m.dtype == torch.uint8:
+        m = F.interpolate(m, size=(size, size), mode="nearest-exact")[0, 0]
+    else:
+        m = F.interpolate(m.float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+    return m.flip(-1) if flip else m
+
+
 def crop_resize_flip(
     image: torch.Tensor,
     mask: torch.Tensor,
     box: Sequence[int],
     flip: bool,
     size: int,
+    uint8_kernels: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop ``box`` from image uint8[3,H,W] and mask int[H,W], resize to size x size, flip.
-
-    Image: bilinear with antialiasing (torchvision's default for tensors). Mask: nearest with
-    pixel-centre alignment (``nearest-exact``), which matches the bilinear sampling grid; plain
-    ``nearest`` would shift the mask by up to half a source pixel against the image.
-    """
-    x0, y0, x1, y1 = (int(v) for v in box)
-    img = image[:, y0:y1, x0:x1].unsqueeze(0).float()
-    img = F.interpolate(
-        img, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    """Crop ``box`` from image uint8[3,H,W] and mask int[H,W], resize to size x size, flip:
+    :func:`crop_resize_image` and :func:`crop_resize_mask` on the same geometry."""
+    return (
+        crop_resize_image(image, box, flip, size, uint8_kernels),
+        crop_resize_mask(mask, box, flip, size),
     )
-    img = img.round_().clamp_(0, 255).to(torch.uint8)[0]
-    # ids < 256 are exact in float32
-    m = mask[y0:y1, x0:x1][None, None].float()
-    m = F.interpolate(m, size=(size, size), mode="nearest-exact")[0, 0].long()
-    if flip:
-        img = img.flip(-1)
-        m = m.flip(-1)
-    return img, m
 
 
 def blur_kernel_size(size: int) -> int:
@@ -143,14 +195,21 @@ class ViewAugment:
         ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"CYBORGS.AUG.{key} must be a probability in [0, 1], got {p}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma}")
 
     def geometry(self, height: int, width: int, rng: np.random.Generator) -> tuple[tuple, bool]:
         box = sample_crop_box(height, width, self.scale, self.ratio, rng)
         flip = bool(rng.random() < self.flip_prob)
         return box, flip
 
-    def photometric(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Image-only ops on uint8[3,S,S]; consumes the same draws whatever the outcome."""
+    def draw_photometric(self, rng: np.random.Generator) -> dict:
+        """Draw this view's photometric parameters (the record of ``device_augment``).
+
+        Consumes the same draws whatever the outcome, in a fixed order, so the CPU path
+        (:meth:`photometric`) and the device path see the same parameters from the same
+        generator. ``blur_sigma`` is 0.0 when no blur is drawn (sigma itself is always drawn).
+        """
         b, c, s, h = self.color_jitter
         do_jitter = rng.random() < self.color_jitter_prob
         order = rng.permutation(4)
@@ -164,41 +223,78 @@ class ViewAugment:
         do_blur = rng.random() < self.blur_prob
         sigma = float(rng.uniform(*self.blur_sigma))
         do_solarize = rng.random() < self.solarize_prob
+        return {
+            "jitter": bool(do_jitter),
+            "order": [int(i) for i in order],
+            "factors": [float(f) for f in factors],
+            "grayscale": bool(do_gray),
+            "blur_sigma": sigma if do_blur else 0.0,
+            "blur_kernel": blur_kernel_size(int(self.size)),
+            "solarize": bool(do_solarize),
+        }
 
-        if do_jitter:
+    @staticmethod
+    def apply_photometric(image: torch.Tensor, params: dict) -> torch.Tensor:
+        """torchvision's per-image ops on uint8[3,S,S] with drawn ``params`` (the CPU path)."""
+        if params["jitter"]:
             ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-            for i in order:
-                image = ops[i](image, float(factors[i]))
-        if do_gray:
+            for i in params["order"]:
+                image = ops[i](image, params["factors"][i])
+        if params["grayscale"]:
             image = TF.rgb_to_grayscale(image, num_output_channels=3)
-        if do_blur:
-            k = blur_kernel_size(self.size)
+        if params["blur_sigma"] > 0:
+            k, sigma = params["blur_kernel"], params["blur_sigma"]
             image = TF.gaussian_blur(image, [k, k], [sigma, sigma])
-        if do_solarize:
+        if params["solarize"]:
             image = TF.solarize(image, 128)
         return image
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> dict:
-        """One view of image uint8[3,H,W] + mask int[H,W] -> the DESIGN.md view dict."""
+    def photometric(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Image-only ops on uint8[3,S,S]; consumes the same draws whatever the outcome."""
+        return self.apply_photometric(image, self.draw_photometric(rng))
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        rng: np.random.Generator,
+        photometric_on_device: bool = False,
+    ) -> dict:
+        """One view of image uint8[3,H,W] + mask int[H,W] -> the DESIGN.md view dict.
+
+        ``photometric_on_device``: draw the photometric parameters (same draws) but do not
+        apply them; the view dict then carries them as ``"photometric"`` and its ``"image"``
+        is the geometric view only (``device_augment.apply_photometric`` finishes it).
+        """
         H, W = image.shape[-2:]
         box, flip = self.geometry(H, W, rng)
-        img, m = crop_resize_flip(image, mask, box, flip, int(self.size))
-        img = self.photometric(img, rng)
-        return {
-            "image": img.contiguous(),
-            "mask": m.contiguous(),
-            "box": torch.tensor(box, dtype=torch.float32),
-            "flip": flip,
-        }
+        img = crop_resize_image(image, box, flip, int(self.size), photometric_on_device)
+        m = crop_resize_mask(mask, box, flip, int(self.size))
+        view = {"box": torch.tensor(box, dtype=torch.float32), "flip": flip}
+        if photometric_on_device:
+            view["photometric"] = self.draw_photometric(rng)
+        else:
+            img = self.photometric(img, rng)
+        view["image"] = img.contiguous()
+        view["mask"] = m.contiguous()
+        return view
 
 
 class TwoViewAugment:
-    """BYOL's asymmetric pair (T, T'): blur 1.0 / 0.1 and solarize 0.0 / 0.2 by default."""
+    """BYOL's asymmetric pair (T, T'): blur 1.0 / 0.1 and solarize 0.0 / 0.2 by default.
 
-    def __init__(self, view1: ViewAugment, view2: ViewAugment) -> None:
+    ``photometric_on_device``: the views carry their drawn photometric parameters instead of
+    having them applied (CYBORGS.AUG.DEVICE; the model applies them batched, see
+    ``device_augment``). Both settings draw the same numbers from the same generator.
+    """
+
+    def __init__(
+        self, view1: ViewAugment, view2: ViewAugment, photometric_on_device: bool = False
+    ) -> None:
         if view1.size != view2.size:
             raise ValueError(f"both views must have the same size, got {view1.size} / {view2.size}")
         self.views = (view1, view2)
+        self.photometric_on_device = bool(photometric_on_device)
 
     @classmethod
     def from_config(cls, cfg) -> TwoViewAugment:
@@ -220,6 +316,7 @@ class TwoViewAugment:
         return cls(
             ViewAugment(**common, blur_prob=a.BLUR_PROB[0], solarize_prob=a.SOLARIZE_PROB[0]),
             ViewAugment(**common, blur_prob=a.BLUR_PROB[1], solarize_prob=a.SOLARIZE_PROB[1]),
+            photometric_on_device=device_augment_enabled(cfg),
         )
 
     def __call__(
@@ -232,15 +329,21 @@ class TwoViewAugment:
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
-            if not (image.flags.writeable and image.flags.c_contiguous):
-                image = np.array(image)  # PIL-backed arrays are read-only; torch wants writable
-            image = torch.from_numpy(image).permute(2, 0, 1)
+            if not image.flags.c_contiguous:
+                image = np.ascontiguousarray(image)
+            with warnings.catch_warnings():
+                # PIL-backed arrays are read-only; the image is only read (cropped, resampled
+                # into new tensors), so it is shared, not copied.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                image = torch.from_numpy(image).permute(2, 0, 1)
         if image.dtype != torch.uint8:
             raise TypeError(f"image must be uint8, got {image.dtype}")
-        mask = torch.as_tensor(np.asarray(mask)).long()
+        mask = torch.as_tensor(np.asarray(mask))
+        if not (self.photometric_on_device and mask.dtype == torch.uint8):
+            mask = mask.long()  # the device path resamples uint8 ids (< 256) directly
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} must equal the image's (H, W) = "
                 f"{tuple(image.shape[-2:])}"
             )
-        return [view(image, mask, rng) for view in self.views]
+        return [view(image, mask, rng, self.photometric_on_device) for view in self.views]

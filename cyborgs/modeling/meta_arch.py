@@ -38,6 +38,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..config import validate_cyborgs_config
+from ..data.device_augment import apply_photometric, stack_photometric
 from .backbone_taps import forward_taps, tap_channels, validate_taps
 from .fusion import fuse_features, fused_channels
 from .heads import MLPHead
@@ -68,7 +69,9 @@ class CYBORGS(nn.Module):
 
     Training input: a list (one per image) of two-view mapper outputs (docs/DESIGN.md):
     ``{"views": [{"image": uint8[3,S,S] RGB, "mask": int64[S,S], "box": float[4],
-    "flip": bool}, {...}], ...}``. Output: ``{"loss_mask_contrastive", "loss_vmf"}``, each
+    "flip": bool}, {...}], ...}``; a view may also carry ``"photometric"`` (its drawn
+    parameters, CYBORGS.AUG.DEVICE), applied here batched on the model's device before
+    normalisation (``cyborgs.data.device_augment``). Output: ``{"loss_mask_contrastive", "loss_vmf"}``, each
     present only when its weight is positive.
     """
 
@@ -292,6 +295,17 @@ class CYBORGS(nn.Module):
         images = images.to(self.device, non_blocking=True).float()
         return (images - self.pixel_mean) / self.pixel_std
 
+    def _device_photometric(self, batch: torch.Tensor, views: list[dict], v: int) -> torch.Tensor:
+        """CYBORGS.AUG.DEVICE: the views' drawn photometric ops, batched on the model's device
+        (uint8 [B,3,S,S] -> float [B,3,S,S] in [0, 255]), before normalisation."""
+        if not all("photometric" in d for d in views):
+            raise ValueError(
+                f"view {v + 1}: some images of the batch carry photometric parameters and some "
+                "do not (mixed CYBORGS.AUG.DEVICE settings in one batch?)"
+            )
+        params = stack_photometric([d["photometric"] for d in views], self.device)
+        return apply_photometric(batch.to(self.device, non_blocking=True), params)
+
     def _unpack(self, batched_inputs: list[dict]) -> tuple[list, list, torch.Tensor, torch.Tensor]:
         """Stack the two views: images/masks per view, boxes [B,2,4], flips [B,2]."""
         if not batched_inputs:
@@ -308,7 +322,10 @@ class CYBORGS(nn.Module):
             shapes = {tuple(d["image"].shape) for d in views}
             if len(shapes) != 1:
                 raise ValueError(f"view {v + 1} images differ in shape within the batch: {shapes}")
-            images.append(self._normalize(torch.stack([d["image"] for d in views])))
+            batch = torch.stack([d["image"] for d in views])
+            if any("photometric" in d for d in views):
+                batch = self._device_photometric(batch, views, v)
+            images.append(self._normalize(batch))
             masks.append(
                 torch.stack([torch.as_tensor(d["mask"]) for d in views]).to(self.device).long()
             )

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/dataloader.py on the tiny preset: the CLI runs and its JSON is sane."""
+"""Smoke test of benchmarks/dataloader.py: the CLI runs both paths and its JSON is sane."""
 
 from __future__ import annotations
 
@@ -10,60 +10,94 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "dataloader.py"
+SPLIT = {"decode", "geometry", "mask", "photometric", "other"}
 
 
 def _positive(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
-def test_dataloader_benchmark_reports_rates_per_worker(
-    tiny_data_root: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "res" / "dataloader.json"
-    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tiny_data_root))
-    # grid masks: a real (non-zero) mask source that needs no precomputation.
-    cmd = [sys.executable, str(SCRIPT), "--num-images", "8", "--crop-size", "48"]
-    cmd += ["--mask-source", "grid", "--workers", "0,2", "--batch-size", "2", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+def _run(args: list[str], cwd: Path, env: dict | None = None) -> dict:
+    cmd = [sys.executable, str(SCRIPT), *args]
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
 
-    res = json.loads(proc.stdout)
+
+def test_both_paths_on_generated_jpegs_with_stage_split_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "res" / "dataloader.json"
+    args = ["--image-size", "96x128", "--distinct-images", "2", "--num-images", "8"]
+    args += ["--crop-size", "32", "--workers", "0,2", "--batch-size", "2", "--batch-images", "4"]
+    args += ["--repeats", "1", "--device-threads", "1", "--out", str(out)]
+    res = _run(args, tmp_path)
     assert json.loads(out.read_text()) == res  # --out holds the same result as stdout
-    assert res["dataset"] == "demo_coco_2017_train_unlabeled"
-    assert res["mask_source"] == "grid" and res["crop_size"] == 48
-    assert res["dataset_images"] > 0 and res["notes"] == []
-
-    ip = res["in_process"]
-    assert ip["images"] == 8 and ip["mapped"] == 8
-    assert _positive(ip["images_per_s"]) and _positive(ip["ms_per_image"])
-    split = ip["ms_per_image_split"]
-    assert set(split) == {"read", "mask_source", "augment"}
-    assert all(_positive(v) for v in split.values())
-    # the split accounts for the whole call (read is the remainder), no double counting
-    assert abs(sum(split.values()) - ip["ms_per_image"]) < 1e-6 * ip["ms_per_image"] + 1e-9
-
-    loaders = res["dataloader"]
-    assert [r["workers"] for r in loaders] == [0, 2]
-    for r in loaders:
-        assert r["images"] == 8
-        for key in ("images_per_s", "images_per_s_per_worker", "first_batch_s", "seconds"):
-            assert _positive(r[key]), (key, r)
-        assert _positive(r["efficiency_vs_in_process"])
-        assert r["images_per_s_per_worker"] == r["images_per_s"] / max(r["workers"], 1)
-    # 4 batches: enough after the first for 0 workers (2 in flight), not for 2 (4 in flight)
-    assert _positive(loaders[0]["steady_images_per_s"])
-    assert loaders[1]["steady_images_per_s"] is None
+    assert res["dataset"] == "generated" and res["mask_source"] == "bootstrap"
+    data = res["data"]
+    assert data["kind"] == "generated_coco_size" and data["image_hw"] == [96, 128]
+    assert data["mask_storage"].startswith("12x16") and _positive(data["mean_file_kb"])
+    assert res["notes"] == [] and set(res["paths"]) == {"cpu", "device"}
+    for name, path in res["paths"].items():
+        assert path["aug_device"] == ("on" if name == "device" else "off")
+        ip = path["in_process"]
+        assert ip["samples"] == 8 and ip["mapped"] == 8
+        split = ip["ms_per_sample_split"]
+        assert set(split) == SPLIT
+        assert all(_positive(split[k]) for k in SPLIT - {"other"}) and split["other"] >= 0
+        # the split accounts for the whole call (other is the remainder), no double counting
+        assert abs(sum(split.values()) - ip["ms_per_sample"]) < 1e-6 * ip["ms_per_sample"] + 1e-9
+        loaders = path["dataloader"]
+        assert [r["workers"] for r in loaders] == [0, 2]
+        for r in loaders:
+            assert r["images"] == 8
+            assert r["images_per_s_per_worker"] == r["images_per_s"] / max(r["workers"], 1)
+    dev = res["paths"]["device"]
+    phot = dev["device_photometric"]
+    assert phot["device"] == "cpu" and phot["batch_images"] == 4 and phot["view_size"] == 32
+    assert _positive(phot["ms_per_image"])
+    assert abs(phot["ms_per_two_view_sample"] - 2 * phot["ms_per_image"]) < 1e-9
+    dec = dev["decode_options_ms"]
+    for key in ("detectron2_read_image", "cyborgs_read_image", "torchvision_decode_jpeg"):
+        assert _positive(dec[key]), (key, dec)
+    # 96x128 images cannot hold two crops of twice 32 px on both sides every time, but can
+    assert 0.0 <= dec["half_draft_applicable_fraction"] <= 1.0
+    ratio = res["device_vs_cpu"]
+    assert _positive(ratio["in_process_per_worker"])
+    assert [r["workers"] for r in ratio["dataloader_per_worker"]] == [0, 2]
+    t = res["targets"]
+    assert t["device_per_worker_measured"] == dev["in_process"]["samples_per_s"]
+    assert t["speedup_measured"] == ratio["in_process_per_worker"]
+    assert len(res["load_average"]["before"]) == 3
     assert not list(tmp_path.glob("output*"))  # nothing written into the working directory
 
 
-def test_bootstrap_source_without_round_is_flagged(tiny_data_root: Path, tmp_path: Path) -> None:
+def test_cuda_is_refused_up_front_without_it(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    import pytest
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_dataloader", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--path", "device", "--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert mod.parse_args([]).path == "both"  # default: both paths, batched ops on the CPU
+
+
+def test_registered_set_device_path_only_and_bootstrap_without_round_is_flagged(
+    tiny_data_root: Path, tmp_path: Path
+) -> None:
     env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tiny_data_root))
-    cmd = [sys.executable, str(SCRIPT), "--num-images", "2", "--crop-size", "32"]
-    cmd += ["--workers", "0", "--target-images-per-s", "1e6"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout)
-    assert res["mask_source"] == "bootstrap"  # the config default
+    args = ["--dataset", "demo_coco_2017_train_unlabeled", "--path", "device"]
+    args += ["--num-images", "2", "--crop-size", "32", "--workers", "0", "--batch-images", "2"]
+    args += ["--repeats", "1", "--device-threads", "1"]
+    res = _run(args, tmp_path, env)
+    assert res["mask_source"] == "bootstrap" and res["data"] == {"kind": "registered"}
+    assert res["dataset_images"] > 0 and set(res["paths"]) == {"device"}
+    assert "device_vs_cpu" not in res and "speedup_met" not in res["targets"]
     assert any("no round" in n for n in res["notes"])
-    # a million images/s needs more than one worker at any realistic per-worker rate
-    assert res["workers_needed_for_target"] > 1
+    assert not list(tmp_path.glob("output*"))  # the temp mask store, not ./output

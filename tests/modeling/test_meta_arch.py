@@ -239,14 +239,17 @@ def test_vmf_loss_sees_the_configured_feature(model, monkeypatch, feature, chann
     assert seen["seed"] == 11  # the step seeds k-means, so resume draws the same prototypes
 
 
-def test_mapper_output_trains_end_to_end(model, tmp_path):
-    """The two-view mapper's items are valid model input (the data/model contract)."""
+@pytest.mark.parametrize("aug_device", ["off", "on"])
+def test_mapper_output_trains_end_to_end(model, tmp_path, aug_device):
+    """The two-view mapper's items are valid model input (the data/model contract), with the
+    photometric ops in the loader or deferred to the model (CYBORGS.AUG.DEVICE)."""
     import numpy as np
     from PIL import Image
 
     from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
 
     cfg = tiny_cfg()
+    cfg.CYBORGS.AUG.DEVICE = aug_device
     cfg.CYBORGS.MASKS.SOURCE = "grid"
     cfg.CYBORGS.MASKS.GRID_SIZE = 4
     cfg.DATASETS.TRAIN = ("unused",)
@@ -258,6 +261,7 @@ def test_mapper_output_trains_end_to_end(model, tmp_path):
             tmp_path / f"{i}.png"
         )
         items.append(mapper({"file_name": str(tmp_path / f"{i}.png"), "image_id": i}))
+    assert all(("photometric" in v) == (aug_device == "on") for x in items for v in x["views"])
     model.vmf_weight = 0.1
     try:
         losses = model(items)
@@ -526,3 +530,32 @@ def test_cuda_switches_off_give_an_fp32_contiguous_backbone():
             h.remove()
     assert set(log["stem"]) == {torch.float32} and set(log["res5"]) == {torch.float32}
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_views_with_photometric_parameters_are_augmented_on_the_model_device(model):
+    """CYBORGS.AUG.DEVICE: views carry drawn parameters; the model applies them (batched)
+    before normalising, exactly as ``device_augment.apply_photometric`` on the stacked view."""
+    import numpy as np
+
+    from cyborgs.data.augment import ViewAugment
+    from cyborgs.data.device_augment import apply_photometric, stack_photometric
+
+    batch = two_view_batch(b=3, seed=4)
+    view = ViewAugment(size=SIZE, color_jitter_prob=1.0, grayscale_prob=0.5, solarize_prob=0.5)
+    rng = np.random.default_rng(0)
+    for x in batch:
+        for v in x["views"]:
+            v["photometric"] = view.draw_photometric(rng)
+    images, *_ = model._unpack(batch)
+    for v in range(2):
+        params = [x["views"][v]["photometric"] for x in batch]
+        raw = torch.stack([x["views"][v]["image"] for x in batch])
+        want = model._normalize(apply_photometric(raw, stack_photometric(params, "cpu")))
+        assert torch.equal(images[v], want)
+        assert not torch.allclose(images[v], model._normalize(raw))
+    with EventStorage():
+        losses = model(batch)
+    assert all(torch.isfinite(t) for t in losses.values())
+    del batch[0]["views"][1]["photometric"]
+    with pytest.raises(ValueError, match="photometric"):
+        model._unpack(batch)

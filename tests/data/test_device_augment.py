@@ -1,0 +1,262 @@
+"""Batched device-side photometric ops (CYBORGS.AUG.DEVICE) against torchvision, rates, masks."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from detectron2.config import get_cfg
+from PIL import Image
+
+from cyborgs.config import add_cyborgs_config
+from cyborgs.data import device_augment as DA
+from cyborgs.data.augment import TwoViewAugment, ViewAugment, device_augment_enabled
+from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
+
+NO_PHOTO = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+
+
+def _images(b=6, size=24, seed=0):
+    """uint8 [B,3,S,S] with smooth parts, noise, grey pixels and saturated pixels (hue edge cases)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (b, 3, size, size), generator=g, dtype=torch.uint8)
+    x[:, :, :4] = x[:, :1, :4]  # grey rows (r = g = b)
+    x[:, 0, 4:6], x[:, 1, 4:6], x[:, 2, 4:6] = 255, 0, 0  # pure red
+    x[:, :, 6, :] = 0
+    x[:, :, 7, :] = 255
+    x[:, 1, 8:10] = x[:, 0, 8:10]  # ties between max channels
+    return x
+
+
+def _close(batched: torch.Tensor, reference: torch.Tensor, tol: int = 1) -> None:
+    diff = (batched.float() - reference.float()).abs()
+    assert diff.max() <= tol, f"max |diff| {diff.max()} > {tol}"
+
+
+@pytest.mark.parametrize(
+    "name,batched,per_image,factors",
+    [
+        ("brightness", DA.adjust_brightness, TF.adjust_brightness, [0.6, 0.0, 1.0, 1.4, 2.5, 0.93]),
+        ("contrast", DA.adjust_contrast, TF.adjust_contrast, [0.6, 0.0, 1.0, 1.4, 2.5, 0.93]),
+        ("saturation", DA.adjust_saturation, TF.adjust_saturation, [0.8, 0.0, 1.0, 1.2, 3.0, 0.5]),
+        ("hue", DA.adjust_hue, TF.adjust_hue, [-0.1, 0.0, 0.1, 0.5, -0.5, 0.033]),
+    ],
+)
+def test_jitter_ops_match_torchvision_per_image(name, batched, per_image, factors):
+    x = _images()
+    out = batched(x.float(), torch.tensor(factors))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert torch.equal(out, out.round()), f"{name}: values must stay integers (uint8 semantics)"
+    ref = torch.stack([per_image(x[i], factors[i]) for i in range(len(factors))])
+    _close(out, ref)
+
+
+def test_identity_parameters_leave_images_exactly_unchanged():
+    x = _images().float()
+    ones, zeros = torch.ones(6), torch.zeros(6)
+    for op, f in ((DA.adjust_brightness, ones), (DA.adjust_contrast, ones)):
+        assert torch.equal(op(x, f), x)
+    assert torch.equal(DA.adjust_saturation(x, ones), x)
+    assert torch.equal(DA.adjust_hue(x, zeros), x)
+    assert torch.equal(DA.gaussian_blur(x, zeros, 7), x)
+
+
+def test_grayscale_and_solarize_match_torchvision():
+    x = _images()
+    gray = DA.rgb_to_grayscale(x.float())
+    ref = torch.stack([TF.rgb_to_grayscale(im, num_output_channels=3) for im in x])
+    _close(gray, ref, tol=0)
+    sol = DA.solarize(x.float())
+    _close(sol, torch.stack([TF.solarize(im, 128) for im in x]), tol=0)
+
+
+def test_gaussian_blur_per_image_sigma_matches_torchvision():
+    x = _images(b=4, size=32, seed=1)
+    sigmas = [0.1, 0.7, 1.3, 2.0]
+    for k in (7, 23):
+        out = DA.gaussian_blur(x.float(), torch.tensor(sigmas), k)
+        ref = torch.stack([TF.gaussian_blur(x[i], [k, k], [s, s]) for i, s in enumerate(sigmas)])
+        _close(out, ref)
+    # the kernel from its definition: exp(-i^2 / (2 sigma^2)), normalised
+    w = DA.gaussian_kernel1d(torch.tensor([1.5, 0.0]), 5)
+    i = torch.arange(-2.0, 3.0)
+    ref = torch.exp(-(i**2) / (2 * 1.5**2))
+    assert torch.allclose(w[0], ref / ref.sum())
+    assert torch.equal(w[1], torch.tensor([0.0, 0, 1, 0, 0]))
+
+
+def _drawn(view: ViewAugment, n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [view.draw_photometric(rng) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        dict(color_jitter_prob=1.0, grayscale_prob=0.3, solarize_prob=0.5),
+        # some images without jitter / blur: ops run on the images that draw them only
+        dict(color_jitter_prob=0.5, grayscale_prob=0.0, blur_prob=0.5, solarize_prob=0.0),
+        dict(**NO_PHOTO),
+    ],
+)
+def test_batched_chain_equals_the_cpu_chain_with_the_same_parameters(probs):
+    view = ViewAugment(size=24, **probs)
+    params = _drawn(view, 8, seed=2)
+    x = _images(b=8, size=24, seed=3)
+    out = DA.apply_photometric(x, DA.stack_photometric(params, "cpu"))
+    ref = torch.stack([ViewAugment.apply_photometric(x[i], p) for i, p in enumerate(params)])
+    diff = (out - ref.float()).abs()
+    # each op agrees within 1; a grey level off by one can grow through later factors
+    assert diff.max() <= 3 and diff.mean() < 0.05
+    # op orders differ within the batch and are honoured per image
+    assert len({tuple(p["order"]) for p in params}) > 1
+    if probs.get("blur_prob") == 0.5:  # the mixed case really mixes
+        assert 0 < sum(p["jitter"] for p in params) < 8
+        assert 0 < sum(p["blur_sigma"] > 0 for p in params) < 8
+    if probs == NO_PHOTO:
+        assert torch.equal(out, x.float())
+    else:
+        assert not torch.equal(out, x.float())
+
+
+def test_parameter_records_are_plain_and_checked():
+    p = _drawn(ViewAugment(size=224), 1, seed=0)[0]
+    assert set(p) == set(DA.PHOTOMETRIC_KEYS) and p["blur_kernel"] == 23
+    assert sorted(p["order"]) == [0, 1, 2, 3]
+    assert all(type(v) in (bool, int, float, list) for v in p.values())
+    with pytest.raises(KeyError, match="blur_sigma"):
+        DA.stack_photometric([{k: v for k, v in p.items() if k != "blur_sigma"}], "cpu")
+    with pytest.raises(ValueError, match="blur kernel"):
+        DA.stack_photometric([p, dict(p, blur_kernel=7)], "cpu")
+
+
+def _cfg(device="on", size=16):
+    cfg = add_cyborgs_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.CYBORGS.AUG.CROP_SIZE = size
+    cfg.CYBORGS.AUG.DEVICE = device
+    return cfg
+
+
+def test_aug_device_switch_resolution():
+    for value, want in (("on", True), ("off", False), (True, True), (False, False), ("ON", True)):
+        assert device_augment_enabled(_cfg(value)) is want
+    cfg = _cfg("auto")
+    assert device_augment_enabled(cfg) is False  # MODEL.DEVICE cpu
+    cfg.MODEL.DEVICE = "cuda"
+    assert device_augment_enabled(cfg) is torch.cuda.is_available()
+    with pytest.raises(ValueError, match="CYBORGS.AUG.DEVICE"):
+        device_augment_enabled(_cfg("gpu"))
+    assert TwoViewAugment.from_config(_cfg("on")).photometric_on_device
+    assert not TwoViewAugment.from_config(_cfg("off")).photometric_on_device
+
+
+def _scene(h=40, w=52, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = (rng.integers(0, 5, (h // 4 + 1, w // 4 + 1)).repeat(4, 0).repeat(4, 1))[:h, :w]
+    return img, mask.astype(np.uint8)
+
+
+def test_both_paths_draw_the_same_geometry_and_parameters_and_rates():
+    """Same per-sample generator -> same boxes, flips, masks, photometric parameters; the
+    drawn rates are the BYOL ones (jitter 0.8, grayscale 0.2, blur 1.0 / 0.1, solarize 0 / 0.2)
+    and the grayscale the CPU path applied is exactly where the device path drew it."""
+    img, mask = _scene()
+    cpu = TwoViewAugment.from_config(_cfg("off"))
+    dev = TwoViewAugment.from_config(_cfg("on"))
+    n, n_cpu = 1000, 60  # the CPU path's per-image ops are slow: compare it on a prefix
+    flags = {k: np.zeros((n, 2)) for k in ("jitter", "grayscale", "blur", "solarize")}
+    for s in range(n):
+        b = dev(img, mask, np.random.default_rng([7, s]))
+        a = cpu(img, mask, np.random.default_rng([7, s])) if s < n_cpu else None
+        for v in range(2):
+            p = b[v]["photometric"]
+            flags["jitter"][s, v] = p["jitter"]
+            flags["grayscale"][s, v] = p["grayscale"]
+            flags["blur"][s, v] = p["blur_sigma"] > 0
+            flags["solarize"][s, v] = p["solarize"]
+            if a is None:
+                continue
+            assert torch.equal(a[v]["box"], b[v]["box"]) and a[v]["flip"] == b[v]["flip"]
+            assert b[v]["mask"].dtype == torch.uint8 and a[v]["mask"].dtype == torch.int64
+            assert torch.equal(a[v]["mask"], b[v]["mask"].long())
+            im = a[v]["image"]
+            cpu_gray = bool((im[0] == im[1]).all() and (im[1] == im[2]).all())
+            assert cpu_gray == p["grayscale"]  # random 40x52 content is never grey by chance
+    rates = {k: f.mean(axis=0) for k, f in flags.items()}
+    tol = 4 * np.sqrt(0.25 / n)  # 4 binomial standard deviations at worst
+    expected = {"jitter": (0.8, 0.8), "grayscale": (0.2, 0.2), "blur": (1.0, 0.1)}
+    expected["solarize"] = (0.0, 0.2)
+    for k, (p1, p2) in expected.items():
+        assert abs(rates[k][0] - p1) <= tol and abs(rates[k][1] - p2) <= tol, (k, rates[k])
+
+
+def test_device_path_images_match_the_cpu_path_after_the_batched_ops():
+    img, mask = _scene(seed=1)
+    cpu = TwoViewAugment.from_config(_cfg("off", size=24))
+    dev = TwoViewAugment.from_config(_cfg("on", size=24))
+    for v in range(2):
+        a = [cpu(img, mask, np.random.default_rng([3, s]))[v] for s in range(12)]
+        b = [dev(img, mask, np.random.default_rng([3, s]))[v] for s in range(12)]
+        params = DA.stack_photometric([d["photometric"] for d in b], "cpu")
+        out = DA.apply_photometric(torch.stack([d["image"] for d in b]), params)
+        ref = torch.stack([d["image"] for d in a]).float()
+        # uint8 geometry kernel (within 1 of the float one) + the chain: same images up to
+        # rare small rounding differences
+        diff = (out - ref).abs()
+        assert diff.mean() < 0.5 and (diff <= 2).float().mean() > 0.97
+
+
+def test_device_path_mask_stays_aligned_with_image_pixels(tmp_path):
+    """Coordinate image (R = x, G = y) and a mask of x // 8: after crop/resize/flip the view's
+    mask id must match the x its pixels encode."""
+    h, w = 120, 160
+    ys, xs = np.mgrid[0:h, 0:w]
+    Image.fromarray(np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)).save(
+        tmp_path / "coord.png"
+    )
+
+    def x_mask(d, image):
+        return (np.broadcast_to(np.arange(image.shape[1]) // 8, image.shape[:2])).astype(np.uint8)
+
+    view = ViewAugment(size=40, **NO_PHOTO)
+    mapper = TwoViewDatasetMapper(
+        augment=TwoViewAugment(view, view, photometric_on_device=True), mask_source=x_mask
+    )
+    flips = set()
+    for s in range(20):
+        out = mapper({"file_name": str(tmp_path / "coord.png")}, rng=np.random.default_rng(s))
+        for v in out["views"]:
+            flips.add(v["flip"])
+            x_of_pixel = v["image"][0].float()  # R channel = source x (resampled)
+            ids = v["mask"].float()
+            # the id's x range is [8 id, 8 id + 8); a pixel's sampled x lies in it up to the
+            # resampling footprint of one view pixel
+            scale = float(v["box"][2] - v["box"][0]) / 40
+            slack = 0.5 * scale + 1.0
+            assert (x_of_pixel >= 8 * ids - slack).all() and (
+                x_of_pixel <= 8 * ids + 8 + slack
+            ).all()
+            x0 = float(v["box"][0])
+            col = torch.arange(40).float()
+            if v["flip"]:
+                col = col.flip(0)
+            expected = x0 + (col + 0.5) * scale - 0.5
+            inner = slice(2, 38)
+            assert (x_of_pixel[20, inner] - expected[inner]).abs().max() <= 1.0
+    assert flips == {True, False}
+
+
+@pytest.mark.gpu
+def test_batched_ops_on_cuda_match_the_cpu():
+    view = ViewAugment(size=32, color_jitter_prob=1.0, grayscale_prob=0.3, solarize_prob=0.5)
+    params = _drawn(view, 16, seed=4)
+    x = _images(b=16, size=32, seed=5)
+    cpu = DA.apply_photometric(x, DA.stack_photometric(params, "cpu"))
+    cuda = DA.apply_photometric(x.cuda(), DA.stack_photometric(params, "cuda"))
+    assert cuda.device.type == "cuda"
+    diff = (cuda.cpu() - cpu).abs()
+    assert diff.max() <= 3 and diff.mean() < 0.05
+    cfg = _cfg("auto")
+    cfg.MODEL.DEVICE = "cuda"
+    assert device_augment_enabled(cfg)  # "auto" turns the device path on with CUDA
