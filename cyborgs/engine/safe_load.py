@@ -264,11 +264,56 @@ def _numpy_core(submodule: str, name: str) -> Callable[[], Any]:
     return resolve
 
 
+def _refuse_objects(what: str, dtype: Any) -> None:
+    """Arrays, scalars and dtypes holding Python objects are refused wherever they appear: an
+    object array built from raw bytes holds pointers the file chose."""
+    if isinstance(dtype, np.dtype) and dtype.hasobject:
+        raise UnsafeCheckpointError(f"{what} with dtype {dtype} holds Python objects")
+
+
 def _safe_dtype(*args: Any) -> np.dtype:
     dtype = np.dtype(*args)
-    if dtype.hasobject:
-        raise UnsafeCheckpointError(f"dtype {dtype} holds Python objects")
+    _refuse_objects("np.dtype", dtype)
     return dtype
+
+
+class _NdarrayClass:
+    """What ``numpy.ndarray`` resolves to: only ``_reconstruct``'s first argument accepts it.
+    Called directly, ``ndarray(shape, dtype, buffer)`` would build an array of any dtype
+    (object included) over the file's bytes."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafeCheckpointError("numpy.ndarray called directly (only _reconstruct may use it)")
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _safe_numpy(name: str, resolve: Callable[[], Any]) -> Callable[[], Any]:
+    """``_reconstruct``, ``scalar`` and ``_frombuffer`` with their dtype checked first."""
+
+    def wrap() -> Callable[..., Any]:
+        fn = resolve()
+
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+            if subtype is not _NDARRAY:
+                raise UnsafeCheckpointError(f"_reconstruct of {subtype!r:.60}, not numpy.ndarray")
+            _refuse_objects("_reconstruct", np.dtype(dtype))
+            return fn(np.ndarray, shape, dtype)
+
+        def scalar(dtype: Any, *args: Any) -> Any:
+            if not isinstance(dtype, np.dtype):
+                raise UnsafeCheckpointError(f"scalar of {type(dtype).__name__}, not a dtype")
+            _refuse_objects("scalar", dtype)
+            return fn(dtype, *args)
+
+        def frombuffer(buf: Any, dtype: Any, *args: Any) -> Any:
+            _refuse_objects("_frombuffer", np.dtype(dtype))
+            return fn(buf, dtype, *args)
+
+        return {"_reconstruct": reconstruct, "scalar": scalar, "_frombuffer": frombuffer}[name]
+
+    return wrap
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -287,26 +332,43 @@ def _empty_bytes(*args: Any) -> bytes:
 
 _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("collections", "OrderedDict"): lambda: collections.OrderedDict,
-    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "ndarray"): lambda: _NDARRAY,
     ("numpy", "dtype"): lambda: _safe_dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_core("multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_core("multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): _numpy_core("multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"): _numpy_core("multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"): _numpy_core("numeric", "_frombuffer"),  # protocol 5
-    ("numpy._core.numeric", "_frombuffer"): _numpy_core("numeric", "_frombuffer"),
+    **{
+        (f"numpy.{core}.{sub}", name): _safe_numpy(name, _numpy_core(sub, name))
+        for core in ("core", "_core")
+        for sub, name in (
+            ("multiarray", "_reconstruct"),
+            ("multiarray", "scalar"),
+            ("numeric", "_frombuffer"),  # protocol 5
+        )
+    },
     ("_codecs", "encode"): lambda: _latin1_encode,
     ("__builtin__", "bytes"): lambda: _empty_bytes,  # Python 2 name, protocols 0-2
     ("builtins", "bytes"): lambda: _empty_bytes,
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves exactly the :data:`_ALLOWED` pairs, never through ``pickle``'s own lookup."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves exactly the :data:`_ALLOWED` pairs, never through ``pickle``'s own lookup.
+
+    The pure-Python unpickler, so that BUILD (``__setstate__``) can be checked too: a dtype's
+    state can set the flags that make it hold objects, and an array's state carries a dtype.
+    Weight files hold few opcodes and large byte strings, so the speed cost is small."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, f: Any, path: str) -> None:
         super().__init__(f, encoding="latin1")
         self._path = path
+
+    def load_build(self) -> None:
+        super().load_build()
+        obj = self.stack[-1]
+        if isinstance(obj, np.ndarray | np.generic | np.dtype):
+            _refuse_objects(f"a {type(obj).__name__}", getattr(obj, "dtype", obj))
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         resolve = _ALLOWED.get((module, name))
@@ -326,10 +388,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+def _check_no_objects(obj: Any) -> None:
+    """Defence in depth: no array, scalar or dtype in the loaded tree holds Python objects."""
+    todo = [obj]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, dict):
+            todo += list(x.keys()) + list(x.values())
+        elif isinstance(x, list | tuple):
+            todo += list(x)
+        elif isinstance(x, np.ndarray | np.generic | np.dtype):
+            _refuse_objects(f"a loaded {type(x).__name__}", getattr(x, "dtype", x))
+
+
 def _load_pickle(path: str) -> Any:
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, path).load()
+            obj = _RestrictedUnpickler(f, path).load()
+        _check_no_objects(obj)
+        return obj
     except UnsafeCheckpointError as e:
         if str(e).startswith("Refusing to load"):
             raise

@@ -298,6 +298,32 @@ def test_object_arrays_refused(tmp_path) -> None:
         load_weights(str(p))
 
 
+class _DirectNdarray:
+    """numpy.ndarray called directly with an object dtype over the file's bytes: an array whose
+    element is a pointer the file chose (dereferenced when used)."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((1,), "O", b"AAAAAAAA"))
+
+
+class _FlaggedDtype:
+    """A harmless V8 dtype whose pickled state sets the object flags (57) through BUILD."""
+
+    def __reduce__(self):
+        return (np.dtype, ("V8", False, True), (3, "|", None, None, None, 8, 1, 57))
+
+
+@pytest.mark.parametrize("payload", [_DirectNdarray, _FlaggedDtype])
+@pytest.mark.parametrize("proto", [2, 3, 4, 5])
+def test_object_arrays_through_allowed_numpy_names_refused(tmp_path, payload, proto) -> None:
+    """Both use only allow-listed names (numpy.ndarray, numpy.dtype), so an exact-name list
+    alone does not stop them: the loader also refuses direct ndarray calls and object flags."""
+    p = tmp_path / "ptr.pkl"
+    p.write_bytes(pickle.dumps({"model": {"w": payload()}}, protocol=proto))
+    with pytest.raises(UnsafeCheckpointError, match=r"ptr\.pkl.*(directly|objects)"):
+        load_weights(str(p))
+
+
 # ---- legitimate files still load ----
 def _numpy_state() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
