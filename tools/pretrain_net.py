@@ -8,7 +8,7 @@
 Writes OUTPUT_DIR/{config.yaml, args.json, log.txt, metrics.json, events.out.tfevents.*,
 model_*.pth, last_checkpoint, plan.json}. ``--resume`` continues exactly from last_checkpoint.
 ``--plan-only`` prints what the config will do (phase per epoch, bootstrap rounds, iterations,
-checkpoints, disk), writes OUTPUT_DIR/plan.json and exits without building the model. Convert
+checkpoints, disk), writes OUTPUT_DIR/plan.json and exits without training or allocating the model. Convert
 the result for transfer with tools/convert_to_detectron2.py.
 """
 
@@ -119,6 +119,7 @@ def plan_only(args) -> int:
 
     cfg, _ = build_cfg(args.config_file, args.opts)
     cfg.freeze()
+    validate_cyborgs_config(cfg, world_size=1)  # a bad config fails here, not as "size unknown"
     setup_logger(name="cyborgs")
     setup_logger(name="detectron2")
     if args.images:
@@ -145,7 +146,7 @@ def get_parser():
         "--plan-only",
         action="store_true",
         help="print the plan (phases, rounds, iterations, checkpoints, disk), write "
-        "OUTPUT_DIR/plan.json and exit without building the model",
+        "OUTPUT_DIR/plan.json and exit without training or allocating the model",
     )
     parser.add_argument(
         "--images",

@@ -177,8 +177,16 @@ class BootstrapHook(HookBase):
         # (i) Masks of the checkpoint: the latest round it completed (verified against its
         # manifest, redone from the checkpoint's weights if damaged), or none.
         latest = max(self.completed) if self.completed else None
-        damaged = self._repair_pointers(latest) if comm.is_main_process() else []
-        damaged = comm.all_gather(damaged)[0]  # rank 0's verdict, on every rank
+        # Rank 0 checks; its verdict (or its error) reaches every rank, so none waits alone.
+        verdict: tuple[list[str], str | None] = ([], None)
+        if comm.is_main_process():
+            try:
+                verdict = (self._repair_pointers(latest), None)
+            except FileNotFoundError as e:
+                verdict = ([], str(e))
+        damaged, error = comm.all_gather(verdict)[0]
+        if error is not None:
+            raise FileNotFoundError(error)
         if damaged:
             logger.warning(
                 f"bootstrap round {latest}, recorded as complete in the checkpoint, is damaged "
@@ -306,9 +314,13 @@ class BootstrapHook(HookBase):
             return
         from .visuals import put_round_visuals, visual_dicts
 
-        if name not in self._visual_dicts:
-            self._visual_dicts[name] = visual_dicts(dicts)
-        put_round_visuals(storage, name, store, round_id, self._visual_dicts[name], man)
+        # Rank 0 only, before a barrier: a failure here must not stop (or hang) training.
+        try:
+            if name not in self._visual_dicts:
+                self._visual_dicts[name] = visual_dicts(dicts)
+            put_round_visuals(storage, name, store, round_id, self._visual_dicts[name], man)
+        except Exception as e:  # noqa: BLE001
+            logger.warning(f"bootstrap round {round_id} of {name!r}: no TensorBoard visuals ({e})")
 
     def _call_round_fn(self, dicts, store: MaskStore, round_id: int, epoch: int, iteration: int):
         """``round_fn`` on this rank's shard; a non-finite stop on any rank stops every rank
