@@ -54,7 +54,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", required=True, help="study output directory (OUT)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=[k for k, v in VARIANTS.items() if v.default],
+        choices=list(VARIANTS),
+        help="default: every variant but the suite additions already measured "
+        f"({', '.join(k for k, v in VARIANTS.items() if not v.default)})",
+    )
     p.add_argument("--budget", default="study", choices=list(BUDGETS))
     p.add_argument(
         "--data-root",
