@@ -58,6 +58,7 @@ from PIL import Image
 import cyborgs.data.datasets  # noqa: F401  (registers demo_* and real pretraining sets)
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data import augment as augment_mod
+from cyborgs.data import two_view_mapper as mapper_mod
 from cyborgs.data.augment import TwoViewAugment, ViewAugment
 from cyborgs.data.device_augment import apply_photometric, stack_photometric
 from cyborgs.data.image_io import read_image as cyborgs_read_image
@@ -164,7 +165,7 @@ def _cycled(dicts: list[dict], n: int) -> list[dict]:
 def _stage_timers(mapper: TwoViewDatasetMapper, device_path: bool) -> Iterator[dict]:
     """Wrap the mapper's stages with timers (restored on exit)."""
     timers = {
-        "decode": _Timed(mapper.read_image),
+        "decode": _Timed(mapper_mod.read_image),
         "mask_source": _Timed(mapper.mask_source),
         "mask_resize": _Timed(augment_mod.crop_resize_mask),
         "image_resize": _Timed(augment_mod.crop_resize_image),
@@ -173,12 +174,13 @@ def _stage_timers(mapper: TwoViewDatasetMapper, device_path: bool) -> Iterator[d
     photo_name = "draw_photometric" if device_path else "photometric"
     timers["photometric"] = _Timed(getattr(ViewAugment, photo_name))
     saved = (
+        mapper_mod.read_image,
         augment_mod.crop_resize_mask,
         augment_mod.crop_resize_image,
         ViewAugment.geometry,
         getattr(ViewAugment, photo_name),
     )
-    mapper.read_image, mapper.mask_source = timers["decode"], timers["mask_source"]
+    mapper_mod.read_image, mapper.mask_source = timers["decode"], timers["mask_source"]
     augment_mod.crop_resize_mask = timers["mask_resize"]
     augment_mod.crop_resize_image = timers["image_resize"]
     ViewAugment.geometry = timers["boxes"]
@@ -186,11 +188,11 @@ def _stage_timers(mapper: TwoViewDatasetMapper, device_path: bool) -> Iterator[d
     try:
         yield timers
     finally:
-        del mapper.read_image  # back to the class's method
         mapper.mask_source = timers["mask_source"].fn
-        augment_mod.crop_resize_mask, augment_mod.crop_resize_image = saved[0], saved[1]
-        ViewAugment.geometry = saved[2]
-        setattr(ViewAugment, photo_name, saved[3])
+        mapper_mod.read_image = saved[0]
+        augment_mod.crop_resize_mask, augment_mod.crop_resize_image = saved[1], saved[2]
+        ViewAugment.geometry = saved[3]
+        setattr(ViewAugment, photo_name, saved[4])
 
 
 def measure_in_process(

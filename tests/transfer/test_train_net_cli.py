@@ -67,8 +67,9 @@ def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
     try:
         train_net.setup(args)
         logging.getLogger("cyborgs.transfer.trainer").info("Backbone check: probe 1234")
-        for h in cyborgs_logger.handlers:
-            h.flush()
+        for h in cyborgs_logger.handlers:  # a console handler of an earlier test may be closed
+            if not getattr(getattr(h, "stream", None), "closed", False):
+                h.flush()
         assert "Backbone check: probe 1234" in (tmp_path / "log.txt").read_text()
     finally:  # setup_logger turns propagation off: give other tests' caplog its records back
         cyborgs_logger.handlers[:] = saved[0]
