@@ -55,7 +55,6 @@ from detectron2.data import DatasetFromList
 from detectron2.data.build import trivial_batch_collator
 from PIL import Image
 
-import cyborgs.data.datasets  # noqa: F401  (registers demo_* and real pretraining sets)
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data import augment as augment_mod
 from cyborgs.data import two_view_mapper as mapper_mod

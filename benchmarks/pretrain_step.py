@@ -179,7 +179,6 @@ def bench(
 ) -> dict:
     from detectron2.modeling import build_model
 
-    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
     from cyborgs.solver import build_lars_optimizer
 
     cfg = make_cfg(depth, size, device)

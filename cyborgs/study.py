@@ -380,7 +380,6 @@ def write_random_init(path: Path, seed: int, opts: Sequence[str]) -> None:
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import cyborgs.modeling  # noqa: F401  (registers the CYBORGS meta-architecture)
     from cyborgs.config import add_cyborgs_config
 
     cfg = get_cfg()

@@ -26,8 +26,6 @@ def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
-    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
     from cyborgs.config import add_cyborgs_config
     from cyborgs.engine.checkpoint import SafeCheckpointer
 

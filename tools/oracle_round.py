@@ -82,8 +82,6 @@ def train_oracle(cfg, out: Path, seed: int, iters: int, crop: int = 96, batch: i
     import torch.nn.functional as F
     from detectron2.modeling import build_model
 
-    import cyborgs.data.datasets  # noqa: F401  (registers the demo data sets)
-    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
     from cyborgs.modeling.backbone_taps import tap_channels
     from cyborgs.modeling.fusion import fuse_features
     from cyborgs.utils.atomic import atomic_write

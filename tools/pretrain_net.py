@@ -25,7 +25,6 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import cyborgs.data.datasets  # noqa: F401  (registers the pretraining sets, demo_* twins)
 from cyborgs.config import add_cyborgs_config, validate_cyborgs_config
 from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.trainer import CyborgsTrainer

@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from detectron2.data import DatasetCatalog
 
-    import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
     from cyborgs.data.image_io import read_image
     from cyborgs.masks.store import MaskStore
 

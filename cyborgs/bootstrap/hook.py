@@ -369,7 +369,6 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
 
     from detectron2.data import DatasetCatalog
 
-    import cyborgs.data.datasets  # noqa: F401  (registers the data sets)
     from cyborgs.masks.store import store_root
 
     from .round import round_settings, run_bootstrap_round

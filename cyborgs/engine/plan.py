@@ -73,8 +73,6 @@ def model_counts_from_config(cfg: CfgNode) -> dict[str, int] | None:
     that way (the plan then gives no checkpoint size)."""
     from detectron2.modeling import META_ARCH_REGISTRY
 
-    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
-
     try:
         with torch.device("meta"):
             model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)

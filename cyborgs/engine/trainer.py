@@ -264,7 +264,6 @@ class CyborgsTrainer(DefaultTrainer):
     # ---- builders (classmethods so subclasses/tests can swap one piece) ----
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        import cyborgs.modeling  # noqa: F401  (registers CYBORGS in META_ARCH_REGISTRY)
 
         model = build_model(cfg)
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -56,6 +56,13 @@ def mask_source_names() -> list[str]:
     return sorted(_SOURCE_MODULES)
 
 
+def import_mask_sources() -> None:
+    """Register every mask source (``import cyborgs`` calls this once). A source whose module
+    needs an optional dependency imports it only when used, so this never fails for that."""
+    for module in _SOURCE_MODULES.values():
+        importlib.import_module(module)
+
+
 def build_mask_source(cfg, dataset_name: str):
     """Build the source named by ``cfg.CYBORGS.MASKS.SOURCE`` for ``dataset_name``."""
     name = cfg.CYBORGS.MASKS.SOURCE

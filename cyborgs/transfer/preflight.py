@@ -23,7 +23,6 @@ _PREPARE = (
 
 
 def check_datasets(names: list[str] | tuple[str, ...]) -> None:
-    import cyborgs.data.datasets  # noqa: F401  (registers ours and the demo twins)
 
     registered = set(DatasetCatalog.list())
     for name in names:

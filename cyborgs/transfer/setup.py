@@ -7,7 +7,6 @@ from pathlib import Path
 
 from detectron2.config import CfgNode, get_cfg
 
-import cyborgs.transfer  # noqa: F401  (registers heads and backbones)
 from cyborgs.transfer.config import add_transfer_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "transfer_configs"
