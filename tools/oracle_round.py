@@ -39,22 +39,6 @@ TRAIN_SET = "demo_coco_stuff_10k_sem_seg_train"
 logger = logging.getLogger("oracle_round")
 
 
-def build_cfg(config_file: str, opts: list[str]):
-    import torch
-    from detectron2.config import get_cfg
-
-    from cyborgs.config import add_cyborgs_config
-
-    cfg = add_cyborgs_config(get_cfg())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        if cfg.MODEL.RESNETS.NORM == "SyncBN":
-            cfg.MODEL.RESNETS.NORM = "BN"
-    return cfg
-
-
 def _load_pairs(size: int):
     """(image uint8 [3, H, W], label uint8 [H, W]) of every training scene, shorter side
     ``size`` (bilinear image, nearest label)."""
@@ -77,17 +61,25 @@ def _load_pairs(size: int):
     return pairs
 
 
-def train_oracle(cfg, out: Path, seed: int, iters: int, crop: int = 96, batch: int = 16) -> dict:
+def train_oracle(
+    config_file: str,
+    opts: list[str],
+    out: Path,
+    seed: int,
+    iters: int,
+    crop: int = 96,
+    batch: int = 16,
+) -> dict:
     import torch
     import torch.nn.functional as F
-    from detectron2.modeling import build_model
 
     from cyborgs.modeling.backbone_taps import tap_channels
     from cyborgs.modeling.fusion import fuse_features
     from cyborgs.utils.atomic import atomic_write
+    from tools.bootstrap_masks import build_model_and_cfg
 
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model, cfg = build_model_and_cfg(config_file, "", opts)  # the round's own model and cfg
     names = list(cfg.CYBORGS.BOOTSTRAP.FEATURES)
     pairs = _load_pairs(int(cfg.CYBORGS.BOOTSTRAP.INPUT_SIZE))
     num_classes = 1 + max(int(lab[lab != 255].max()) for _, lab in pairs if (lab != 255).any())
@@ -191,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(result_path, (json.dumps(result, indent=2) + "\n").encode())
 
     if not (out / "oracle.pth").is_file() or "train" not in result:
-        result["train"] = train_oracle(
-            build_cfg(args.config_file, args.opts), out, args.seed, args.iters
-        )
+        result["train"] = train_oracle(args.config_file, args.opts, out, args.seed, args.iters)
         save()
     todo = {"oracle": str(out / "oracle.pth"), "random_init": ""}
     for spec in args.checkpoint:

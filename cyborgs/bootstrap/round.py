@@ -37,7 +37,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image
+from cyborgs.data.image_io import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    MAX_LISTED_SKIPPED,
+    BadImageError,
+    read_image,
+)
 from cyborgs.masks.store import MaskStore
 from cyborgs.utils.progress import Progress
 
@@ -58,8 +63,6 @@ logger = logging.getLogger(__name__)
 _SIZE_DIVISIBILITY = 32
 # A forward's padded canvas holds at most this many times its images' own padded pixels.
 _MAX_PAD_FACTOR = 2.0
-# At most this many skipped files are listed in a round manifest (the count is complete).
-MAX_LISTED_SKIPPED = 1000
 
 
 def round_settings(cfg) -> dict[str, Any]:

@@ -52,6 +52,9 @@ __all__ = [
 
 # The default of CYBORGS.DATA.MAX_ASPECT_RATIO (the config uses this constant).
 DEFAULT_MAX_ASPECT_RATIO = 10.0
+# At most this many skipped files are listed in a manifest (rounds, precomputed sources); the
+# count is always complete.
+MAX_LISTED_SKIPPED = 1000
 
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I")

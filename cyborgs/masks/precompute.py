@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cyborgs.data.image_io import BadImageError
+from cyborgs.data.image_io import MAX_LISTED_SKIPPED, BadImageError
 from cyborgs.utils.progress import Progress
 
 from .registry import check_source_image
@@ -35,9 +35,6 @@ from .store import MaskStore, store_root
 __all__ = ["StoredMaskSource", "precompute_masks", "cached_mask_source", "params_tag"]
 
 logger = logging.getLogger(__name__)
-
-# At most this many skipped files are listed in the manifest (the count is complete).
-MAX_LISTED_SKIPPED = 1000
 
 
 class StoredMaskSource:
