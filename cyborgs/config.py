@@ -183,6 +183,37 @@ _RESNET_BLOCKS = {
 _RESNET_BUILDERS = ("build_resnet_backbone",)
 
 
+def res2_out_channels(depth: int) -> int:
+    """``MODEL.RESNETS.RES2_OUT_CHANNELS`` that detectron2's ResNet of ``depth`` needs: 64 for the
+    basic-block R18/R34, 256 for the bottleneck R50/R101/R152."""
+    if depth not in _RESNET_BLOCKS:
+        raise ValueError(f"ResNet depth {depth!r}: expected one of {sorted(_RESNET_BLOCKS)}")
+    return 64 if depth in (18, 34) else 256
+
+
+def fall_back_to_cpu(cfg: CN) -> list[str]:
+    """Without CUDA, run on the CPU: ``MODEL.DEVICE`` -> ``cpu`` and every ``SyncBN`` norm of the
+    backbone and heads -> ``BN``, in place on an unfrozen ``cfg``. Returns one note per change.
+
+    torch's SyncBatchNorm refuses CPU tensors once a process group exists, and in one process it
+    is plain BN anyway (same parameters and buffers, so checkpoints are interchangeable). With
+    CUDA available nothing changes."""
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    notes: list[str] = []
+    if cfg.MODEL.DEVICE != "cpu":
+        notes.append(f"CUDA is not available: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    for name in ("RESNETS", "FPN", "SEM_SEG_HEAD", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        node = cfg.MODEL.get(name)
+        if node is not None and node.get("NORM") == "SyncBN":
+            notes.append(f"CUDA is not available: MODEL.{name}.NORM SyncBN -> BN")
+            node.NORM = "BN"
+    return notes
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value, what is expected."""
 

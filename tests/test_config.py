@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from detectron2.config import get_cfg
 
-from cyborgs.config import ConfigError, add_cyborgs_config, validate_cyborgs_config
+from cyborgs.config import (
+    ConfigError,
+    add_cyborgs_config,
+    fall_back_to_cpu,
+    res2_out_channels,
+    validate_cyborgs_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "pretrain_configs").rglob("*.yaml"))
@@ -162,3 +168,26 @@ def test_pretrain_net_setup_rejects_before_writing_anything(tmp_path) -> None:
     with pytest.raises(ConfigError, match="K_MIN = 20"):
         tool.setup(args)
     assert not out.exists()
+
+
+def test_res2_out_channels_follows_block_type() -> None:
+    # detectron2's basic-block ResNets (R18/R34) have 64 res2 channels, bottleneck ones 4 x 64.
+    assert [res2_out_channels(d) for d in (18, 34, 50, 101, 152)] == [64, 64, 256, 256, 256]
+    with pytest.raises(ValueError, match="depth 20"):
+        res2_out_channels(20)
+
+
+def test_fall_back_to_cpu_without_cuda(monkeypatch) -> None:
+    import torch
+
+    cfg = add_cyborgs_config(get_cfg())
+    cfg.MODEL.RESNETS.NORM = "SyncBN"
+    cfg.MODEL.FPN.NORM = "SyncBN"
+    cfg.MODEL.DEVICE = "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fall_back_to_cpu(cfg) == [] and cfg.MODEL.DEVICE == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    notes = fall_back_to_cpu(cfg)
+    assert (cfg.MODEL.DEVICE, cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM) == ("cpu", "BN", "BN")
+    assert len(notes) == 3 and all("CUDA is not available" in n for n in notes)
+    assert fall_back_to_cpu(cfg) == []  # nothing left to change
