@@ -104,5 +104,5 @@ def test_evaluator_scores_oracle_perfectly(config, dataset, task, metric, tiny_d
 
 def test_classification_sets_are_refused_with_pointer(tiny_data_root):
     cfg = get_transfer_cfg(CONFIGS / "demo_voc_det_C4.yaml")
-    with pytest.raises(ValueError, match="tools/voc07_svm.py"):
+    with pytest.raises(ValueError, match=r"own voc07_svm protocol \(cyborgs.transfer.voc07_svm\)"):
         build_evaluator(cfg, "demo_voc_2007_cls_test")
