@@ -164,3 +164,18 @@ def test_shell_wrapper_forwards_arguments(tmp_path: Path) -> None:
     assert res.stdout.splitlines() == [
         f"cwd={ROOT}", "arg=tools/convert_and_finetune.py", "arg=a b.pth", "arg=out", "arg=--demo",
     ]  # fmt: skip
+
+
+def test_config_names_resolve_against_transfer_configs(tmp_path: Path) -> None:
+    """tools/train_net.py accepts a path or a bare name; the library only ever sees paths."""
+    from cyborgs.transfer.setup import get_transfer_cfg
+
+    resolve = repo_paths.resolve_transfer_config
+    assert resolve("demo_voc_det_C4.yaml") == str(ROOT / "transfer_configs/demo_voc_det_C4.yaml")
+    own = tmp_path / "mine.yaml"
+    own.write_text("MODEL:\n  DEVICE: cpu\n")
+    assert resolve(str(own)) == str(own)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        resolve("nope.yaml")
+    with pytest.raises(FileNotFoundError, match="transfer config file not found: demo_voc"):
+        get_transfer_cfg("demo_voc_det_C4.yaml")  # a name, not a path
