@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from repo_paths import REPO_ROOT, TRANSFER_CONFIGS
 
@@ -123,9 +124,12 @@ def commands(
     dirs = [out]
     if b.name == "voc_det" and runs > 1:
         dirs = [os.path.join(out, f"run{r}") for r in range(1, runs + 1)]
-    cfg = str(TRANSFER_CONFIGS / config(b.name, demo))
+    cfg = TRANSFER_CONFIGS / config(b.name, demo)
+    # Relative to the working directory where it can be (the .sh wrapper runs from the repo
+    # root): metrics_final.json and results.md record the config as given.
+    cfg = cfg.relative_to(Path.cwd()) if cfg.is_relative_to(Path.cwd()) else cfg
     return [
-        tool("train_net.py", "--config-file", cfg, "--num-gpus", str(num_gpus))
+        tool("train_net.py", "--config-file", str(cfg), "--num-gpus", str(num_gpus))
         + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", d, *map(str, depth_opts(depth)), *extra]
         for d in dirs
     ]

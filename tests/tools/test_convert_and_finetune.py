@@ -40,7 +40,7 @@ def test_arguments() -> None:
         assert e.value.code == 2, bad
 
 
-def test_commands_of_each_benchmark() -> None:
+def test_commands_of_each_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     def cmds(name: str, depth: int = 18, demo: bool = True, runs: int = 1) -> list[list[str]]:
         return caf.commands(caf.BENCHMARKS[name], "w.pkl", "out", depth, demo, 2, runs)
 
@@ -56,8 +56,13 @@ def test_commands_of_each_benchmark() -> None:
     (semi_full,) = cmds("in1pct", demo=False)
     assert _opt(semi_full, "--subset") == "1percent" and "--prefix" not in semi_full
 
+    monkeypatch.chdir(ROOT)  # as the .sh wrapper: configs given relative to the repo root
     (det,) = cmds("voc_det")
-    assert _opt(det, "--config-file") == str(repo_paths.TRANSFER_CONFIGS / "demo_voc_det_C4.yaml")
+    assert _opt(det, "--config-file") == "transfer_configs/demo_voc_det_C4.yaml"
+    monkeypatch.chdir("/")
+    (det,) = cmds("voc_det")
+    config = repo_paths.TRANSFER_CONFIGS / "demo_voc_det_C4.yaml"
+    assert Path(_opt(det, "--config-file")).resolve() == config
     assert _opt(det, "--num-gpus") == "2" and _opt(det, "MODEL.WEIGHTS") == "w.pkl"
     assert _opt(det, "MODEL.RESNETS.DEPTH") == "18"
     assert _opt(det, "MODEL.RESNETS.RES2_OUT_CHANNELS") == "64"
