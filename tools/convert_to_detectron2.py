@@ -15,6 +15,8 @@ import argparse
 import logging
 import sys
 
+from repo_paths import TRANSFER_CONFIGS
+
 from cyborgs.engine.checkpoint import safe_load
 from cyborgs.transfer.convert import convert_checkpoint, infer_depth
 from cyborgs.transfer.verify import TRANSFER_MODELS, verify_transfer_loading
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output}: {args.source} ResNet-{depth} backbone, {len(state)} tensors")
     checks = tuple(c for c in args.check.split(",") if c)
     if args.format == "detectron2" and checks:
-        reports = verify_transfer_loading(args.output, depth, checks)
+        reports = verify_transfer_loading(args.output, depth, TRANSFER_CONFIGS, checks)
         for name, r in reports.items():
             print(f"[check {name}] {r.summary()}")
     elif args.format == "torchvision" and checks:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from cyborgs.study import (
+from study_lib import (
     BUDGETS,
     CLAIM_RULE,
     RESULT_FILE,

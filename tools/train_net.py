@@ -17,6 +17,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from repo_paths import resolve_transfer_config
 
 from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (SPEC §7)
 from cyborgs.transfer.results import write_metrics_final
@@ -25,7 +26,7 @@ from cyborgs.transfer.trainer import TransferTrainer, build_checkpointer, check_
 
 
 def setup(args):
-    cfg = get_transfer_cfg(args.config_file, args.opts)
+    cfg = get_transfer_cfg(resolve_transfer_config(args.config_file), args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup gives handlers to detectron2's and fvcore's loggers only; the backbone

@@ -1,70 +1,179 @@
-"""The benchmarks of Table 1 and the appendix: their config / tool and data sets (SPEC §6).
+"""The transfer benchmarks of Table 1 and the appendix (SPEC §6): the one table that the
+convert-and-finetune driver runs and the results summary lays out.
 
-``python -m cyborgs.transfer.benchmarks check [--demo] NAME ...`` verifies, before anything
-trains, that every data set the chosen benchmarks read is registered and on disk.
+Each benchmark is evaluated either by a detectron2 transfer config (evaluator ``"train_net"``)
+or by its own classification protocol: ``"voc07_svm"`` (:mod:`cyborgs.transfer.voc07_svm`) or
+``"semi_supervised"`` (:mod:`cyborgs.transfer.semi_supervised`). Config names are file names in
+the transfer config directory the caller resolves them against; the demo twin of a benchmark
+reads the ``demo_`` data sets (and, for ``train_net``, its own small config).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass
 
-TABLE1 = ["voc07_svm", "in1pct", "in10pct", "voc_det", "coco_inst"]
-APPENDIX = ["lvis", "cityscapes", "coco_stuff_fcn", "coco_stuff_probe"]
+EVALUATORS = ("train_net", "voc07_svm", "semi_supervised")
+TABLES = ("table1", "appendix")
 
-# name -> (train_net config or tool, full-size data sets); demo twins prefix "demo_".
-BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "voc07_svm": ("tools/voc07_svm.py", ("voc_2007_cls_trainval", "voc_2007_cls_test")),
-    "in1pct": ("tools/semi_supervised.py", ("imagenet_train_1percent", "imagenet_val")),
-    "in10pct": ("tools/semi_supervised.py", ("imagenet_train_10percent", "imagenet_val")),
-    "voc_det": ("voc_det_R50_C4_24k.yaml",
-                ("voc_2007_trainval", "voc_2012_trainval", "voc_2007_test")),
-    "coco_inst": ("coco_mask_rcnn_R50_FPN_2x.yaml", ("coco_2017_train", "coco_2017_val")),
-    "lvis": ("lvis_v1_mask_rcnn_R50_FPN.yaml", ("lvis_v1_train", "lvis_v1_val")),
-    "cityscapes": ("cityscapes_fcn_R50_dilated.yaml",
-                   ("cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val")),
-    "coco_stuff_fcn": ("coco_stuff10k_fcn_R50.yaml",
-                       ("coco_stuff_10k_sem_seg_train", "coco_stuff_10k_sem_seg_test")),
-    "coco_stuff_probe": ("coco_stuff10k_linear_probe.yaml",
-                         ("coco_stuff_10k_sem_seg_train", "coco_stuff_10k_sem_seg_test")),
-}  # fmt: skip
 
-DEMO_CONFIGS = {
-    "voc_det": "demo_voc_det_C4.yaml",
-    "coco_inst": "demo_coco_mask_rcnn_FPN.yaml",
-    "lvis": "demo_lvis_v1_mask_rcnn_FPN.yaml",
-    "cityscapes": "demo_cityscapes_fcn_dilated.yaml",
-    "coco_stuff_fcn": "demo_coco_stuff10k_fcn.yaml",
-    "coco_stuff_probe": "demo_coco_stuff10k_linear_probe.yaml",
+@dataclass(frozen=True)
+class Column:
+    """One cell of the results table: ``results[task][metric]`` of the benchmark's runs."""
+
+    header: str
+    task: str
+    metric: str  # "APr/APc/APf": a composite cell, one value per part
+    paper: float | None = None  # the published CYBORGS row (Table 1)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str  # also the "protocol" its metrics_final.json records
+    evaluator: str  # one of EVALUATORS
+    datasets: tuple[str, ...]  # full-size; the demo twin prefixes each with "demo_"
+    table: str  # one of TABLES
+    columns: tuple[Column, ...]
+    protocol: str  # what the reference protocol is, printed under the results table
+    config: str = ""  # train_net: the full-size config file name
+    demo_config: str = ""  # train_net: the demo twin's config file name
+    subset: str = ""  # semi_supervised: the ImageNet subset
+
+
+def _det(header: str, task: str, paper: tuple[float, float, float]) -> tuple[Column, ...]:
+    """The AP, AP50 and AP75 columns of one detection task."""
+    return tuple(
+        Column(header + suffix, task, "AP" + suffix, value)
+        for suffix, value in zip(("", "50", "75"), paper, strict=True)
+    )
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark(
+            "voc07_svm",
+            "voc07_svm",
+            ("voc_2007_cls_trainval", "voc_2007_cls_test"),
+            "table1",
+            (Column("VOC07 mAP", "voc07_cls", "mAP", 86.9),),
+            "VirTex VOC07 SVM: res5 GAP, L2-norm, LinearSVC per class, cost by 3-fold CV",
+        ),
+        Benchmark(
+            "in1pct",
+            "semi_supervised",
+            ("imagenet_train_1percent", "imagenet_val"),
+            "table1",
+            (
+                Column("IN-1% top-1", "classification", "top1", 31.3),
+                Column("IN-1% top-5", "classification", "top5", 59.4),
+            ),
+            "ImageNet 1% (SimCLR list), R50 + linear head, 20 ep, steps 12/16 x0.2",
+            subset="1percent",
+        ),
+        Benchmark(
+            "in10pct",
+            "semi_supervised",
+            ("imagenet_train_10percent", "imagenet_val"),
+            "table1",
+            (
+                Column("IN-10% top-1", "classification", "top1", 61.7),
+                Column("IN-10% top-5", "classification", "top5", 84.2),
+            ),
+            "ImageNet 10% (SimCLR list), R50 + linear head, 20 ep, steps 12/16 x0.2",
+            subset="10percent",
+        ),
+        Benchmark(
+            "voc_det",
+            "train_net",
+            ("voc_2007_trainval", "voc_2012_trainval", "voc_2007_test"),
+            "table1",
+            _det("VOC AP", "bbox", (58.0, 83.0, 64.3)),
+            "Faster R-CNN R50-C4 + Res5ROIHeadsExtraNorm, VOC07+12, 24k (MoCo/VirTex)",
+            config="voc_det_R50_C4_24k.yaml",
+            demo_config="demo_voc_det_C4.yaml",
+        ),
+        Benchmark(
+            "coco_inst",
+            "train_net",
+            ("coco_2017_train", "coco_2017_val"),
+            "table1",
+            _det("COCO APbb", "bbox", (42.0, 62.6, 46.2))
+            + _det("COCO APmk", "segm", (38.0, 59.7, 40.8)),
+            "Mask R-CNN R50-FPN SyncBN, COCO 2x (VirTex)",
+            config="coco_mask_rcnn_R50_FPN_2x.yaml",
+            demo_config="demo_coco_mask_rcnn_FPN.yaml",
+        ),
+        Benchmark(
+            "lvis",
+            "train_net",
+            ("lvis_v1_train", "lvis_v1_val"),
+            "appendix",
+            (
+                Column("LVIS APbb", "bbox", "AP"),
+                Column("LVIS APmk", "segm", "AP"),
+                Column("LVIS APmk r/c/f", "segm", "APr/APc/APf"),
+            ),
+            "Mask R-CNN R50-FPN SyncBN, LVIS v1, RFS 0.001, 180k (VirTex)",
+            config="lvis_v1_mask_rcnn_R50_FPN.yaml",
+            demo_config="demo_lvis_v1_mask_rcnn_FPN.yaml",
+        ),
+        Benchmark(
+            "cityscapes",
+            "train_net",
+            ("cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val"),
+            "appendix",
+            (Column("Cityscapes mIoU", "sem_seg", "mIoU"),),
+            "FCN R50-D8, crop 769, 40k, poly (mmseg)",
+            config="cityscapes_fcn_R50_dilated.yaml",
+            demo_config="demo_cityscapes_fcn_dilated.yaml",
+        ),
+        Benchmark(
+            "coco_stuff_fcn",
+            "train_net",
+            ("coco_stuff_10k_sem_seg_train", "coco_stuff_10k_sem_seg_test"),
+            "appendix",
+            (Column("COCO-Stuff-10k FCN mIoU", "sem_seg", "mIoU"),),
+            "FCN R50-D8 end-to-end, crop 512 (mmseg schedule)",
+            config="coco_stuff10k_fcn_R50.yaml",
+            demo_config="demo_coco_stuff10k_fcn.yaml",
+        ),
+        Benchmark(
+            "coco_stuff_probe",
+            "train_net",
+            ("coco_stuff_10k_sem_seg_train", "coco_stuff_10k_sem_seg_test"),
+            "appendix",
+            (Column("COCO-Stuff-10k probe mIoU", "sem_seg", "mIoU"),),
+            "frozen res3.2 + 1x1 conv linear probe",
+            config="coco_stuff10k_linear_probe.yaml",
+            demo_config="demo_coco_stuff10k_linear_probe.yaml",
+        ),
+    ]
 }
+
+# Benchmark names in the order of the paper's columns.
+TABLE1 = tuple(n for n, b in BENCHMARKS.items() if b.table == "table1")
+APPENDIX = tuple(n for n, b in BENCHMARKS.items() if b.table == "appendix")
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
 
 
 def datasets(name: str, demo: bool) -> list[str]:
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
-    return [("demo_" if demo else "") + d for d in BENCHMARKS[name][1]]
+    """The data sets benchmark ``name`` reads (its demo twin's with ``demo``)."""
+    return [("demo_" if demo else "") + d for d in get_benchmark(name).datasets]
 
 
 def config(name: str, demo: bool) -> str:
-    return DEMO_CONFIGS[name] if demo else BENCHMARKS[name][0]
+    """The transfer config file name of a ``train_net`` benchmark (its demo twin's with ``demo``)."""
+    b = get_benchmark(name)
+    if b.evaluator != "train_net":
+        raise ValueError(f"benchmark {name!r} is evaluated by {b.evaluator}, not by a config")
+    return b.demo_config if demo else b.config
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("command", choices=["check", "config"])
-    p.add_argument("names", nargs="+")
-    p.add_argument("--demo", action="store_true")
-    args = p.parse_args(argv)
-    if args.command == "config":
-        print(config(args.names[0], args.demo))
-        return 0
-    from cyborgs.transfer.preflight import check_datasets
-
-    for name in args.names:
-        check_datasets(datasets(name, args.demo))
-    print(f"data sets present for: {' '.join(args.names)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def columns(names: tuple[str, ...] | list[str]) -> list[tuple[str, str, str, str]]:
+    """``(header, benchmark, task, metric)`` of every column of the named benchmarks, in order."""
+    return [(c.header, n, c.task, c.metric) for n in names for c in get_benchmark(n).columns]

@@ -15,8 +15,9 @@ from detectron2.evaluation import (
 
 from cyborgs.utils.env import HAS_D2_OPS
 
-# Types evaluated by their own tools rather than a detectron2 model.
-_OWN_TOOL = {"voc_cls": "tools/voc07_svm.py", "imagenet_cls": "tools/semi_supervised.py"}
+# Classification types: evaluated by their own protocols (benchmark evaluators of the same name
+# in cyborgs.transfer.benchmarks), not by a detectron2 model.
+_OWN_PROTOCOL = {"voc_cls": "voc07_svm", "imagenet_cls": "semi_supervised"}
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
@@ -37,10 +38,11 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
         # detectron2's CityscapesSemSegEvaluator imports an internal module and fails; mIoU
         # over the trainId maps is what SemSegEvaluator computes (SPEC §6).
         return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-    if kind in _OWN_TOOL:
+    if kind in _OWN_PROTOCOL:
+        protocol = _OWN_PROTOCOL[kind]
         raise ValueError(
-            f"data set '{dataset_name}' (evaluator_type '{kind}') is evaluated by "
-            f"{_OWN_TOOL[kind]}, not by tools/train_net.py"
+            f"data set '{dataset_name}' (evaluator_type '{kind}') is evaluated by its own "
+            f"{protocol} protocol (cyborgs.transfer.{protocol}), not by a detectron2 model"
         )
     raise ValueError(
         f"data set '{dataset_name}': no evaluator for evaluator_type {kind!r} (metadata must set "

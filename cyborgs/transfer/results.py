@@ -1,4 +1,5 @@
-"""Per-run metrics files and the Table 1 / appendix summary (SPEC §6)."""
+"""Per-run metrics files and the Table 1 / appendix summary (SPEC §6); the columns come from
+:data:`cyborgs.transfer.benchmarks.BENCHMARKS`."""
 
 from __future__ import annotations
 
@@ -9,53 +10,18 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, columns
 from cyborgs.utils.atomic import atomic_write_bytes
 
 METRICS_FILE = "metrics_final.json"
 
-# Published CYBORGS row of Table 1 (SPEC §6).
+# The published CYBORGS row of Table 1: (benchmark, task, metric) -> value.
 PAPER_ROW: dict[tuple[str, str, str], float] = {
-    ("voc07_svm", "voc07_cls", "mAP"): 86.9,
-    ("in1pct", "classification", "top1"): 31.3,
-    ("in1pct", "classification", "top5"): 59.4,
-    ("in10pct", "classification", "top1"): 61.7,
-    ("in10pct", "classification", "top5"): 84.2,
-    ("voc_det", "bbox", "AP"): 58.0,
-    ("voc_det", "bbox", "AP50"): 83.0,
-    ("voc_det", "bbox", "AP75"): 64.3,
-    ("coco_inst", "bbox", "AP"): 42.0,
-    ("coco_inst", "bbox", "AP50"): 62.6,
-    ("coco_inst", "bbox", "AP75"): 46.2,
-    ("coco_inst", "segm", "AP"): 38.0,
-    ("coco_inst", "segm", "AP50"): 59.7,
-    ("coco_inst", "segm", "AP75"): 40.8,
+    (n, c.task, c.metric): c.paper
+    for n, b in BENCHMARKS.items()
+    for c in b.columns
+    if c.paper is not None
 }
-
-# (header, protocol, task, metric) in Table 1's column order.
-TABLE1 = [
-    ("VOC07 mAP", "voc07_svm", "voc07_cls", "mAP"),
-    ("IN-1% top-1", "in1pct", "classification", "top1"),
-    ("IN-1% top-5", "in1pct", "classification", "top5"),
-    ("IN-10% top-1", "in10pct", "classification", "top1"),
-    ("IN-10% top-5", "in10pct", "classification", "top5"),
-    ("VOC AP", "voc_det", "bbox", "AP"),
-    ("VOC AP50", "voc_det", "bbox", "AP50"),
-    ("VOC AP75", "voc_det", "bbox", "AP75"),
-    ("COCO APbb", "coco_inst", "bbox", "AP"),
-    ("COCO APbb50", "coco_inst", "bbox", "AP50"),
-    ("COCO APbb75", "coco_inst", "bbox", "AP75"),
-    ("COCO APmk", "coco_inst", "segm", "AP"),
-    ("COCO APmk50", "coco_inst", "segm", "AP50"),
-    ("COCO APmk75", "coco_inst", "segm", "AP75"),
-]
-APPENDIX = [
-    ("LVIS APbb", "lvis", "bbox", "AP"),
-    ("LVIS APmk", "lvis", "segm", "AP"),
-    ("LVIS APmk r/c/f", "lvis", "segm", "APr/APc/APf"),
-    ("Cityscapes mIoU", "cityscapes", "sem_seg", "mIoU"),
-    ("COCO-Stuff-10k FCN mIoU", "coco_stuff_fcn", "sem_seg", "mIoU"),
-    ("COCO-Stuff-10k probe mIoU", "coco_stuff_probe", "sem_seg", "mIoU"),
-]
 
 
 def _plain(obj: Any) -> Any:
@@ -124,9 +90,10 @@ def _value(rec: dict, task: str, metric: str) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-def summarize(runs: dict[str, list[dict]], columns: list[tuple[str, str, str, str]]) -> list[dict]:
+def summarize(runs: dict[str, list[dict]], cells: list[tuple[str, str, str, str]]) -> list[dict]:
+    """One summary per ``(header, benchmark, task, metric)`` cell: the mean over the runs."""
     out = []
-    for header, protocol, task, metric in columns:
+    for header, protocol, task, metric in cells:
         recs = runs.get(protocol, [])
         if "/" in metric:  # composite cell, e.g. LVIS APr/APc/APf
             parts = []
@@ -178,25 +145,11 @@ def _markdown_table(title: str, cells: list[dict], with_paper: bool) -> list[str
         # The reference protocol, then what actually ran (a demo twin is smaller: say so).
         as_run = f"; as run: {', '.join(c['config'])}" if c["config"] else ""
         lines.append(
-            f"- `{c['protocol']}`: {PROTOCOLS.get(c['protocol'], '')} "
+            f"- `{c['protocol']}`: {BENCHMARKS[c['protocol']].protocol} "
             f"({c['runs']} run(s){as_run}; {src})"
         )
     lines.append("")
     return lines
-
-
-# The protocol each column was produced with (SPEC §6), printed under the tables.
-PROTOCOLS = {
-    "voc07_svm": "VirTex VOC07 SVM: res5 GAP, L2-norm, LinearSVC per class, cost by 3-fold CV",
-    "in1pct": "ImageNet 1% (SimCLR list), R50 + linear head, 20 ep, steps 12/16 x0.2",
-    "in10pct": "ImageNet 10% (SimCLR list), R50 + linear head, 20 ep, steps 12/16 x0.2",
-    "voc_det": "Faster R-CNN R50-C4 + Res5ROIHeadsExtraNorm, VOC07+12, 24k (MoCo/VirTex)",
-    "coco_inst": "Mask R-CNN R50-FPN SyncBN, COCO 2x (VirTex)",
-    "lvis": "Mask R-CNN R50-FPN SyncBN, LVIS v1, RFS 0.001, 180k (VirTex)",
-    "cityscapes": "FCN R50-D8, crop 769, 40k, poly (mmseg)",
-    "coco_stuff_fcn": "FCN R50-D8 end-to-end, crop 512 (mmseg schedule)",
-    "coco_stuff_probe": "frozen res3.2 + 1x1 conv linear probe",
-}
 
 
 def collect(outdir: str) -> dict[str, Any]:
@@ -204,7 +157,7 @@ def collect(outdir: str) -> dict[str, Any]:
     if not os.path.isdir(outdir):
         raise FileNotFoundError(f"results directory not found: {outdir}")
     runs = load_runs(outdir)
-    table1, appendix = summarize(runs, TABLE1), summarize(runs, APPENDIX)
+    table1, appendix = summarize(runs, columns(TABLE1)), summarize(runs, columns(APPENDIX))
     md = ["# CYBORGS transfer results", ""]
     if any(
         str(name).startswith("demo_")

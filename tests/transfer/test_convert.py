@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from cyborgs.transfer.convert import (
     extract_backbone_state_dict,
 )
 from cyborgs.transfer.verify import load_and_check, verify_transfer_loading
+
+CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
 
 
 def resnet_state(depth: int, seed: int) -> dict[str, torch.Tensor]:
@@ -63,7 +66,7 @@ def test_round_trip_and_transfer_loading(tmp_path, depth):
         np.testing.assert_array_equal(data["model"][k], online[k].numpy())
 
     # C4 (res5 in roi_heads.res5, R18 via basic-block res5) and FPN (backbone.bottom_up).
-    reports = verify_transfer_loading(str(out), depth, ("c4", "fpn"))
+    reports = verify_transfer_loading(str(out), depth, CONFIGS, ("c4", "fpn"))
     n = len(expected)
     assert len(reports["fpn"].loaded) == n
     assert len(reports["c4"].loaded) == n
@@ -111,7 +114,7 @@ def test_check_catches_weights_that_did_not_land(tmp_path):
     with open(out, "wb") as f:
         pickle.dump(data, f)
     with pytest.raises(RuntimeError, match="res3.0.conv1.weight"):
-        load_and_check("coco_mask_rcnn_R50_FPN_2x.yaml", str(out), 18, allow_unused=False)
+        load_and_check(CONFIGS / "coco_mask_rcnn_R50_FPN_2x.yaml", str(out), 18, allow_unused=False)
 
 
 def test_unsafe_pickle_is_refused(tmp_path):

@@ -3,6 +3,8 @@ returns the ground truth perfectly (and a model returning nothing at zero)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,8 @@ from torch import nn
 import cyborgs.data.datasets  # noqa: F401
 from cyborgs.transfer.evaluators import build_evaluator
 from cyborgs.transfer.setup import get_transfer_cfg
+
+CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
 
 
 class Oracle(nn.Module):
@@ -79,7 +83,9 @@ CASES = [
 
 @pytest.mark.parametrize("config,dataset,task,metric", CASES)
 def test_evaluator_scores_oracle_perfectly(config, dataset, task, metric, tiny_data_root, tmp_path):
-    cfg = get_transfer_cfg(config, ["OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", 0])
+    cfg = get_transfer_cfg(
+        CONFIGS / config, ["OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", 0]
+    )
     loader = build_detection_test_loader(cfg, dataset)
     n = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     perfect = inference_on_dataset(Oracle(dataset, n), loader, build_evaluator(cfg, dataset))
@@ -97,6 +103,6 @@ def test_evaluator_scores_oracle_perfectly(config, dataset, task, metric, tiny_d
 
 
 def test_classification_sets_are_refused_with_pointer(tiny_data_root):
-    cfg = get_transfer_cfg("demo_voc_det_C4.yaml")
-    with pytest.raises(ValueError, match="tools/voc07_svm.py"):
+    cfg = get_transfer_cfg(CONFIGS / "demo_voc_det_C4.yaml")
+    with pytest.raises(ValueError, match=r"own voc07_svm protocol \(cyborgs.transfer.voc07_svm\)"):
         build_evaluator(cfg, "demo_voc_2007_cls_test")

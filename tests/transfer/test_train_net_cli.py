@@ -57,7 +57,11 @@ def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
     logs through ``cyborgs.transfer.trainer``, so train_net must give ``cyborgs`` a handler."""
     spec = importlib.util.spec_from_file_location("train_net_cli", ROOT / "tools" / "train_net.py")
     train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    sys.path.insert(0, str(ROOT / "tools"))  # as when run as a script: its sibling modules
+    try:
+        spec.loader.exec_module(train_net)
+    finally:
+        sys.path.pop(0)
     args = train_net.default_argument_parser().parse_args(
         ["--config-file", str(ROOT / "transfer_configs" / "demo_coco_mask_rcnn_FPN.yaml"),
          "OUTPUT_DIR", str(tmp_path)]

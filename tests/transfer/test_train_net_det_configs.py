@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from cyborgs.transfer.preflight import preflight
 from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer
 
+CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
 DEMO_CONFIGS = [
     "demo_voc_det_C4.yaml",
     "demo_coco_mask_rcnn_FPN.yaml",
@@ -19,7 +22,7 @@ DEMO_CONFIGS = [
 
 def one_step_cfg(config: str, weights: str, out: str):
     return get_transfer_cfg(
-        config,
+        CONFIGS / config,
         [
             "MODEL.WEIGHTS", weights,
             "OUTPUT_DIR", out,

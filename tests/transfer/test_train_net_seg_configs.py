@@ -3,14 +3,28 @@ output stride 8 with detectron2 names; the probe is frozen and conv-then-upsampl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_backbone
 
+from cyborgs.config import fall_back_to_cpu
 from cyborgs.transfer.preflight import preflight
-from cyborgs.transfer.setup import cpu_friendly, get_transfer_cfg
+from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer
+
+CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
+
+
+def cpu_cfg(name: str, opts: list | None = None):
+    """A transfer config built and run on the CPU (SyncBN -> BN where there is no CUDA)."""
+    cfg = get_transfer_cfg(CONFIGS / name, opts)
+    cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg)
+    return cfg
+
 
 SEG_CONFIGS = [
     "demo_cityscapes_fcn_dilated.yaml",
@@ -22,7 +36,7 @@ SEG_CONFIGS = [
 @pytest.mark.parametrize("config", SEG_CONFIGS)
 def test_seg_demo_config_trains_one_step(config, tiny_data_root, r18_converted_pkl, tmp_path):
     cfg = get_transfer_cfg(
-        config,
+        CONFIGS / config,
         ["MODEL.WEIGHTS", r18_converted_pkl, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 1,
          "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0],
     )  # fmt: skip
@@ -47,7 +61,7 @@ def test_dilated_backbone_output_stride_8(depth):
     opts = ["MODEL.RESNETS.DEPTH", depth]
     if depth == 18:
         opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
-    cfg = cpu_friendly(get_transfer_cfg("cityscapes_fcn_R50_dilated.yaml", opts))
+    cfg = cpu_cfg("cityscapes_fcn_R50_dilated.yaml", opts)
     backbone = build_backbone(cfg)
     shapes = backbone.output_shape()
     assert shapes["res4"].stride == 8 and shapes["res5"].stride == 8
@@ -77,7 +91,7 @@ def test_probe_conv_then_upsample_equals_upsample_then_conv():
 
 
 def test_probe_backbone_is_frozen_and_reads_res3_block2():
-    cfg = cpu_friendly(get_transfer_cfg("coco_stuff10k_linear_probe.yaml"))
+    cfg = cpu_cfg("coco_stuff10k_linear_probe.yaml")
     backbone = build_backbone(cfg)
     assert list(backbone.output_shape()) == ["res3.2"]
     assert backbone.output_shape()["res3.2"].stride == 8

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from detectron2.modeling import build_model
 
-from cyborgs.transfer.setup import cpu_friendly, get_transfer_cfg
+from cyborgs.config import fall_back_to_cpu
+from cyborgs.transfer.setup import get_transfer_cfg
+
+CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
 
 FULL = [
     "voc_det_R50_C4_24k.yaml",
@@ -20,7 +25,7 @@ FULL = [
 
 @pytest.mark.parametrize("name", FULL)
 def test_common_settings_and_model_builds(name):
-    cfg = get_transfer_cfg(name)
+    cfg = get_transfer_cfg(CONFIGS / name)
     assert cfg.INPUT.FORMAT == "RGB"
     assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53]
     assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
@@ -32,11 +37,13 @@ def test_common_settings_and_model_builds(name):
         assert cfg.TEST.PRECISE_BN.ENABLED
         assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (16, 0.02)
     assert cfg.TRANSFER.PROTOCOL
-    build_model(cpu_friendly(cfg))  # R50 model builds (CPU, no weights)
+    cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg)
+    build_model(cfg)  # R50 model builds (CPU, no weights)
 
 
 def test_voc_det_protocol():
-    c = get_transfer_cfg("voc_det_R50_C4_24k.yaml")
+    c = get_transfer_cfg(CONFIGS / "voc_det_R50_C4_24k.yaml")
     assert c.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" and c.MODEL.ROI_HEADS.NUM_CLASSES == 20
     assert c.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
     assert c.DATASETS.TEST == ("voc_2007_test",)
@@ -53,14 +60,14 @@ def test_voc_det_protocol():
     ("coco_mask_rcnn_R50_FPN_1x.yaml", 90000, (60000, 80000)),
 ])  # fmt: skip
 def test_coco_protocol(name, iters, steps):
-    c = get_transfer_cfg(name)
+    c = get_transfer_cfg(CONFIGS / name)
     assert c.MODEL.MASK_ON and c.MODEL.FPN.NORM == "SyncBN"
     assert (c.SOLVER.MAX_ITER, c.SOLVER.STEPS) == (iters, steps)
     assert c.INPUT.MIN_SIZE_TRAIN == (640, 672, 704, 736, 768, 800)
 
 
 def test_lvis_protocol():
-    c = get_transfer_cfg("lvis_v1_mask_rcnn_R50_FPN.yaml")
+    c = get_transfer_cfg(CONFIGS / "lvis_v1_mask_rcnn_R50_FPN.yaml")
     assert c.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
     assert c.DATALOADER.REPEAT_THRESHOLD == 0.001
     assert c.MODEL.ROI_HEADS.NUM_CLASSES == 1203 and c.TEST.DETECTIONS_PER_IMAGE == 300
@@ -68,16 +75,16 @@ def test_lvis_protocol():
 
 
 def test_segmentation_protocols():
-    c = get_transfer_cfg("cityscapes_fcn_R50_dilated.yaml")
+    c = get_transfer_cfg(CONFIGS / "cityscapes_fcn_R50_dilated.yaml")
     assert c.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19 and tuple(c.INPUT.CROP.SIZE) == (769, 769)
     assert (c.SOLVER.MAX_ITER, c.SOLVER.BASE_LR, c.SOLVER.IMS_PER_BATCH) == (40000, 0.01, 8)
     assert c.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and c.SOLVER.POLY_LR_POWER == 0.9
     assert c.SOLVER.WEIGHT_DECAY == 5e-4
     assert (c.MODEL.RESNETS.RES4_DILATION, c.MODEL.RESNETS.RES5_DILATION) == (2, 4)
-    s = get_transfer_cfg("coco_stuff10k_fcn_R50.yaml")
+    s = get_transfer_cfg(CONFIGS / "coco_stuff10k_fcn_R50.yaml")
     assert s.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 171 and s.MODEL.SEM_SEG_HEAD.IGNORE_VALUE == 255
     assert tuple(s.INPUT.CROP.SIZE) == (512, 512)
-    p = get_transfer_cfg("coco_stuff10k_linear_probe.yaml")
+    p = get_transfer_cfg(CONFIGS / "coco_stuff10k_linear_probe.yaml")
     assert (
         p.MODEL.LINEAR_PROBE.FEATURE == "res3.2" and p.MODEL.SEM_SEG_HEAD.NAME == "LinearProbeHead"
     )
@@ -88,7 +95,7 @@ def test_poly_schedule_ends_at_min_lr():
 
     from cyborgs.transfer.solver import build_lr_scheduler
 
-    c = get_transfer_cfg("cityscapes_fcn_R50_dilated.yaml", ["SOLVER.MAX_ITER", 100])
+    c = get_transfer_cfg(CONFIGS / "cityscapes_fcn_R50_dilated.yaml", ["SOLVER.MAX_ITER", 100])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.SOLVER.BASE_LR)
     sched = build_lr_scheduler(c, opt)
     lrs = []

@@ -1,7 +1,8 @@
 """Small-scale study (issue 6): the paper's mask-source comparison (Fig. 5a), mask quality per
 bootstrap round (Fig. 5b) and the vMF ablation (Table 2h, λ = 0) at demo scale, with seeds.
 
-The driver is ``tools/study.py``; this module holds the reusable pieces:
+The CLI is ``tools/study.py``; this module (a tool, not part of the ``cyborgs`` library) holds
+its pieces:
 
 * :data:`VARIANTS`: variant name -> config overrides on ``pretrain_configs/demo_R18.yaml``;
 * :data:`BUDGETS`: ``micro`` (a few iterations, tests / smoke checks) and ``study`` (~2 h on
@@ -38,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repo_paths import REPO_ROOT
+
 from cyborgs.utils.atomic import atomic_write, atomic_write_bytes
 
 # 2: the exact SPEC §2 loss normalisation and the per-step vMF K (issue 11).
 STUDY_VERSION = 2
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIG = "pretrain_configs/demo_R18.yaml"
 PROBE_CONFIG = "transfer_configs/demo_coco_stuff10k_linear_probe.yaml"
 VOC_CONFIG = "transfer_configs/demo_voc_det_C4.yaml"
@@ -382,16 +384,13 @@ def write_random_init(path: Path, seed: int, opts: Sequence[str]) -> None:
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from cyborgs.config import add_cyborgs_config
+    from cyborgs.config import add_cyborgs_config, fall_back_to_cpu
 
     cfg = get_cfg()
     add_cyborgs_config(cfg)
     cfg.merge_from_file(str(REPO_ROOT / PRETRAIN_CONFIG))
     cfg.merge_from_list(list(opts))
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        if cfg.MODEL.RESNETS.NORM == "SyncBN":
-            cfg.MODEL.RESNETS.NORM = "BN"
+    fall_back_to_cpu(cfg)
     rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -1,0 +1,186 @@
+"""tools/convert_and_finetune.py (and its .sh wrapper): argument handling, the checks before any
+work, the tool invocation of each benchmark (depth overrides, the R18 probe feature, demo
+arguments, VOC runs), progress lines and the final collect, with the tools replaced by a
+recorder (each tool has its own tests)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import convert_and_finetune as caf  # noqa: E402
+import repo_paths  # noqa: E402
+
+sys.path.pop(0)
+
+
+def _opt(cmd: list[str], key: str) -> str:
+    return cmd[cmd.index(key) + 1]
+
+
+def test_arguments() -> None:
+    a = caf.parse_args(["c.pth", "out"])
+    assert a.benchmarks == ["voc07_svm", "in1pct", "in10pct", "voc_det", "coco_inst"]
+    assert (a.demo, a.num_gpus, a.runs) == (False, 1, 1)
+    a = caf.parse_args(["c.pth", "out", "all", "--demo", "--num-gpus", "8", "--runs", "5"])
+    assert len(a.benchmarks) == 9 and a.benchmarks[-1] == "coco_stuff_probe"
+    assert (a.demo, a.num_gpus, a.runs) == (True, 8, 5)
+    assert caf.parse_args(["c", "o", "lvis", "voc_det"]).benchmarks == ["lvis", "voc_det"]
+    for bad in (["c", "o", "voc"], ["c", "o", "--fast"], ["c"], ["c", "o", "--runs", "0"]):
+        with pytest.raises(SystemExit) as e:
+            caf.parse_args(bad)
+        assert e.value.code == 2, bad
+
+
+def test_commands_of_each_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cmds(name: str, depth: int = 18, demo: bool = True, runs: int = 1) -> list[list[str]]:
+        return caf.commands(caf.BENCHMARKS[name], "w.pkl", "out", depth, demo, 2, runs)
+
+    (svm,) = cmds("voc07_svm")
+    assert svm[:2] == [sys.executable, str(ROOT / "tools" / "voc07_svm.py")]
+    assert _opt(svm, "--train") == "demo_voc_2007_cls_trainval" and _opt(svm, "--crop") == "112"
+    assert _opt(svm, "--output-dir") == os.path.join("out", "voc07_svm")
+    (svm_full,) = cmds("voc07_svm", demo=False)
+    assert _opt(svm_full, "--test") == "voc_2007_cls_test" and "--crop" not in svm_full
+    (semi,) = cmds("in10pct")
+    assert _opt(semi, "--subset") == "10percent" and _opt(semi, "--prefix") == "demo_"
+    assert _opt(semi, "--epochs") == "4"
+    (semi_full,) = cmds("in1pct", demo=False)
+    assert _opt(semi_full, "--subset") == "1percent" and "--prefix" not in semi_full
+
+    monkeypatch.chdir(ROOT)  # as the .sh wrapper: configs given relative to the repo root
+    (det,) = cmds("voc_det")
+    assert _opt(det, "--config-file") == "transfer_configs/demo_voc_det_C4.yaml"
+    monkeypatch.chdir("/")
+    (det,) = cmds("voc_det")
+    config = repo_paths.TRANSFER_CONFIGS / "demo_voc_det_C4.yaml"
+    assert Path(_opt(det, "--config-file")).resolve() == config
+    assert _opt(det, "--num-gpus") == "2" and _opt(det, "MODEL.WEIGHTS") == "w.pkl"
+    assert _opt(det, "MODEL.RESNETS.DEPTH") == "18"
+    assert _opt(det, "MODEL.RESNETS.RES2_OUT_CHANNELS") == "64"
+    assert _opt(det, "OUTPUT_DIR") == os.path.join("out", "voc_det")
+    runs = cmds("voc_det", depth=50, demo=False, runs=3)
+    assert [_opt(c, "OUTPUT_DIR") for c in runs] == [
+        os.path.join("out", "voc_det", f"run{r}") for r in (1, 2, 3)
+    ]
+    assert _opt(runs[0], "--config-file").endswith("voc_det_R50_C4_24k.yaml")
+    assert _opt(runs[0], "MODEL.RESNETS.RES2_OUT_CHANNELS") == "256"
+    assert len(cmds("coco_inst", runs=3)) == 1  # --runs repeats VOC detection only
+    for cmd in runs + cmds("lvis") + cmds("coco_inst", demo=False):
+        assert Path(_opt(cmd, "--config-file")).is_file()
+
+    # The probe reads the last res3 block: res3.1 of R18, res3.2 of R34/R50.
+    for depth, feature in ((18, "res3.1"), (34, "res3.2"), (50, "res3.2")):
+        (probe,) = cmds("coco_stuff_probe", depth=depth)
+        assert _opt(probe, "MODEL.LINEAR_PROBE.FEATURE") == feature
+        assert _opt(probe, "MODEL.SEM_SEG_HEAD.IN_FEATURES") == f'["{feature}"]'
+    assert "MODEL.LINEAR_PROBE.FEATURE" not in cmds("coco_stuff_fcn")[0]
+
+
+def _r18_checkpoint(path: Path) -> None:
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 18, 64
+    cfg.MODEL.RESNETS.NORM, cfg.MODEL.RESNETS.OUT_FEATURES = "BN", ["res5"]
+    state = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    torch.save({"model": {"backbone." + k: v for k, v in state.items()}}, path)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Replaces the tool runs: converts for real (without its load check), records the rest."""
+    from cyborgs.transfer.convert import convert_checkpoint
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str]) -> None:
+        calls.append(cmd)
+        if cmd[1].endswith("convert_to_detectron2.py"):
+            assert cmd[-2:] == ["--check", "c4,fpn"]
+            convert_checkpoint(cmd[2], cmd[3])
+        if cmd[1].endswith("semi_supervised.py"):
+            raise caf.CommandFailed(cmd, 3)
+
+    monkeypatch.setattr(caf, "run", fake_run)
+    return calls
+
+
+def test_main_converts_once_runs_each_benchmark_then_collects(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]], capsys: pytest.CaptureFixture
+) -> None:
+    ckpt, out = tmp_path / "model_final.pth", tmp_path / "out"
+    _r18_checkpoint(ckpt)
+    argv = [str(ckpt), str(out), "voc07_svm", "voc_det", "coco_stuff_probe", "--demo"]
+    assert caf.main(argv + ["--runs", "2"]) == 0
+    tools = [Path(c[1]).name for c in recorded]
+    assert tools == ["convert_to_detectron2.py", "voc07_svm.py", "train_net.py", "train_net.py",
+                     "train_net.py", "collect_results.py"]  # fmt: skip
+    assert recorded[0][2:4] == [str(ckpt), str(out / "backbone.pkl")]
+    assert _opt(recorded[4], "MODEL.LINEAR_PROBE.FEATURE") == "res3.1"  # depth read from weights
+    assert recorded[-1][2:] == [str(out)]
+    stdout = capsys.readouterr().out
+    assert "data sets present for: voc07_svm voc_det coco_stuff_probe" in stdout
+    assert "ResNet-18 backbone" in stdout
+    assert "=== voc07_svm: benchmark 1 of 3, elapsed 0:00:00, eta: unknown ===" in stdout
+    assert "=== coco_stuff_probe: benchmark 3 of 3, elapsed " in stdout
+    assert "3 benchmark(s) done in " in stdout
+
+    # A failing tool stops the run with its exit status; nothing after it runs.
+    recorded.clear()
+    assert caf.main([str(ckpt), str(out), "in1pct", "voc_det", "--demo"]) == 3
+    assert [Path(c[1]).name for c in recorded][-1] == "semi_supervised.py"
+    assert "command failed (exit 3)" in capsys.readouterr().err
+
+
+def test_checks_before_any_work(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]], capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert caf.main([str(tmp_path / "missing.pth"), str(out), "--demo"]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    ckpt = tmp_path / "c.pth"
+    ckpt.write_bytes(b"x")
+    # Full-size VOC detection is not on disk here: refused before converting anything.
+    assert caf.main([str(ckpt), str(out), "voc_det"]) == 1
+    assert "voc_2007_trainval" in capsys.readouterr().err
+    assert recorded == [] and not out.exists()
+
+
+def test_shell_wrapper_forwards_arguments(tmp_path: Path) -> None:
+    stub = tmp_path / "py"
+    stub.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"; printf "arg=%s\\n" "$@"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+    res = subprocess.run(
+        ["bash", str(ROOT / "tools" / "convert_and_finetune.sh"), "a b.pth", "out", "--demo"],
+        cwd=tmp_path, env=dict(os.environ, PYTHON=str(stub)), capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f"cwd={ROOT}", "arg=tools/convert_and_finetune.py", "arg=a b.pth", "arg=out", "arg=--demo",
+    ]  # fmt: skip
+
+
+def test_config_names_resolve_against_transfer_configs(tmp_path: Path) -> None:
+    """tools/train_net.py accepts a path or a bare name; the library only ever sees paths."""
+    from cyborgs.transfer.setup import get_transfer_cfg
+
+    resolve = repo_paths.resolve_transfer_config
+    assert resolve("demo_voc_det_C4.yaml") == str(ROOT / "transfer_configs/demo_voc_det_C4.yaml")
+    own = tmp_path / "mine.yaml"
+    own.write_text("MODEL:\n  DEVICE: cpu\n")
+    assert resolve(str(own)) == str(own)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        resolve("nope.yaml")
+    with pytest.raises(FileNotFoundError, match="transfer config file not found: demo_voc"):
+        get_transfer_cfg("demo_voc_det_C4.yaml")  # a name, not a path

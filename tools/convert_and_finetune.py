@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Convert a CYBORGS checkpoint once, run the chosen transfer benchmarks, collect the table.
+
+    tools/convert_and_finetune.py CKPT OUTDIR [BENCHMARK ...] [--demo] [--num-gpus N] [--runs N]
+
+BENCHMARK: voc07_svm in1pct in10pct voc_det coco_inst (Table 1, the default) and lvis
+cityscapes coco_stuff_fcn coco_stuff_probe (appendix); "all" = every one. --demo runs the
+demo_* twins (small configs, demo data under $CYBORGS_DEMO_DATASETS). --runs N repeats VOC
+detection N times (MoCo reports the mean of 5). The checkpoint and every data set are
+checked before anything trains. Results: OUTDIR/results.md and OUTDIR/results.json.
+The benchmarks, their configs and data sets: cyborgs.transfer.benchmarks.BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from repo_paths import REPO_ROOT, TRANSFER_CONFIGS
+
+from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, Benchmark, config, datasets
+from cyborgs.transfer.verify import depth_opts
+from cyborgs.utils.progress import format_eta
+
+TOOLS = REPO_ROOT / "tools"
+TAG = "[convert_and_finetune]"
+
+# The demo twins of the classification protocols: small images and schedules (the demo data
+# has a few hundred images).
+DEMO_TOOL_ARGS = {
+    "voc07_svm": ["--resize", "128", "--crop", "112"],
+    "semi_supervised": [
+        "--epochs", "4", "--steps", "2", "3", "--batch-size", "32", "--crop", "64",
+        "--resize", "72", "--num-workers", "2",
+    ],
+}  # fmt: skip
+
+
+class CommandFailed(RuntimeError):
+    def __init__(self, cmd: list[str], returncode: int) -> None:
+        super().__init__(f"command failed (exit {returncode}): {' '.join(cmd)}")
+        self.returncode = returncode
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="CYBORGS pretraining checkpoint (.pth)")
+    p.add_argument("outdir", metavar="OUTDIR", help="output directory")
+    p.add_argument(
+        "benchmarks",
+        metavar="BENCHMARK",
+        nargs="*",
+        help=f"{', '.join(BENCHMARKS)} or all (default: the Table 1 ones)",
+    )
+    p.add_argument("--demo", action="store_true", help="run the demo_* twins")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per train_net run")
+    p.add_argument("--runs", type=int, default=1, help="VOC detection runs (MoCo: mean of 5)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = get_parser()
+    args = p.parse_args(argv)
+    names: list[str] = []
+    for name in args.benchmarks:
+        if name == "all":
+            names += [*TABLE1, *APPENDIX]
+        elif name in BENCHMARKS:
+            names.append(name)
+        else:
+            p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)} or all")
+    args.benchmarks = names or list(TABLE1)
+    if args.num_gpus < 1 or args.runs < 1:
+        p.error(f"--num-gpus and --runs must be >= 1 (got {args.num_gpus} and {args.runs})")
+    return args
+
+
+def run(cmd: list[str]) -> None:
+    """Run a tool, its output going straight to ours."""
+    sys.stdout.flush()
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise CommandFailed(cmd, rc)
+
+
+def tool(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(TOOLS / name), *args]
+
+
+def probe_feature(depth: int) -> str:
+    """The linear probe reads the last block of res3: res3.1 of R18 (2 blocks), else res3.2."""
+    return "res3.1" if depth == 18 else "res3.2"
+
+
+def commands(
+    b: Benchmark, weights: str, outdir: str, depth: int, demo: bool, num_gpus: int, runs: int
+) -> list[list[str]]:
+    """The tool invocations that run benchmark ``b`` on ``weights``, output under ``outdir``."""
+    out = os.path.join(outdir, b.name)
+    sets = datasets(b.name, demo)
+    if b.evaluator == "voc07_svm":
+        cmd = tool("voc07_svm.py", "--weights", weights, "--output-dir", out)
+        cmd += ["--train", sets[0], "--test", sets[1]]
+        return [cmd + (DEMO_TOOL_ARGS["voc07_svm"] if demo else [])]
+    if b.evaluator == "semi_supervised":
+        cmd = tool("semi_supervised.py", "--weights", weights, "--output-dir", out)
+        cmd += ["--subset", b.subset] + (["--prefix", "demo_"] if demo else [])
+        return [cmd + (DEMO_TOOL_ARGS["semi_supervised"] if demo else [])]
+    if b.evaluator != "train_net":
+        raise ValueError(f"benchmark {b.name!r}: unknown evaluator {b.evaluator!r}")
+    extra: list[str] = []
+    if b.name == "coco_stuff_probe":
+        feature = probe_feature(depth)
+        extra = ["MODEL.LINEAR_PROBE.FEATURE", feature, "MODEL.SEM_SEG_HEAD.IN_FEATURES"]
+        extra.append(f'["{feature}"]')
+    dirs = [out]
+    if b.name == "voc_det" and runs > 1:
+        dirs = [os.path.join(out, f"run{r}") for r in range(1, runs + 1)]
+    cfg = TRANSFER_CONFIGS / config(b.name, demo)
+    # Relative to the working directory where it can be (the .sh wrapper runs from the repo
+    # root): metrics_final.json and results.md record the config as given.
+    cfg = cfg.relative_to(Path.cwd()) if cfg.is_relative_to(Path.cwd()) else cfg
+    return [
+        tool("train_net.py", "--config-file", str(cfg), "--num-gpus", str(num_gpus))
+        + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", d, *map(str, depth_opts(depth)), *extra]
+        for d in dirs
+    ]
+
+
+def check_inputs(checkpoint: str, names: list[str], demo: bool) -> None:
+    """Before any work: the checkpoint, then every data set of every benchmark."""
+    from cyborgs.transfer.preflight import check_datasets
+
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(
+            f"checkpoint not found: {checkpoint} (pretrain first: tools/pretrain_net.py)"
+        )
+    for name in names:
+        check_datasets(datasets(name, demo))
+    print(f"data sets present for: {' '.join(names)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_inputs(args.checkpoint, args.benchmarks, args.demo)
+    except (FileNotFoundError, KeyError) as e:
+        print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 1
+
+    from cyborgs.engine.checkpoint import safe_load_pickle
+    from cyborgs.transfer.convert import infer_depth
+
+    os.makedirs(args.outdir, exist_ok=True)
+    weights = os.path.join(args.outdir, "backbone.pkl")
+    try:
+        run(tool("convert_to_detectron2.py", args.checkpoint, weights, "--check", "c4,fpn"))
+        depth = infer_depth(safe_load_pickle(weights)["model"])
+        print(
+            f"{TAG} ResNet-{depth} backbone -> {weights}; benchmarks: {' '.join(args.benchmarks)}"
+        )
+
+        # Progress: "benchmark N of M", elapsed, and an ETA from the mean time of the finished
+        # ones (benchmarks differ in length: a rough guide, refined as they finish).
+        t0, m = time.time(), len(args.benchmarks)
+        for n, name in enumerate(args.benchmarks, start=1):
+            elapsed = time.time() - t0
+            eta = elapsed / (n - 1) * (m - n + 1) if n > 1 else None
+            print(
+                f"{TAG} === {name}: benchmark {n} of {m}, elapsed {format_eta(elapsed)}, "
+                f"eta: {format_eta(eta)} ===",
+                flush=True,
+            )
+            b = BENCHMARKS[name]
+            for cmd in commands(
+                b, weights, args.outdir, depth, args.demo, args.num_gpus, args.runs
+            ):
+                run(cmd)
+        print(f"{TAG} {m} benchmark(s) done in {format_eta(time.time() - t0)}")
+        run(tool("collect_results.py", args.outdir))
+    except CommandFailed as e:
+        print(f"{TAG} {e}", file=sys.stderr)
+        return e.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
