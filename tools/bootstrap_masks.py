@@ -28,8 +28,6 @@ def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     from cyborgs.engine.checkpoint import SafeCheckpointer
     from cyborgs.engine.setup import setup_pretrain_cfg
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file} does not exist")
     cfg, notes = setup_pretrain_cfg(config_file, opts, world_size=1, schedule=False)
     for n in notes:
         logging.getLogger(__name__).warning(n)
