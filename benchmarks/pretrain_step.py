@@ -41,9 +41,9 @@ import time
 from typing import Any
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 
-from cyborgs.config import add_cyborgs_config
+from cyborgs.engine.setup import setup_pretrain_cfg
 
 TARGET_OVERHEAD = 0.15
 TARGET_PEAK_FRACTION = 0.10  # backbone work inside the step, at batch 64 (issue 13 item 4)
@@ -110,13 +110,12 @@ def count_flops(fn) -> int:
 
 
 def make_cfg(depth: int, size: int, device: str) -> CfgNode:
-    cfg = get_cfg()
-    add_cyborgs_config(cfg)
+    """The pretraining config of the run (cyborgs.engine.setup) at ``size`` px on ``device``;
+    no training schedule (synthetic batches, no data set)."""
     base = "pretrain_configs/demo_R18.yaml" if depth == 18 else "pretrain_configs/Base-CYBORGS.yaml"
-    cfg.merge_from_file(base)
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.RESNETS.NORM = "BN"  # one process: SyncBN == BN, and SyncBN has no CPU kernel
-    cfg.CYBORGS.AUG.CROP_SIZE = size
+    # one process: SyncBN == BN (and SyncBN has no CPU kernel)
+    opts = ["MODEL.DEVICE", device, "MODEL.RESNETS.NORM", "BN", "CYBORGS.AUG.CROP_SIZE", size]
+    cfg, _ = setup_pretrain_cfg(base, opts, world_size=1, schedule=False)
     return cfg
 
 

@@ -33,9 +33,8 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Mask ids sampled per view (with replacement among the ids present; DetCon: 16). The
     # online and the target encoder of one view use the same sampled ids.
     c.NUM_SAMPLED_MASKS = 16
-    # Width of the one-hot used to vote masks onto the feature grid: K_max + 1 (SPEC §2), so
-    # every id a bootstrap round can write (0..255) counts; the authors' 81 dropped ids >= 81.
-    c.MAX_MASK_IDS = 257
+    # (The width of the one-hot that votes masks onto the feature grid is not a setting: it is
+    # derived from BOOTSTRAP.K_MAX by mask_id_width(cfg), SPEC §2.)
     # Temperature of the contrastive softmax (DetCon / paper: 0.1).
     c.TEMPERATURE = 0.1
     # BYOL heads: Linear(D, HIDDEN)-BN-ReLU-Linear(HIDDEN, OUT); predictor OUT -> HIDDEN -> OUT.
@@ -65,8 +64,9 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Where the photometric ops (colour jitter, grayscale, blur, solarize) run: "on" = batched
     # on the model's device before normalisation (loader workers only decode, crop, resize and
     # draw the parameters, from the same per-sample generator); "off" = per image in the loader
-    # workers; "auto" = on iff MODEL.DEVICE is CUDA (and CUDA is available). Quote it in YAML.
-    c.AUG.DEVICE = "auto"
+    # workers; "auto" = on iff MODEL.DEVICE is CUDA (and CUDA is available). A switch (see
+    # SWITCH_KEYS): YAML booleans (on/off/true/false, unquoted) are accepted.
+    c.AUG.DEVICE = _SWITCH_DEFAULT
 
     # ---- Pretraining data ----
     c.DATA = CN()
@@ -97,11 +97,13 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Backbone block clustered: "res3.2" = paper's res2.b2 (Table 2d: "res3", "res4", ...).
     # Several names ("res3.2,res4") are fused like FUSION_FEATURES for the Table 2d ablation.
     c.BOOTSTRAP.FEATURES = ["res3.2"]
-    # Bootstrap every N epochs (paper 100; Table 2a: 0 = never after the warm-up round).
+    # Bootstrap rounds: the first right after the vMF warm-up (CYBORGS.WARMUP_EPOCHS), then
+    # every N epochs (paper 100; Table 2a: 0 = never after the warm-up round).
     c.BOOTSTRAP.PERIOD_EPOCHS = 100
     # Images clustered jointly (paper 16).
     c.BOOTSTRAP.GROUP_SIZE = 16
     # K ~ Uniform{K_MIN..K_MAX} inclusive per group (Table 2e: fix both for K = 2/81/256).
+    # K_MAX also sets the mask-id one-hot width of the contrastive loss (mask_id_width).
     c.BOOTSTRAP.K_MIN = 2
     c.BOOTSTRAP.K_MAX = 256
     c.BOOTSTRAP.KMEANS_ITERS = 20
@@ -117,23 +119,33 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Dense-CRF refinement of bootstrapped masks (Table 2b; paper: off).
     c.BOOTSTRAP.CRF = False
 
+    # ---- The run's phases (paper §3.4; SPEC §4) ----
+    # The run starts with this many vMF warm-up epochs: the vMF clustering loss alone (weight 1,
+    # K = VMF.WARMUP_K) trains the encoder that makes the first masks. The contrastive loss and
+    # the first bootstrap round start right after it (paper W = 5). Not the LR warm-up, which is
+    # SOLVER.LR_WARMUP_EPOCHS.
+    c.WARMUP_EPOCHS = 5
+
     # ---- vMF clustering consistency (paper §3.4, eq. 3-4; SPEC §4) ----
     c.VMF = CN()
     c.VMF.KAPPA = 10.0
-    # Warm-up epochs with only the vMF loss (paper W = 5) and its K (paper: 8 for COCO).
-    c.VMF.WARMUP_EPOCHS = 5
+    # K of the vMF k-means during the warm-up (CYBORGS.WARMUP_EPOCHS; paper: 8 for COCO).
     c.VMF.WARMUP_K = 8
     # K of the per-view prototypes after the warm-up (SPEC §4): "uniform" draws K for each
     # step from {BOOTSTRAP.K_MIN..K_MAX} (§3.4 reuses §3.3's K; the authors' code draws per
     # step), seeded by the step so resume is exact; "fixed" uses VMF.K at every step.
     c.VMF.K_SAMPLING = "uniform"
     c.VMF.K = 8
-    # After the warm-up the loss is added with weight LAMBDA during epochs e with e % M == 0
-    # (paper λ = 0.1, M = 5; Table 2g/2h; M = 0 disables it after the warm-up).
+    # After the warm-up the loss is added with weight LAMBDA during epochs e with
+    # e % PERIOD_EPOCHS == 0 (paper λ = 0.1, M = 5; Table 2g/2h). LAMBDA 0 is THE way to turn
+    # the vMF term off after the warm-up (Table 2g's M = 0 row; the warm-up itself is
+    # CYBORGS.WARMUP_EPOCHS, 0 for none). PERIOD_EPOCHS is >= 1.
     c.VMF.LAMBDA = 0.1
     c.VMF.PERIOD_EPOCHS = 5
-    # Feature scored by the loss: "bootstrap" (the BOOTSTRAP.FEATURES map, SPEC §4) or "fused".
-    c.VMF.FEATURE = "bootstrap"
+    # Feature map scored by the loss, named by the key that defines it: "BOOTSTRAP.FEATURES"
+    # (the map the bootstrap rounds cluster, SPEC §4) or "FUSION_FEATURES" (the fused map of
+    # the contrastive loss).
+    c.VMF.FEATURE = "BOOTSTRAP.FEATURES"
     # "vmf" (paper) or "euclidean" (Table 2f).
     c.VMF.DISTANCE = "vmf"
     c.VMF.KMEANS_ITERS = 10
@@ -144,13 +156,13 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.VMF.KMEANS_BACKEND = "torch"
 
     # ---- Accelerator path (no effect on CPU) ----
+    # Both are switches (see SWITCH_KEYS): "auto", "on", "off", or a YAML boolean.
     c.GPU = CN()
-    # Quote the values in YAML ("on"/"off"): unquoted, YAML reads them as booleans.
     # channels_last memory format for the backbones: "auto" (on with CUDA), "on", "off".
-    c.GPU.CHANNELS_LAST = "auto"
+    c.GPU.CHANNELS_LAST = _SWITCH_DEFAULT
     # bf16 autocast of the backbone forward passes (losses stay fp32; bf16 needs no grad
     # scaler): "auto" (on with CUDA and native bf16, i.e. Ampere or newer), "on", "off".
-    c.GPU.BF16 = "auto"
+    c.GPU.BF16 = _SWITCH_DEFAULT
 
     # ---- Optimisation (SPEC §5) ----
     # Schedules are written in epochs and converted to iterations from the data set size.
@@ -158,8 +170,10 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # and weight decay.
     _C.SOLVER.OPTIMIZER = "LARS"
     _C.SOLVER.LARS_TRUST_COEFFICIENT = 1e-3
+    # Length of the run: the one run-length setting (SOLVER.MAX_ITER is derived from it).
     _C.SOLVER.EPOCHS = 800
-    _C.SOLVER.WARMUP_EPOCHS = 10
+    # Linear LR warm-up (not the vMF warm-up, CYBORGS.WARMUP_EPOCHS).
+    _C.SOLVER.LR_WARMUP_EPOCHS = 10
     # "cosine" or "step" (authors' code: step at 768/784 epochs, x0.1).
     _C.SOLVER.EPOCH_SCHEDULE = "cosine"
     _C.SOLVER.STEP_EPOCHS = (768, 784)
@@ -169,7 +183,147 @@ def add_cyborgs_config(cfg: CN) -> CN:
     _C.SOLVER.CHECKPOINTS_TO_KEEP = 3
     # Stop with a clear message when a loss term is not finite.
     _C.SOLVER.STOP_ON_NONFINITE = True
+
+    # ---- Derived values (DERIVED_KEYS): written by cyborgs.engine.setup, never chosen ----
+    # detectron2's SOLVER.MAX_ITER = round(SOLVER.EPOCHS x iterations per epoch). Leave it at
+    # 0; a config that sets it to anything else than the derived value is rejected (the run
+    # length is SOLVER.EPOCHS), so a value is never silently replaced.
+    _C.SOLVER.MAX_ITER = 0
+    # Images of DATASETS.TRAIN (unreadable / over-wide ones included: they are skipped per
+    # batch); iterations per epoch = ceil(NUM_IMAGES / SOLVER.IMS_PER_BATCH). Same rule.
+    c.DATA.NUM_IMAGES = 0
+
+    # ---- Old names (DEPRECATED_KEYS), read for one release ----
+    # Kept in the tree (typeless, None = not given) so that older configs and overrides still
+    # merge; cyborgs.engine.setup maps a given value to its new key with a warning and then
+    # removes these keys, so the final config (and OUTPUT_DIR/config.yaml) has the new names.
+    for key in DEPRECATED_KEYS:
+        node, name = _node_and_name(_C, key)
+        node[name] = None
     return cfg
+
+
+# "auto" / "on" / "off" switches. The default is None (= "auto") rather than "auto" because yacs
+# rejects a value whose type differs from the default's: YAML reads unquoted on/off/true/false
+# as booleans, and those must merge too. setup_pretrain_cfg writes the canonical string.
+_SWITCH_DEFAULT = None
+SWITCH_KEYS = ("CYBORGS.GPU.CHANNELS_LAST", "CYBORGS.GPU.BF16", "CYBORGS.AUG.DEVICE")
+
+# Derived by cyborgs.engine.setup (0 = not derived yet); a non-zero value given in a config must
+# equal the derived one.
+DERIVED_KEYS = ("CYBORGS.DATA.NUM_IMAGES", "SOLVER.MAX_ITER")
+
+# Old key -> its new key (None: nothing replaces it, see resolve_deprecated_keys).
+DEPRECATED_KEYS: dict[str, str | None] = {
+    # the LR warm-up, renamed apart from the vMF warm-up
+    "SOLVER.WARMUP_EPOCHS": "SOLVER.LR_WARMUP_EPOCHS",
+    # the vMF warm-up is a phase of the whole run (it also times the first bootstrap round)
+    "CYBORGS.VMF.WARMUP_EPOCHS": "CYBORGS.WARMUP_EPOCHS",
+    # derived from BOOTSTRAP.K_MAX (mask_id_width)
+    "CYBORGS.MAX_MASK_IDS": None,
+}
+# Old values of CYBORGS.VMF.FEATURE -> new ones.
+_OLD_VMF_FEATURE = {"bootstrap": "BOOTSTRAP.FEATURES", "fused": "FUSION_FEATURES"}
+VMF_FEATURES = ("BOOTSTRAP.FEATURES", "FUSION_FEATURES")
+
+
+def _node_and_name(cfg: CN, key: str) -> tuple[CN, str]:
+    *path, name = key.split(".")
+    node = cfg
+    for p in path:
+        node = node[p]
+    return node, name
+
+
+def get_key(cfg: CN, key: str, default=None):
+    """Value of the dotted ``key`` in ``cfg`` (``default`` when absent)."""
+    try:
+        node, name = _node_and_name(cfg, key)
+    except KeyError:
+        return default
+    return node.get(name, default)
+
+
+def mask_id_width(cfg: CN) -> int:
+    """Width of the one-hot that votes masks onto the feature grid (SPEC §2): ``K_max + 1``.
+
+    With ``CYBORGS.MASKS.SOURCE`` "bootstrap" every id comes from a round with
+    K <= ``BOOTSTRAP.K_MAX``; any other source may write every uint8 id (0..255), so its
+    ``K_max`` is 256. Ids outside the width raise (never dropped, as the authors' 81 did)."""
+    c = cfg.CYBORGS
+    k_max = int(c.BOOTSTRAP.K_MAX) if c.MASKS.SOURCE == "bootstrap" else 256
+    return k_max + 1
+
+
+def canonical_switch(value, key: str) -> str:
+    """The switch value as "auto", "on" or "off" (None = "auto"; YAML booleans accepted)."""
+    from cyborgs.modeling.precision import parse_switch
+
+    try:
+        return parse_switch(value, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def resolve_deprecated_keys(cfg: CN) -> list[str]:
+    """Map old key names and values to the current ones, in place on an unfrozen ``cfg``;
+    returns one deprecation note per change (the caller logs them as warnings).
+
+    * ``DEPRECATED_KEYS`` with a new name: a value given under the old name is copied to the
+      new key. It wins over the new key's value, which may only come from a ``_BASE_`` file
+      (study overrides and older configs still use the old names).
+    * ``CYBORGS.MAX_MASK_IDS``: now :func:`mask_id_width`. An old value at least that wide
+      gave the same votes (the extra ids never occur) and is ignored; a narrower one would
+      have failed on the ids a round writes, so it is rejected.
+    * ``CYBORGS.VMF.FEATURE`` "bootstrap" / "fused" -> "BOOTSTRAP.FEATURES" / "FUSION_FEATURES".
+    * ``CYBORGS.VMF.PERIOD_EPOCHS`` 0 meant "no vMF term after the warm-up", which is
+      ``CYBORGS.VMF.LAMBDA`` 0: LAMBDA becomes 0 and PERIOD_EPOCHS 1 (then irrelevant).
+
+    Then the old keys are removed from ``cfg``. Idempotent.
+    """
+    notes: list[str] = []
+    for old, new in DEPRECATED_KEYS.items():
+        value = get_key(cfg, old)
+        if value is not None and new is not None:
+            current = get_key(cfg, new)
+            note = f"{old} is deprecated: use {new} ({old} {value!r} -> {new}"
+            note += f", which was {current!r})" if current != value else ")"
+            notes.append(note)
+            node, name = _node_and_name(cfg, new)
+            node[name] = value
+        elif value is not None and old == "CYBORGS.MAX_MASK_IDS":
+            width = mask_id_width(cfg)
+            if not _is_num(value) or value < width:
+                raise ConfigError(
+                    f"CYBORGS.MAX_MASK_IDS = {value!r}: this setting was removed; the mask-id "
+                    f"width is derived from CYBORGS.BOOTSTRAP.K_MAX = {cfg.CYBORGS.BOOTSTRAP.K_MAX}"
+                    f" (K_MAX + 1 = {width} for MASKS.SOURCE {cfg.CYBORGS.MASKS.SOURCE!r}), and "
+                    f"{value!r} would not count every id. Remove CYBORGS.MAX_MASK_IDS."
+                )
+            notes.append(
+                f"CYBORGS.MAX_MASK_IDS is deprecated and ignored: the mask-id width is derived "
+                f"from CYBORGS.BOOTSTRAP.K_MAX ({width}; {value} gave the same votes)"
+            )
+        try:
+            node, name = _node_and_name(cfg, old)
+        except KeyError:
+            continue
+        node.pop(name, None)
+    v = cfg.CYBORGS.VMF
+    if v.FEATURE in _OLD_VMF_FEATURE:
+        notes.append(
+            f"CYBORGS.VMF.FEATURE {v.FEATURE!r} is deprecated: use "
+            f"{_OLD_VMF_FEATURE[v.FEATURE]!r} (the key naming the map)"
+        )
+        v.FEATURE = _OLD_VMF_FEATURE[v.FEATURE]
+    if v.PERIOD_EPOCHS == 0:
+        notes.append(
+            "CYBORGS.VMF.PERIOD_EPOCHS 0 is deprecated: the vMF term is turned off after the "
+            f"warm-up by CYBORGS.VMF.LAMBDA 0 (LAMBDA {v.LAMBDA} -> 0.0, PERIOD_EPOCHS -> 1)"
+        )
+        v.LAMBDA = 0.0
+        v.PERIOD_EPOCHS = 1
+    return notes
 
 
 # Blocks per stage (res2..res5) of detectron2's ``build_resnet_backbone`` for each depth.
@@ -221,10 +375,10 @@ class ConfigError(ValueError):
 def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     """Check every ``CYBORGS.*`` / pretraining ``SOLVER.*`` value that can be checked up front.
 
-    Runs in milliseconds, touches no file and no data set, and may be called any number of
-    times: ``tools/pretrain_net.py`` calls it in ``setup`` and the trainer, the model's
-    ``from_config`` and the bootstrap hook call it again, so library users get the same checks
-    before anything expensive happens (data set sizing, model construction, the vMF warm-up).
+    Runs in milliseconds and touches no file and no data set. The one caller in the pipeline is
+    :func:`cyborgs.engine.setup.finalize_pretrain_cfg` (behind every entry point), before
+    anything expensive happens (data set sizing, model construction, the vMF warm-up); it is
+    idempotent, so library users may call it on a config of their own.
 
     Args:
         cfg: a config with :func:`add_cyborgs_config` applied (frozen or not; not modified).
@@ -266,6 +420,12 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
 
     if not hasattr(cfg, "CYBORGS"):
         raise ConfigError("cfg has no CYBORGS node: call cyborgs.config.add_cyborgs_config(cfg)")
+    for old, new in DEPRECATED_KEYS.items():
+        if get_key(cfg, old) is not None:
+            raise ConfigError(
+                f"{old} = {get_key(cfg, old)!r} is an old name ({new or 'derived now'}): build "
+                "the config with cyborgs.engine.setup_pretrain_cfg, which maps it"
+            )
     c, s, m = cfg.CYBORGS, cfg.SOLVER, cfg.MODEL
 
     # ---- backbone and feature names ----
@@ -296,7 +456,6 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
 
     # ---- stage 1: mask-contrastive loss ----
     number("CYBORGS.NUM_SAMPLED_MASKS", c.NUM_SAMPLED_MASKS, lo=1, integer=True)
-    number("CYBORGS.MAX_MASK_IDS", c.MAX_MASK_IDS, lo=2, integer=True)
     number("CYBORGS.TEMPERATURE", c.TEMPERATURE, lo=0, lo_open=True)
     number("CYBORGS.PROJECTOR_HIDDEN_DIM", c.PROJECTOR_HIDDEN_DIM, lo=1, integer=True)
     number("CYBORGS.PROJECTOR_OUT_DIM", c.PROJECTOR_OUT_DIM, lo=1, integer=True)
@@ -337,9 +496,9 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     b = c.BOOTSTRAP
     number("CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", b.PERIOD_EPOCHS, lo=0, integer=True)
     number("CYBORGS.BOOTSTRAP.GROUP_SIZE", b.GROUP_SIZE, lo=1, integer=True)
-    # Label maps are uint8 and the contrastive loss votes ids into MAX_MASK_IDS slots.
-    k_cap = min(256, int(c.MAX_MASK_IDS) - 1)
-    why = f"uint8 label maps, and CYBORGS.MAX_MASK_IDS = {c.MAX_MASK_IDS} counts ids < {k_cap + 1}"
+    # Label maps are uint8: ids 0..255.
+    k_cap = 256
+    why = "uint8 label maps"
     number("CYBORGS.BOOTSTRAP.K_MIN", b.K_MIN, lo=2, hi=k_cap, integer=True, why=why)
     number("CYBORGS.BOOTSTRAP.K_MAX", b.K_MAX, lo=2, hi=k_cap, integer=True, why=why)
     if b.K_MIN > b.K_MAX:
@@ -363,31 +522,28 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
 
     # ---- vMF clustering ----
     v = c.VMF
+    number("CYBORGS.WARMUP_EPOCHS", c.WARMUP_EPOCHS, lo=0, integer=True)
     number("CYBORGS.VMF.KAPPA", v.KAPPA, lo=0, lo_open=True)
-    number("CYBORGS.VMF.WARMUP_EPOCHS", v.WARMUP_EPOCHS, lo=0, integer=True)
     # K = 1 makes the loss identically 0 (a softmax over one prototype).
     number("CYBORGS.VMF.WARMUP_K", v.WARMUP_K, lo=2, integer=True)
     choice("CYBORGS.VMF.K_SAMPLING", v.K_SAMPLING, ("uniform", "fixed"))
     number("CYBORGS.VMF.K", v.K, lo=2, integer=True)
     number("CYBORGS.VMF.LAMBDA", v.LAMBDA, lo=0)
-    number("CYBORGS.VMF.PERIOD_EPOCHS", v.PERIOD_EPOCHS, lo=0, integer=True)
-    choice("CYBORGS.VMF.FEATURE", v.FEATURE, ("bootstrap", "fused"))
+    number(
+        "CYBORGS.VMF.PERIOD_EPOCHS",
+        v.PERIOD_EPOCHS,
+        lo=1,
+        integer=True,
+        why="turn the vMF term off after the warm-up with CYBORGS.VMF.LAMBDA 0",
+    )
+    choice("CYBORGS.VMF.FEATURE", v.FEATURE, VMF_FEATURES)
     choice("CYBORGS.VMF.DISTANCE", v.DISTANCE, ("vmf", "euclidean"))
     number("CYBORGS.VMF.KMEANS_ITERS", v.KMEANS_ITERS, lo=1, integer=True)
     number("CYBORGS.VMF.INTER_GRID", v.INTER_GRID, lo=1, integer=True)
     choice("CYBORGS.VMF.KMEANS_BACKEND", v.KMEANS_BACKEND, backends)
 
-    from cyborgs.modeling.precision import parse_switch
-
-    for key, value in (
-        ("CYBORGS.GPU.CHANNELS_LAST", c.GPU.CHANNELS_LAST),
-        ("CYBORGS.GPU.BF16", c.GPU.BF16),
-        ("CYBORGS.AUG.DEVICE", c.AUG.DEVICE),
-    ):
-        try:
-            parse_switch(value, key)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    for key in SWITCH_KEYS:
+        canonical_switch(get_key(cfg, key), key)
 
     # ---- optimisation and schedule ----
     if str(s.OPTIMIZER).upper() not in ("LARS", "SGD"):
@@ -399,7 +555,7 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     number("SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, lo=0)
     number("SOLVER.LARS_TRUST_COEFFICIENT", s.LARS_TRUST_COEFFICIENT, lo=0, lo_open=True)
     number("SOLVER.EPOCHS", s.EPOCHS, lo=0, lo_open=True)
-    number("SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS, lo=0, hi=s.EPOCHS)
+    number("SOLVER.LR_WARMUP_EPOCHS", s.LR_WARMUP_EPOCHS, lo=0, hi=s.EPOCHS)
     choice("SOLVER.EPOCH_SCHEDULE", s.EPOCH_SCHEDULE, ("cosine", "step"))
     if s.EPOCH_SCHEDULE == "step":
         steps = list(s.STEP_EPOCHS)
@@ -417,6 +573,9 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     if s.AMP.ENABLED:
         fail("SOLVER.AMP.ENABLED", s.AMP.ENABLED, "False (use CYBORGS.GPU.BF16 instead)")
     number("SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, lo=1, integer=True)
+    if s.get("REFERENCE_WORLD_SIZE", 0):
+        # detectron2's auto_scale_workers would rescale the batch the epochs are counted in.
+        fail("SOLVER.REFERENCE_WORLD_SIZE", s.REFERENCE_WORLD_SIZE, "0 (IMS_PER_BATCH is global)")
     if world_size is None:
         from detectron2.utils import comm
 
@@ -430,13 +589,13 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     number("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, lo=0, integer=True)
 
     # ---- legal, but probably not meant ----
-    if v.WARMUP_EPOCHS >= s.EPOCHS:
+    if c.WARMUP_EPOCHS >= s.EPOCHS:
         log.warning(
-            f"CYBORGS.VMF.WARMUP_EPOCHS = {v.WARMUP_EPOCHS} >= SOLVER.EPOCHS = {s.EPOCHS}: the "
+            f"CYBORGS.WARMUP_EPOCHS = {c.WARMUP_EPOCHS} >= SOLVER.EPOCHS = {s.EPOCHS}: the "
             "whole run is the vMF warm-up (no contrastive loss, no bootstrap round)"
         )
-    elif c.MASKS.SOURCE == "bootstrap" and 0 < b.PERIOD_EPOCHS and v.WARMUP_EPOCHS + 1 < s.EPOCHS:
-        if not any(e % b.PERIOD_EPOCHS == 0 for e in range(v.WARMUP_EPOCHS + 1, int(s.EPOCHS))):
+    elif c.MASKS.SOURCE == "bootstrap" and 0 < b.PERIOD_EPOCHS and c.WARMUP_EPOCHS + 1 < s.EPOCHS:
+        if not any(e % b.PERIOD_EPOCHS == 0 for e in range(c.WARMUP_EPOCHS + 1, int(s.EPOCHS))):
             log.warning(
                 f"CYBORGS.BOOTSTRAP.PERIOD_EPOCHS = {b.PERIOD_EPOCHS}: no round after the "
                 f"post-warm-up one within SOLVER.EPOCHS = {s.EPOCHS}"

@@ -49,8 +49,11 @@ BAD = [
     (["CYBORGS.BOOTSTRAP.K_MIN", 20, "CYBORGS.BOOTSTRAP.K_MAX", 5], ["K_MIN = 20", "K_MAX = 5"]),
     (["CYBORGS.BOOTSTRAP.K_MAX", 300], ["CYBORGS.BOOTSTRAP.K_MAX = 300", "[2, 256]", "uint8"]),
     (["CYBORGS.BOOTSTRAP.K_MIN", 1], ["CYBORGS.BOOTSTRAP.K_MIN = 1", "[2, 256]"]),
-    # K must fit the mask-id one-hot of the contrastive loss (ids 0..MAX_MASK_IDS-1)
-    (["CYBORGS.MAX_MASK_IDS", 81], ["CYBORGS.BOOTSTRAP.K_MAX = 256", "[2, 80]"]),
+    # an old key name reaching validation means the config skipped the setup that maps it
+    (["CYBORGS.VMF.WARMUP_EPOCHS", 3], ["CYBORGS.VMF.WARMUP_EPOCHS = 3", "CYBORGS.WARMUP_EPOCHS"]),
+    # one way to turn the vMF term off after the warm-up: LAMBDA 0
+    (["CYBORGS.VMF.PERIOD_EPOCHS", 0], ["CYBORGS.VMF.PERIOD_EPOCHS = 0", "CYBORGS.VMF.LAMBDA 0"]),
+    (["SOLVER.REFERENCE_WORLD_SIZE", 8], ["SOLVER.REFERENCE_WORLD_SIZE = 8"]),
     # R50's res3 has 4 blocks (res3.0..res3.3)
     (
         ["CYBORGS.BOOTSTRAP.FEATURES", ["res3.4"]],
@@ -72,14 +75,14 @@ BAD = [
     (["CYBORGS.AUG.SOLARIZE_PROB", (0.0, -0.2)], ["CYBORGS.AUG.SOLARIZE_PROB = -0.2"]),
     (["CYBORGS.AUG.CROP_SCALE", (0.5, 0.1)], ["CYBORGS.AUG.CROP_SCALE", "lo <= hi"]),
     (["CYBORGS.MASKS.SOURCE", "watershed"], ["CYBORGS.MASKS.SOURCE = 'watershed'", "bootstrap"]),
-    (["CYBORGS.VMF.FEATURE", "res4"], ["CYBORGS.VMF.FEATURE = 'res4'", "fused"]),
+    (["CYBORGS.VMF.FEATURE", "res4"], ["CYBORGS.VMF.FEATURE = 'res4'", "FUSION_FEATURES"]),
     (["CYBORGS.VMF.K_SAMPLING", "per_epoch"], ["CYBORGS.VMF.K_SAMPLING = 'per_epoch'", "uniform"]),
     (["CYBORGS.VMF.KMEANS_BACKEND", "sklearn"], ["CYBORGS.VMF.KMEANS_BACKEND = 'sklearn'"]),
     (["CYBORGS.GPU.BF16", "maybe"], ["CYBORGS.GPU.BF16", "maybe"]),
     (["CYBORGS.AUG.DEVICE", "gpu"], ["CYBORGS.AUG.DEVICE", "gpu"]),
     # res3.2 has stride 8
     (["CYBORGS.BOOTSTRAP.BORDER_PAD", 12], ["CYBORGS.BOOTSTRAP.BORDER_PAD = 12", "stride 8"]),
-    (["SOLVER.EPOCHS", 10, "SOLVER.WARMUP_EPOCHS", 20], ["SOLVER.WARMUP_EPOCHS = 20", "10"]),
+    (["SOLVER.EPOCHS", 10, "SOLVER.LR_WARMUP_EPOCHS", 20], ["SOLVER.LR_WARMUP_EPOCHS = 20", "10"]),
     (
         ["SOLVER.EPOCHS", 100, "SOLVER.EPOCH_SCHEDULE", "step"],  # STEP_EPOCHS (768, 784)
         ["SOLVER.STEP_EPOCHS", "SOLVER.EPOCHS = 100"],
@@ -115,42 +118,38 @@ def test_a_run_that_never_leaves_the_warmup_is_a_warning() -> None:
     log = logging.getLogger("cyborgs.config")
     log.addHandler(handler)
     try:
-        cfg = _cfg("SOLVER.EPOCHS", 4, "SOLVER.WARMUP_EPOCHS", 1, "CYBORGS.VMF.WARMUP_EPOCHS", 5)
+        cfg = _cfg("SOLVER.EPOCHS", 4, "SOLVER.LR_WARMUP_EPOCHS", 1, "CYBORGS.WARMUP_EPOCHS", 5)
         validate_cyborgs_config(cfg, world_size=1)  # legal
     finally:
         log.removeHandler(handler)
     assert any("the whole run is the vMF warm-up" in r.getMessage() for r in records)
 
 
-def test_trainer_rejects_inverted_k_range_before_sizing_the_data(monkeypatch, tmp_path) -> None:
-    """Library users get the check too, before the (slow) data set sizing and model build."""
+def test_setup_rejects_inverted_k_range_before_sizing_the_data(monkeypatch) -> None:
+    """The one setup validates before the (slow) data set sizing."""
+    import cyborgs.data.pretrain_loader as loader
+    from cyborgs.engine.setup import setup_pretrain_cfg
+
+    def never(*a, **k):
+        raise AssertionError("reached data set sizing")
+
+    monkeypatch.setattr(loader, "pretrain_dataset_size", never)
+    opts = ["CYBORGS.BOOTSTRAP.K_MIN", 20, "CYBORGS.BOOTSTRAP.K_MAX", 5]
+    with pytest.raises(ConfigError, match="K_MIN = 20 > CYBORGS.BOOTSTRAP.K_MAX = 5"):
+        setup_pretrain_cfg(str(REPO / "pretrain_configs" / "demo_R18.yaml"), opts, world_size=1)
+
+
+def test_trainer_rejects_a_config_that_skipped_setup(monkeypatch, tmp_path) -> None:
+    """Without the derived values the run length is unknown: refused before building anything."""
     from cyborgs.engine.trainer import CyborgsTrainer
 
     def never(*a, **k):
-        raise AssertionError("reached data set sizing / model construction")
+        raise AssertionError("reached model construction")
 
-    monkeypatch.setattr(CyborgsTrainer, "dataset_size", classmethod(never))
     monkeypatch.setattr(CyborgsTrainer, "build_model", classmethod(never))
-    cfg = _cfg("CYBORGS.BOOTSTRAP.K_MIN", 20, "CYBORGS.BOOTSTRAP.K_MAX", 5)
-    cfg.OUTPUT_DIR = str(tmp_path)
-    with pytest.raises(ConfigError, match="K_MIN = 20 > CYBORGS.BOOTSTRAP.K_MAX = 5"):
+    cfg = _cfg("OUTPUT_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="NUM_IMAGES = 0.*finalize_pretrain_cfg"):
         CyborgsTrainer(cfg)
-
-
-def test_model_and_bootstrap_hook_construction_validate() -> None:
-    from detectron2.modeling import build_model
-
-    import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
-    from cyborgs.bootstrap.hook import BootstrapHook
-
-    cfg = _cfg(
-        "MODEL.META_ARCHITECTURE", "CYBORGS", "MODEL.DEVICE", "cpu",
-        "CYBORGS.BOOTSTRAP.K_MIN", 20, "CYBORGS.BOOTSTRAP.K_MAX", 5,
-    )  # fmt: skip
-    with pytest.raises(ConfigError, match="K_MIN = 20"):
-        build_model(cfg)
-    with pytest.raises(ConfigError, match="K_MIN = 20"):
-        BootstrapHook(cfg, iters_per_epoch=1)
 
 
 def test_pretrain_net_setup_rejects_before_writing_anything(tmp_path) -> None:

@@ -21,23 +21,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
-    """CYBORGS model with ``weights`` loaded (never executing code: SafeCheckpointer), eval mode."""
-    import torch
-    from detectron2.config import get_cfg
+    """CYBORGS model with ``weights`` loaded (never executing code: SafeCheckpointer), eval mode,
+    and its config: the pretraining one (cyborgs.engine.setup), without the training schedule."""
     from detectron2.modeling import build_model
 
-    from cyborgs.config import add_cyborgs_config
     from cyborgs.engine.checkpoint import SafeCheckpointer
+    from cyborgs.engine.setup import setup_pretrain_cfg
 
-    cfg = add_cyborgs_config(get_cfg())
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file} does not exist")
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        if cfg.MODEL.RESNETS.NORM == "SyncBN":
-            cfg.MODEL.RESNETS.NORM = "BN"
+    cfg, notes = setup_pretrain_cfg(config_file, opts, world_size=1, schedule=False)
+    for n in notes:
+        logging.getLogger(__name__).warning(n)
     model = build_model(cfg)
     if weights:
         if not os.path.isfile(weights):

@@ -19,14 +19,13 @@ import logging
 import os
 import sys
 
-import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from cyborgs.config import add_cyborgs_config, validate_cyborgs_config
 from cyborgs.engine.launch import launch_from_args
+from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
@@ -37,21 +36,22 @@ Tuning advice
 Batch size and LR (LARS): the paper uses SOLVER.IMS_PER_BATCH 64 (global, over all processes)
   with SOLVER.BASE_LR 0.1; the authors' code 128 with 0.2. Scale BASE_LR linearly with the batch
   (BASE_LR = 0.1 * batch / 64). LARS rescales each layer by its trust ratio, so it tolerates large
-  batches, but keep SOLVER.WARMUP_EPOCHS (10) when raising the LR; a NaN in the first epochs
+  batches, but keep SOLVER.LR_WARMUP_EPOCHS (10) when raising the LR; a NaN in the first epochs
   means the LR is too high for the batch.
 EMA momentum: CYBORGS.EMA.BASE_MOMENTUM 0.996 suits hundreds of epochs. For short runs (a few
   epochs, or tiny data sets) lower it (0.99 or even 0.9), otherwise the target encoder barely
   moves from its random init and the losses stall; the cosine schedule always ends at 1.0.
 Data workers: DATALOADER.NUM_WORKERS 4-8 per GPU keeps a V100 busy at 224 px; with images/s in
   metrics.json falling while data_time grows, raise it. On a 2-core CPU use 0-2.
-vMF warm-up: CYBORGS.VMF.WARMUP_EPOCHS (paper 5, K = VMF.WARMUP_K 8) trains the encoder with the
+vMF warm-up: CYBORGS.WARMUP_EPOCHS (paper 5, K = VMF.WARMUP_K 8) trains the encoder with the
   clustering loss alone so the first bootstrap round has structure to find; then the contrastive
-  loss starts and the vMF term returns with weight VMF.LAMBDA every VMF.PERIOD_EPOCHS epochs.
-  Bootstrap rounds run right after the warm-up and every BOOTSTRAP.PERIOD_EPOCHS epochs; scale
-  all epoch keys down together for short runs.
-Schedules are in epochs (SOLVER.EPOCHS, SOLVER.WARMUP_EPOCHS, SOLVER.STEP_EPOCHS); SOLVER.MAX_ITER
-  is computed from the data set size and ignored in the config. SOLVER.CHECKPOINT_PERIOD is in
-  iterations (the log prints iterations/epoch).
+  loss starts and the vMF term returns with weight VMF.LAMBDA every VMF.PERIOD_EPOCHS epochs
+  (VMF.LAMBDA 0: never). Bootstrap rounds run right after the warm-up and every
+  BOOTSTRAP.PERIOD_EPOCHS epochs; scale all epoch keys down together for short runs.
+Schedules are in epochs (SOLVER.EPOCHS, SOLVER.LR_WARMUP_EPOCHS, SOLVER.STEP_EPOCHS). SOLVER.MAX_ITER
+  is derived (EPOCHS x iterations/epoch from the data set size): leave it unset; a config that
+  sets it to another value is rejected.
+  SOLVER.CHECKPOINT_PERIOD is in iterations (the log prints iterations/epoch).
 On a machine without CUDA, MODEL.DEVICE is set to cpu automatically and SyncBN becomes BN;
   --num-gpus N then starts N CPU processes (gloo).
 
@@ -62,37 +62,15 @@ Examples:
 """
 
 
-def build_cfg(config_file: str, opts: list[str]) -> tuple[CfgNode, list[str]]:
-    """Merged config plus notes about automatic CPU adjustments (logged after logger setup)."""
-    cfg = get_cfg()
-    add_cyborgs_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"--config-file {config_file} does not exist")
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts or [])
-    notes: list[str] = []
-    if not torch.cuda.is_available():
-        if cfg.MODEL.DEVICE != "cpu":
-            notes.append(f"CUDA is not available: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
-            cfg.MODEL.DEVICE = "cpu"
-        if cfg.MODEL.RESNETS.NORM == "SyncBN":
-            # torch's SyncBatchNorm refuses CPU tensors once a process group exists; with one
-            # process it is plain BN anyway.
-            notes.append("CUDA is not available: MODEL.RESNETS.NORM SyncBN -> BN")
-            cfg.MODEL.RESNETS.NORM = "BN"
-    return cfg, notes
-
-
 def setup(args) -> CfgNode:
-    cfg, notes = build_cfg(args.config_file, args.opts)
-    # Before anything slow (logger files, data set sizing, the model, the vMF warm-up).
-    validate_cyborgs_config(cfg)
-    cfg.freeze()
-    default_setup(cfg, args)  # logger, env info, OUTPUT_DIR/config.yaml, seeding
+    """The run's frozen config (:func:`cyborgs.engine.setup.setup_pretrain_cfg`: merged,
+    checked, epochs -> iterations), then detectron2's ``default_setup`` (logger, env info,
+    OUTPUT_DIR/config.yaml, seeding), the cyborgs logger and OUTPUT_DIR/args.json."""
+    cfg, notes = setup_pretrain_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")
-    for n in notes:
-        logger.info(n)
+    for n in notes:  # automatic changes (CPU fallback) and old key names mapped
+        logger.warning(n)
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         with open(os.path.join(cfg.OUTPUT_DIR, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
@@ -116,21 +94,22 @@ def plan_only(args) -> int:
     Checkpoint sizes come from a meta-device instance of the model (no memory, no init)."""
     from cyborgs.engine.plan import build_plan, format_plan, model_counts_from_config, write_plan
 
-    cfg, _ = build_cfg(args.config_file, args.opts)
-    cfg.freeze()
-    validate_cyborgs_config(cfg, world_size=1)  # a bad config fails here, not as "size unknown"
     setup_logger(name="cyborgs")
     setup_logger(name="detectron2")
-    if args.images:
-        num_images = int(args.images)
-    else:
-        try:
-            num_images = CyborgsTrainer.dataset_size(cfg)
-        except FileNotFoundError as e:
-            print(f"{e}\n--plan-only needs the number of images: pass --images N (COCO "
-                  "train2017: 118287)", file=sys.stderr)  # fmt: skip
-            return 2
-    plan = build_plan(cfg, num_images, model_counts_from_config(cfg))
+    try:
+        # a bad config fails here (validation comes before the data set is counted)
+        cfg, notes = setup_pretrain_cfg(
+            args.config_file, args.opts, num_images=args.images or None, world_size=1
+        )
+    except FileNotFoundError as e:
+        if args.images or (args.config_file and not os.path.isfile(args.config_file)):
+            raise  # not the data set: the config file
+        print(f"{e}\n--plan-only needs the number of images: pass --images N (COCO "
+              "train2017: 118287)", file=sys.stderr)  # fmt: skip
+        return 2
+    for n in notes:
+        logger.warning(n)
+    plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts_from_config(cfg))
     print(format_plan(plan))
     if cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

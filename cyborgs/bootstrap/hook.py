@@ -135,7 +135,7 @@ class BootstrapHook(HookBase):
             raise ValueError("BootstrapHook needs cfg, or round_fn, datasets and the schedule")
         if warmup_epochs < 0 or period_epochs < 0:
             raise ValueError(
-                "CYBORGS.VMF.WARMUP_EPOCHS and CYBORGS.BOOTSTRAP.PERIOD_EPOCHS must be >= 0"
+                "CYBORGS.WARMUP_EPOCHS and CYBORGS.BOOTSTRAP.PERIOD_EPOCHS must be >= 0"
             )
         self.round_fn = round_fn
         self.datasets = list(datasets)
@@ -363,10 +363,6 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
     """Round runner, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
     import functools
 
-    from cyborgs.config import validate_cyborgs_config
-
-    validate_cyborgs_config(cfg)
-
     from detectron2.data import DatasetCatalog
 
     from cyborgs.masks.store import store_root
@@ -384,7 +380,7 @@ def _kwargs_from_config(cfg) -> dict[str, Any]:
     return {
         "round_fn": round_fn,
         "datasets": datasets,
-        "warmup_epochs": cfg.CYBORGS.VMF.WARMUP_EPOCHS,
+        "warmup_epochs": cfg.CYBORGS.WARMUP_EPOCHS,
         "period_epochs": cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS,
         "quality_fns": quality,
     }

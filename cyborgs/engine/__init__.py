@@ -4,6 +4,7 @@ from .checkpoint import SafeCheckpointer, UnsafeCheckpointError, check_plain, sa
 from .hooks import EMAHook, LossPhase, LossScheduleHook, RNGStateHook
 from .launch import launch
 from .nonfinite import NonFiniteLossError, check_finite_losses
+from .setup import finalize_pretrain_cfg, setup_pretrain_cfg
 from .trainer import CyborgsTrainer
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "UnsafeCheckpointError",
     "check_finite_losses",
     "check_plain",
+    "finalize_pretrain_cfg",
     "launch",
     "safe_load",
+    "setup_pretrain_cfg",
 ]

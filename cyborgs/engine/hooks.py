@@ -96,9 +96,9 @@ class LossPhase:
 class LossScheduleHook(HookBase):
     """Set the model's loss weights for the current epoch, before each step (SPEC §4).
 
-    * epochs ``e < VMF.WARMUP_EPOCHS``: vMF only (contrastive 0, vMF 1, K = VMF.WARMUP_K);
+    * epochs ``e < CYBORGS.WARMUP_EPOCHS``: vMF only (contrastive 0, vMF 1, K = VMF.WARMUP_K);
     * afterwards: contrastive ``CYBORGS.CONTRASTIVE_WEIGHT``; vMF ``VMF.LAMBDA`` in epochs with
-      ``e % VMF.PERIOD_EPOCHS == 0`` (never when PERIOD_EPOCHS == 0), else 0; K drawn per step
+      ``e % VMF.PERIOD_EPOCHS == 0``, else 0 (LAMBDA 0: never); K drawn per step
       from {BOOTSTRAP.K_MIN..K_MAX} (``VMF.K_SAMPLING "uniform"``, SPEC §4) or ``VMF.K``
       (``"fixed"``). The draw is seeded by the step alone (:meth:`vmf_k_at_iter`), so every
       rank and a resumed run use the same K at the same step.
@@ -108,7 +108,7 @@ class LossScheduleHook(HookBase):
 
     * ``current`` -- the :class:`LossPhase` of the step about to run;
     * ``epoch_started`` -- True when this step is the first of an epoch;
-    * ``warmup_just_ended`` -- True on the first step of epoch ``VMF.WARMUP_EPOCHS`` (iteration 0
+    * ``warmup_just_ended`` -- True on the first step of epoch ``WARMUP_EPOCHS`` (iteration 0
       when there is no warm-up): the moment for the first bootstrap round. After a resume it is
       True again only if the run resumes exactly at that step.
 
@@ -119,13 +119,16 @@ class LossScheduleHook(HookBase):
         if iters_per_epoch <= 0:
             raise ValueError(f"iters_per_epoch must be > 0, got {iters_per_epoch}")
         v = cfg.CYBORGS.VMF
-        if v.WARMUP_EPOCHS < 0 or v.PERIOD_EPOCHS < 0:
+        # Cheap checks of what this hook divides by: it is also built directly, from configs
+        # that never went through cyborgs.engine.setup.
+        if cfg.CYBORGS.WARMUP_EPOCHS < 0 or v.PERIOD_EPOCHS < 1:
             raise ValueError(
-                "CYBORGS.VMF.WARMUP_EPOCHS and CYBORGS.VMF.PERIOD_EPOCHS must be >= 0, got "
-                f"{v.WARMUP_EPOCHS} and {v.PERIOD_EPOCHS}"
+                "CYBORGS.WARMUP_EPOCHS must be >= 0 and CYBORGS.VMF.PERIOD_EPOCHS >= 1 (no vMF "
+                f"term after the warm-up: CYBORGS.VMF.LAMBDA 0), got {cfg.CYBORGS.WARMUP_EPOCHS} "
+                f"and {v.PERIOD_EPOCHS}"
             )
         self.ipe = int(iters_per_epoch)
-        self.warmup_epochs = int(v.WARMUP_EPOCHS)
+        self.warmup_epochs = int(cfg.CYBORGS.WARMUP_EPOCHS)
         self.warmup_k = int(v.WARMUP_K)
         if v.K_SAMPLING == "uniform":
             self.k_range = (int(cfg.CYBORGS.BOOTSTRAP.K_MIN), int(cfg.CYBORGS.BOOTSTRAP.K_MAX))
@@ -150,7 +153,7 @@ class LossScheduleHook(HookBase):
     def phase_at_epoch(self, epoch: int) -> LossPhase:
         if epoch < self.warmup_epochs:
             return LossPhase(epoch, "vmf_warmup", 0.0, 1.0, self.warmup_k, self.warmup_k)
-        vmf_on = self.period > 0 and epoch % self.period == 0
+        vmf_on = epoch % self.period == 0
         w = self.lam if vmf_on else 0.0
         return LossPhase(epoch, "contrastive", self.contrastive_weight, w, *self.k_range)
 

@@ -33,7 +33,7 @@ _CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pth$")
 
 _ADVICE = (
     "Usual causes: LR too high for the batch size (lower SOLVER.BASE_LR or raise "
-    "SOLVER.WARMUP_EPOCHS), CYBORGS.VMF.KAPPA too large, or corrupt input images."
+    "SOLVER.LR_WARMUP_EPOCHS), CYBORGS.VMF.KAPPA too large, or corrupt input images."
 )
 
 

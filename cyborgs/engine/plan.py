@@ -118,7 +118,7 @@ def build_plan(
     source = str(cfg.CYBORGS.MASKS.SOURCE)
     rounds = (
         round_epochs(
-            int(cfg.CYBORGS.VMF.WARMUP_EPOCHS),
+            int(cfg.CYBORGS.WARMUP_EPOCHS),
             int(cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS),
             max_iter,
             ipe,

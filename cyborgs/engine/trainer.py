@@ -1,10 +1,12 @@
-"""``CyborgsTrainer``: detectron2's DefaultTrainer shape, with CYBORGS's schedule and hooks.
+"""``CyborgsTrainer``: detectron2's DefaultTrainer, with CYBORGS's schedule and hooks.
 
-What differs from ``DefaultTrainer`` and why:
+It takes the final config of :func:`cyborgs.engine.setup.setup_pretrain_cfg` (or
+``finalize_pretrain_cfg``) as ``DefaultTrainer`` takes ``setup(args)``'s, and changes nothing
+in it. What differs from ``DefaultTrainer`` and why:
 
-* Schedules are in epochs (SPEC §5): ``iters_per_epoch = ceil(dataset_size / IMS_PER_BATCH)``
-  and ``SOLVER.MAX_ITER = EPOCHS * iters_per_epoch`` are computed here (the config's MAX_ITER is
-  ignored); LR warm-up + cosine/step via :mod:`cyborgs.solver.schedule`.
+* Schedules are in epochs (SPEC §5): the config carries the derived ``CYBORGS.DATA.NUM_IMAGES``
+  and ``SOLVER.MAX_ITER = round(EPOCHS * iters_per_epoch)``, ``iters_per_epoch =
+  ceil(NUM_IMAGES / IMS_PER_BATCH)``; LR warm-up + cosine/step via :mod:`cyborgs.solver.schedule`.
 * Optimizer: LARS (or SGD) with biases/norm parameters excluded (``SOLVER.OPTIMIZER``).
 * Exact resume: the checkpoint holds model (online, target, heads), optimizer, LR scheduler,
   iteration, every hook's state (RNG states included), the data seed, and the config/args as
@@ -37,12 +39,13 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from cyborgs.config import validate_cyborgs_config
-from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer, iters_per_epoch
+from cyborgs.config import ConfigError
+from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer
 
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
 from .nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
+from .setup import iters_per_epoch_of
 from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
 
 __all__ = ["CyborgsTrainer", "ResumableLoader", "preserve_rng"]
@@ -206,38 +209,43 @@ class CyborgsTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode, args: Any = None) -> None:
+        """``cfg``: a final config (:mod:`cyborgs.engine.setup`); ``args``: recorded in the
+        checkpoints beside the config.
+
+        This is ``DefaultTrainer.__init__``'s sequence, through the same overridable builders,
+        with one deviation that forces repeating it instead of calling it: DefaultTrainer wraps
+        the model with a hard-coded ``create_ddp_model(model, broadcast_buffers=False)``, which
+        hands CPU processes ``device_ids`` (DDP rejects those, so ``--num-gpus 2`` on CPU/gloo
+        fails) and no ``find_unused_parameters`` (needed: the vMF warm-up leaves the contrastive
+        heads without gradients), and offers no hook to change either without patching
+        detectron2. Here that step is :meth:`build_ddp_model`. Left out on purpose:
+        ``auto_scale_workers`` (``SOLVER.REFERENCE_WORLD_SIZE`` must be 0: IMS_PER_BATCH is the
+        global batch the epochs are counted in) and the AMP trainer (bf16 is
+        ``CYBORGS.GPU.BF16``); both are rejected by the config's validation.
+        """
         TrainerBase.__init__(self)
-        # Up front: sizing the data set and building the model may take minutes.
-        validate_cyborgs_config(cfg)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ValueError("SOLVER.AMP.ENABLED is not supported by CyborgsTrainer")
-        cfg = cfg.clone()
-        cfg.defrost()
-        num_images = self.dataset_size(cfg)
-        self.iters_per_epoch = iters_per_epoch(num_images, cfg.SOLVER.IMS_PER_BATCH)
-        cfg.SOLVER.MAX_ITER = int(round(cfg.SOLVER.EPOCHS * self.iters_per_epoch))
+        self.iters_per_epoch = self._check_final(cfg)
         # One data seed for the whole run (sampler order, per-sample augmentation). Drawn once
         # and saved in the checkpoint when SEED < 0, so a resumed run sees the same stream.
         self.data_seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
-        cfg.freeze()
+        self.cfg = cfg
         logger.info(
+            f"{cfg.CYBORGS.DATA.NUM_IMAGES} images / batch {cfg.SOLVER.IMS_PER_BATCH} = "
             f"{self.iters_per_epoch} iterations/epoch, {cfg.SOLVER.EPOCHS} epochs = "
-            f"{cfg.SOLVER.MAX_ITER} iterations (global batch {cfg.SOLVER.IMS_PER_BATCH})"
+            f"{cfg.SOLVER.MAX_ITER} iterations"
         )
 
         model = self.build_model(cfg)
         if comm.is_main_process():
-            self._write_plan(cfg, num_images, model)
+            self._write_plan(cfg, model)
         optimizer = self.build_optimizer(cfg, model)
-        self._loader = ResumableLoader(self._build_loader_at, self.loader_is_positionable())
-        # Phases change which parameters receive gradients (no contrastive heads during the
-        # vMF warm-up), so DDP must tolerate unused parameters.
-        model = _create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=True)
+        data_loader = self.build_resumable_loader()
+        model = self.build_ddp_model(model)
         self._trainer = _CyborgsStep(
             model,
-            self._loader,
+            data_loader,
             optimizer,
             ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
             stop_on_nonfinite=cfg.SOLVER.STOP_ON_NONFINITE,
@@ -248,23 +256,36 @@ class CyborgsTrainer(DefaultTrainer):
         self.checkpointer.add_checkpointable("run_info", RunInfo(cfg.dump(), str(args or "")))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
         self.loss_schedule = LossScheduleHook(cfg, self.iters_per_epoch)
         self.register_hooks(self.build_hooks())
 
     @staticmethod
-    def _write_plan(cfg: CfgNode, num_images: int, model: torch.nn.Module) -> None:
+    def _check_final(cfg: CfgNode) -> int:
+        """Iterations per epoch of ``cfg``, after a cheap check that it is a final config: the
+        trainer is also constructed directly (tests, library users), and a config that skipped
+        :mod:`cyborgs.engine.setup` would otherwise run a wrong number of iterations."""
+        ipe = iters_per_epoch_of(cfg)
+        expected = int(round(cfg.SOLVER.EPOCHS * ipe))
+        if cfg.SOLVER.MAX_ITER != expected:
+            raise ConfigError(
+                f"SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}, but SOLVER.EPOCHS = "
+                f"{cfg.SOLVER.EPOCHS} x {ipe} iterations/epoch = {expected}: build the config "
+                "with cyborgs.engine.setup.setup_pretrain_cfg / finalize_pretrain_cfg"
+            )
+        return ipe
+
+    @staticmethod
+    def _write_plan(cfg: CfgNode, model: torch.nn.Module) -> None:
         """Log the run's plan (phases, rounds, checkpoints, disk) and save OUTPUT_DIR/plan.json."""
         from .plan import build_plan, format_plan, model_counts, write_plan
 
-        plan = build_plan(cfg, num_images, model_counts(model))
+        plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts(model))
         where = write_plan(plan, cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else "not saved: no OUTPUT_DIR"
         logger.info(f"Plan ({where}):\n{format_plan(plan)}")
 
     # ---- builders (classmethods so subclasses/tests can swap one piece) ----
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-
         model = build_model(cfg)
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(f"Model {type(model).__name__}: {n / 1e6:.2f}M trainable parameters")
@@ -277,11 +298,17 @@ class CyborgsTrainer(DefaultTrainer):
     def build_lr_scheduler(self, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:  # type: ignore[override]
         return build_epoch_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
 
-    @classmethod
-    def dataset_size(cls, cfg: CfgNode) -> int:
-        from cyborgs.data.pretrain_loader import pretrain_dataset_size
+    def build_ddp_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP over the processes (the model itself with one). Phases change which parameters
+        receive gradients (no contrastive heads during the vMF warm-up), so DDP must tolerate
+        unused parameters; buffers are not broadcast (DefaultTrainer's choice)."""
+        return _create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=True)
 
-        return int(pretrain_dataset_size(cfg))
+    def build_resumable_loader(self) -> ResumableLoader:
+        """The training stream, built on its first batch at the (resumed) start iteration by
+        :meth:`build_train_loader` (see :class:`ResumableLoader`)."""
+        self._loader = ResumableLoader(self._build_loader_at, self.loader_is_positionable())
+        return self._loader
 
     @classmethod
     def loader_is_positionable(cls) -> bool:

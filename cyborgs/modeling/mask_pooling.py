@@ -29,7 +29,8 @@ def _check_ids(masks: torch.Tensor, num_ids: int) -> None:
         # Never drop ids silently (the authors' one-hot of width 81 lost every id >= 81).
         raise ValueError(
             f"mask ids must lie in [0, {num_ids}) but found values in [{lo}, {hi}]; "
-            f"raise num_ids (CYBORGS.MAX_MASK_IDS) to cover every id a mask source can write"
+            "raise num_ids (derived from CYBORGS.BOOTSTRAP.K_MAX) to cover every id a mask "
+            "source can write"
         )
 
 

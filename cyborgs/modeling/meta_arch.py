@@ -37,7 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..config import validate_cyborgs_config
+from ..config import mask_id_width
 from ..data.device_augment import apply_photometric, stack_photometric
 from .backbone_taps import forward_taps, tap_channels, validate_taps
 from .fusion import fuse_features, fused_channels
@@ -52,6 +52,8 @@ __all__ = ["CYBORGS"]
 logger = logging.getLogger(__name__)
 
 _ALL_STAGES = ["res2", "res3", "res4", "res5"]
+# CYBORGS.VMF.FEATURE (the key naming the map) -> the constructor's ``vmf_feature``.
+_VMF_FEATURE_ARG = {"BOOTSTRAP.FEATURES": "bootstrap", "FUSION_FEATURES": "fused"}
 
 
 def _put_scalars(**kv: float) -> None:
@@ -131,7 +133,7 @@ class CYBORGS(nn.Module):
         if num_sampled_masks <= 0:
             raise ValueError(f"CYBORGS.NUM_SAMPLED_MASKS must be positive, got {num_sampled_masks}")
         if not 2 <= max_mask_ids:
-            raise ValueError(f"CYBORGS.MAX_MASK_IDS must be >= 2, got {max_mask_ids}")
+            raise ValueError(f"max_mask_ids must be >= 2 (mask_id_width), got {max_mask_ids}")
         # Parsed early so a bad value fails before the deep copies below.
         self.channels_last_mode = parse_switch(channels_last, "CYBORGS.GPU.CHANNELS_LAST")
         self.bf16_mode = parse_switch(bf16, "CYBORGS.GPU.BF16")
@@ -186,7 +188,8 @@ class CYBORGS(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        validate_cyborgs_config(cfg)
+        # No validate_cyborgs_config here: cyborgs.engine.setup validated the config once; a
+        # config assembled by hand is checked by the constructor's own argument checks.
         c = cfg.CYBORGS
         cfg = cfg.clone()
         cfg.defrost()
@@ -215,14 +218,14 @@ class CYBORGS(nn.Module):
             "projector_hidden_dim": c.PROJECTOR_HIDDEN_DIM,
             "projector_out_dim": c.PROJECTOR_OUT_DIM,
             "num_sampled_masks": c.NUM_SAMPLED_MASKS,
-            "max_mask_ids": c.MAX_MASK_IDS,
+            "max_mask_ids": mask_id_width(cfg),
             "temperature": c.TEMPERATURE,
             "vmf_kappa": c.VMF.KAPPA,
             "vmf_k": c.VMF.K,
             "vmf_kmeans_iters": c.VMF.KMEANS_ITERS,
             "vmf_inter_grid": c.VMF.INTER_GRID,
             "vmf_distance": c.VMF.DISTANCE,
-            "vmf_feature": c.VMF.FEATURE,
+            "vmf_feature": _VMF_FEATURE_ARG.get(c.VMF.FEATURE, c.VMF.FEATURE),
             "vmf_kmeans_backend": c.VMF.KMEANS_BACKEND,
             "contrastive_weight": c.CONTRASTIVE_WEIGHT,
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),

@@ -21,12 +21,15 @@ __all__ = ["SWITCH_VALUES", "parse_switch", "channels_last_enabled", "bf16_enabl
 SWITCH_VALUES = ("auto", "on", "off")
 
 
-def parse_switch(value: str | bool, key: str) -> str:
+def parse_switch(value: str | bool | None, key: str) -> str:
     """Validate a ``"auto"/"on"/"off"`` switch; ``key`` names the config key for the message.
 
     Booleans are accepted as ``"on"``/``"off"`` because YAML 1.1 reads an unquoted ``on`` /
-    ``off`` as ``True`` / ``False`` and kwargs users may pass them directly.
+    ``off`` as ``True`` / ``False`` and kwargs users may pass them directly. None is the
+    config's default (typeless so that YAML booleans merge, cyborgs/config.py): ``"auto"``.
     """
+    if value is None:
+        return "auto"
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, str) and value.strip().lower() in SWITCH_VALUES:

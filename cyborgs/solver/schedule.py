@@ -1,6 +1,6 @@
 """Epoch-based LR and EMA-momentum schedules, converted to iterations (SPEC §5).
 
-The config writes schedules in epochs (``SOLVER.EPOCHS``, ``SOLVER.WARMUP_EPOCHS``,
+The config writes schedules in epochs (``SOLVER.EPOCHS``, ``SOLVER.LR_WARMUP_EPOCHS``,
 ``SOLVER.STEP_EPOCHS``) because the paper does; the trainer turns them into iterations with
 ``iters_per_epoch = ceil(dataset_size / SOLVER.IMS_PER_BATCH)`` and writes ``SOLVER.MAX_ITER``.
 
@@ -92,12 +92,14 @@ def resolve_epoch_schedule(cfg: CfgNode, ipe: int) -> EpochLRScheduler:
     s = cfg.SOLVER
     if s.EPOCHS <= 0:
         raise ValueError(f"SOLVER.EPOCHS must be > 0, got {s.EPOCHS}")
-    if not 0 <= s.WARMUP_EPOCHS <= s.EPOCHS:
-        raise ValueError(f"SOLVER.WARMUP_EPOCHS={s.WARMUP_EPOCHS} not in [0, EPOCHS={s.EPOCHS}]")
+    if not 0 <= s.LR_WARMUP_EPOCHS <= s.EPOCHS:
+        raise ValueError(
+            f"SOLVER.LR_WARMUP_EPOCHS={s.LR_WARMUP_EPOCHS} not in [0, EPOCHS={s.EPOCHS}]"
+        )
     max_iter = int(round(s.EPOCHS * ipe))
     return EpochLRScheduler(
         max_iter=max_iter,
-        warmup_iters=int(round(s.WARMUP_EPOCHS * ipe)),
+        warmup_iters=int(round(s.LR_WARMUP_EPOCHS * ipe)),
         kind=str(s.EPOCH_SCHEDULE),
         step_iters=[int(round(e * ipe)) for e in s.STEP_EPOCHS],
         gamma=float(s.GAMMA),

@@ -40,7 +40,7 @@ _OPTS = [
     "CYBORGS.PROJECTOR_OUT_DIM", "16",
     "CYBORGS.AUG.CROP_SIZE", "32",
     "CYBORGS.MASKS.SOURCE", "bootstrap",
-    "CYBORGS.VMF.WARMUP_EPOCHS", "1",
+    "CYBORGS.WARMUP_EPOCHS", "1",
     "CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", "0",  # only the round right after the warm-up
     "CYBORGS.BOOTSTRAP.FEATURES", "['res3.1']",
     "CYBORGS.BOOTSTRAP.INPUT_SIZE", "64",

@@ -29,6 +29,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from cyborgs.config import add_cyborgs_config
+from cyborgs.engine.setup import finalize_pretrain_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "pretrain_configs"
@@ -52,14 +53,15 @@ _PAPER_KEYS = {
     "CYBORGS.BOOTSTRAP.K_MIN": 2,
     "CYBORGS.BOOTSTRAP.K_MAX": 256,
     "CYBORGS.BOOTSTRAP.CRF": False,
-    "CYBORGS.VMF.WARMUP_EPOCHS": 5,
+    "CYBORGS.WARMUP_EPOCHS": 5,
     "CYBORGS.VMF.WARMUP_K": 8,
     "CYBORGS.VMF.LAMBDA": 0.1,
     "CYBORGS.VMF.PERIOD_EPOCHS": 5,
     "CYBORGS.VMF.DISTANCE": "vmf",
     "CYBORGS.VMF.KAPPA": 10.0,
 }
-_FIXED_MASKS = {"CYBORGS.VMF.WARMUP_EPOCHS": 0, "CYBORGS.VMF.PERIOD_EPOCHS": 0}
+# no vMF warm-up, no vMF term
+_FIXED_MASKS = {"CYBORGS.WARMUP_EPOCHS": 0, "CYBORGS.VMF.LAMBDA": 0.0}
 
 # config file (relative to pretrain_configs/) -> the keys it must set and their values
 EXPECTED: dict[str, dict[str, object]] = {
@@ -99,10 +101,12 @@ EXPECTED: dict[str, dict[str, object]] = {
     # Table 2f: distance of the clustering loss
     "ablations/t2f_euclidean.yaml": {"CYBORGS.VMF.DISTANCE": "euclidean"},
     "ablations/t2f_vmf.yaml": {"CYBORGS.VMF.DISTANCE": "vmf"},
-    # Table 2g: vMF frequency M; Table 2h: vMF weight lambda
+    # Table 2g: vMF frequency M (M = 0: never after the warm-up, said by lambda 0); Table 2h:
+    # vMF weight lambda
+    "ablations/t2g_vmf_every_0ep.yaml": {"CYBORGS.VMF.LAMBDA": 0.0},
     **{
         f"ablations/t2g_vmf_every_{m}ep.yaml": {"CYBORGS.VMF.PERIOD_EPOCHS": m}
-        for m in (0, 1, 5, 10, 50)
+        for m in (1, 5, 10, 50)
     },
     **{
         f"ablations/t2h_lambda_{s}.yaml": {"CYBORGS.VMF.LAMBDA": float(s)}
@@ -231,7 +235,7 @@ def _scaled(rel: str, out: Path, epochs: int, dataset: str) -> CfgNode:
             "DATALOADER.NUM_WORKERS", 0,
             "SOLVER.IMS_PER_BATCH", 4,
             "SOLVER.EPOCHS", epochs,
-            "SOLVER.WARMUP_EPOCHS", 1,
+            "SOLVER.LR_WARMUP_EPOCHS", 1,
             "SOLVER.CHECKPOINT_PERIOD", 10**6,
             "CYBORGS.AUG.CROP_SIZE", 48,  # res3 6x6, res5 2x2
             "CYBORGS.PROJECTOR_HIDDEN_DIM", 32,
@@ -244,6 +248,7 @@ def _scaled(rel: str, out: Path, epochs: int, dataset: str) -> CfgNode:
             "SEED", 0,
         ]
     )  # fmt: skip
+    finalize_pretrain_cfg(cfg, world_size=1)
     return cfg
 
 
@@ -317,7 +322,7 @@ def test_table2_row_trains(name: str, epochs: int, tiny4: str, tmp_path: Path) -
     rel = f"ablations/{name}.yaml"
     cfg = _scaled(rel, tmp_path / "run", epochs, tiny4)
     c = cfg.CYBORGS
-    w, m, lam, n = c.VMF.WARMUP_EPOCHS, c.VMF.PERIOD_EPOCHS, c.VMF.LAMBDA, c.BOOTSTRAP.PERIOD_EPOCHS
+    w, m, lam, n = c.WARMUP_EPOCHS, c.VMF.PERIOD_EPOCHS, c.VMF.LAMBDA, c.BOOTSTRAP.PERIOD_EPOCHS
     assert w == 5  # the paper's warm-up, unscaled: epochs are iterations here
 
     trainer = CyborgsTrainer(cfg)
@@ -333,7 +338,7 @@ def test_table2_row_trains(name: str, epochs: int, tiny4: str, tmp_path: Path) -
     assert sorted(losses["total_loss"]) == list(range(epochs))
     for k, h in losses.items():
         assert all(math.isfinite(v) for v in h.values()), (k, h)
-    want_vmf = {e for e in range(epochs) if e < w or (m > 0 and e % m == 0 and lam > 0)}
+    want_vmf = {e for e in range(epochs) if e < w or (e % m == 0 and lam > 0)}
     assert set(losses["loss_vmf"]) == want_vmf
     assert set(losses["loss_mask_contrastive"]) == set(range(w, epochs))
     vmf_weight = _history(st, "vmf_weight")

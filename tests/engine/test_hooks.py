@@ -65,15 +65,15 @@ def test_ema_hook_requires_update_target() -> None:
         h.before_train()
 
 
-def _schedule_cfg(warmup: int, period: int, k_sampling: str = "fixed"):
+def _schedule_cfg(warmup: int, period: int, k_sampling: str = "fixed", lam: float = 0.1):
     cfg = add_cyborgs_config(get_cfg())
-    cfg.CYBORGS.VMF.WARMUP_EPOCHS = warmup
+    cfg.CYBORGS.WARMUP_EPOCHS = warmup
     cfg.CYBORGS.VMF.WARMUP_K = 8
     cfg.CYBORGS.VMF.K_SAMPLING = k_sampling
     cfg.CYBORGS.VMF.K = 5
     cfg.CYBORGS.BOOTSTRAP.K_MIN = 3
     cfg.CYBORGS.BOOTSTRAP.K_MAX = 6
-    cfg.CYBORGS.VMF.LAMBDA = 0.1
+    cfg.CYBORGS.VMF.LAMBDA = lam
     cfg.CYBORGS.VMF.PERIOD_EPOCHS = period
     cfg.CYBORGS.CONTRASTIVE_WEIGHT = 1.0
     return cfg
@@ -144,8 +144,9 @@ def test_vmf_k_sampling_rejects_bad_values() -> None:
         LossScheduleHook(cfg, 10)
 
 
-def test_loss_schedule_period_zero_and_no_warmup() -> None:
-    h = LossScheduleHook(_schedule_cfg(warmup=0, period=0), iters_per_epoch=2)
+def test_loss_schedule_lambda_zero_and_no_warmup() -> None:
+    # LAMBDA 0 is the way to turn the vMF term off after the warm-up, whatever the period
+    h = LossScheduleHook(_schedule_cfg(warmup=0, period=1, lam=0.0), iters_per_epoch=2)
     assert all(h.phase_at_epoch(e).vmf_weight == 0.0 for e in range(10))
     assert h.phase_at_epoch(0).name == "contrastive"
     t = _fake_trainer(max_iter=4)
@@ -154,6 +155,9 @@ def test_loss_schedule_period_zero_and_no_warmup() -> None:
         t.storage = storage
         h.before_step()
     assert h.warmup_just_ended  # iteration 0 when there is no warm-up
+    # PERIOD_EPOCHS 0 (the old second way) is refused by the hook; setup maps it to LAMBDA 0
+    with pytest.raises(ValueError, match="PERIOD_EPOCHS >= 1.*LAMBDA 0"):
+        LossScheduleHook(_schedule_cfg(warmup=0, period=0), iters_per_epoch=2)
 
 
 def test_rng_state_round_trip() -> None:

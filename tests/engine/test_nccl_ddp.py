@@ -28,6 +28,7 @@ def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, mo
     import cyborgs.engine.trainer as trainer_mod
     from cyborgs.config import add_cyborgs_config
     from cyborgs.engine.launch import find_free_port
+    from cyborgs.engine.setup import finalize_pretrain_cfg
 
     cfg = add_cyborgs_config(get_cfg())
     cfg.merge_from_file(str(REPO / "pretrain_configs" / "demo_R18.yaml"))
@@ -39,17 +40,17 @@ def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, mo
             "DATALOADER.NUM_WORKERS", 0,
             "SOLVER.IMS_PER_BATCH", 8,
             "SOLVER.EPOCHS", 2,
-            "SOLVER.WARMUP_EPOCHS", 1,
+            "SOLVER.LR_WARMUP_EPOCHS", 1,
             "CYBORGS.AUG.CROP_SIZE", 64,
             "CYBORGS.BOOTSTRAP.FEATURES", ["res3.1"],
             "CYBORGS.MASKS.SOURCE", "grid",
-            "CYBORGS.VMF.WARMUP_EPOCHS", 1,
+            "CYBORGS.WARMUP_EPOCHS", 1,
             "CYBORGS.VMF.PERIOD_EPOCHS", 1,
             "OUTPUT_DIR", str(tmp_path / "out"),
             "SEED", 3,
         ]
     )  # fmt: skip
-    cfg.freeze()
+    finalize_pretrain_cfg(cfg, world_size=1)
 
     wrapped: list[DistributedDataParallel] = []
 

@@ -18,6 +18,7 @@ from cyborgs.engine.nonfinite import (
     finite_flag,
     last_good_checkpoint,
 )
+from cyborgs.engine.setup import finalize_pretrain_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +80,7 @@ def _cfg(out: Path, phase: str) -> CfgNode:
             "DATALOADER.NUM_WORKERS", 0,
             "SOLVER.IMS_PER_BATCH", 4,
             "SOLVER.EPOCHS", 2,
-            "SOLVER.WARMUP_EPOCHS", 0,
+            "SOLVER.LR_WARMUP_EPOCHS", 0,
             "SOLVER.BASE_LR", 1e30,  # diverges within a few steps
             "SOLVER.CHECKPOINT_PERIOD", 100000,  # ~140 MB each: none in this test
             "CYBORGS.PROJECTOR_HIDDEN_DIM", 32,
@@ -88,13 +89,13 @@ def _cfg(out: Path, phase: str) -> CfgNode:
             "CYBORGS.MASKS.SOURCE", "grid",
             "CYBORGS.MASKS.GRID_SIZE", 2,
             # "vmf": the whole run is the vMF warm-up; "contrastive": no warm-up, both terms on
-            "CYBORGS.VMF.WARMUP_EPOCHS", 2 if phase == "vmf" else 0,
+            "CYBORGS.WARMUP_EPOCHS", 2 if phase == "vmf" else 0,
             "CYBORGS.VMF.PERIOD_EPOCHS", 1,
             "OUTPUT_DIR", str(out),
             "SEED", 3,
         ]
     )  # fmt: skip
-    cfg.freeze()
+    finalize_pretrain_cfg(cfg, world_size=1)
     return cfg
 
 

@@ -1,7 +1,7 @@
 """cyborgs.engine.plan and ``pretrain_net.py --plan-only``: the plan follows the config's schedule.
 
 Expected values are worked out from the config keys' definitions (SPEC §3-5): epoch e is a vMF
-warm-up epoch when e < VMF.WARMUP_EPOCHS, else contrastive, with the vMF term when
+warm-up epoch when e < CYBORGS.WARMUP_EPOCHS, else contrastive, with the vMF term when
 e % VMF.PERIOD_EPOCHS == 0; a bootstrap round runs at the start of epoch WARMUP_EPOCHS and of
 every later epoch that is a multiple of BOOTSTRAP.PERIOD_EPOCHS, never at the end of training.
 """
@@ -15,17 +15,14 @@ from pathlib import Path
 import torch
 
 from cyborgs.engine.plan import build_plan, format_plan, model_counts, write_plan
+from cyborgs.engine.setup import setup_pretrain_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(*opts: str):
-    sys.path.insert(0, str(REPO))
-    try:
-        from tools.pretrain_net import build_cfg
-    finally:
-        sys.path.pop(0)
-    cfg, _ = build_cfg(str(REPO / "pretrain_configs" / "demo_R18.yaml"), list(opts))
+    demo = str(REPO / "pretrain_configs" / "demo_R18.yaml")
+    cfg, _ = setup_pretrain_cfg(demo, list(opts), world_size=1, schedule=False)
     return cfg
 
 
@@ -72,14 +69,14 @@ def test_demo_plan_phases_rounds_and_checkpoints(tmp_path: Path) -> None:
 
 
 def test_no_warmup_fixed_source_and_paper_schedule() -> None:
-    cfg = _cfg("CYBORGS.VMF.WARMUP_EPOCHS", "0", "CYBORGS.MASKS.SOURCE", "grid")
+    cfg = _cfg("CYBORGS.WARMUP_EPOCHS", "0", "CYBORGS.MASKS.SOURCE", "grid")
     plan = build_plan(cfg, 400)
     assert plan["bootstrap_rounds"] == [] and plan["masks"]["bytes"] == 0
     assert plan["per_epoch"][0]["phase"] == "contrastive + vMF"  # 0 % 2 == 0
     assert plan["checkpoints"]["bytes_each"] is None and plan["disk_bytes_estimate"] is None
 
     # the paper: 800 epochs, warm-up 5, rounds every 100 epochs -> 5, 100, ..., 700
-    cfg = _cfg("SOLVER.EPOCHS", "800", "CYBORGS.VMF.WARMUP_EPOCHS", "5",
+    cfg = _cfg("SOLVER.EPOCHS", "800", "CYBORGS.WARMUP_EPOCHS", "5",
                "CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", "100", "CYBORGS.VMF.PERIOD_EPOCHS", "5")  # fmt: skip
     plan = build_plan(cfg, 400)
     assert [r["epoch"] for r in plan["bootstrap_rounds"]] == [5, *range(100, 800, 100)]

@@ -22,6 +22,7 @@ from torch import nn
 
 from cyborgs.config import add_cyborgs_config
 from cyborgs.engine.checkpoint import safe_load
+from cyborgs.engine.setup import finalize_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
 
 
@@ -93,10 +94,6 @@ _N_IMAGES = 10
 
 class _TinyTrainer(CyborgsTrainer):
     @classmethod
-    def dataset_size(cls, cfg) -> int:
-        return _N_IMAGES
-
-    @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
         bs = cfg.SOLVER.IMS_PER_BATCH
         seed = cfg.SEED
@@ -142,11 +139,11 @@ def _cfg(out_dir: str):
     cfg.MODEL.META_ARCHITECTURE = "ResumeStandIn"
     cfg.MODEL.DEVICE = "cpu"
     cfg.CYBORGS.MASKS.SOURCE = "whole"
-    cfg.CYBORGS.VMF.WARMUP_EPOCHS = 1
+    cfg.CYBORGS.WARMUP_EPOCHS = 1
     cfg.CYBORGS.VMF.PERIOD_EPOCHS = 2
     cfg.SOLVER.IMS_PER_BATCH = 4  # 3 iterations / epoch
     cfg.SOLVER.EPOCHS = 3
-    cfg.SOLVER.WARMUP_EPOCHS = 1
+    cfg.SOLVER.LR_WARMUP_EPOCHS = 1
     cfg.SOLVER.BASE_LR = 5.0
     cfg.SOLVER.WEIGHT_DECAY = 1e-4
     cfg.SOLVER.CHECKPOINT_PERIOD = 4
@@ -156,8 +153,16 @@ def _cfg(out_dir: str):
     return cfg
 
 
+def _final(cfg):
+    """The trainer's input: the config finalized as tools/pretrain_net.py does (10 images)."""
+    if not cfg.is_frozen():
+        finalize_pretrain_cfg(cfg, num_images=_N_IMAGES, world_size=1)
+    return cfg
+
+
 def _train(cfg, crash_at: int | None = None, resume: bool = False) -> _TinyTrainer:
     seed_all_rng(0)
+    cfg = _final(cfg)
 
     class T(_TinyTrainer):
         def build_hooks(self):
@@ -214,7 +219,7 @@ def test_data_seed_persists_when_seed_is_random(tmp_path) -> None:
     cfg.SEED = -1
     first = _train(cfg, crash_at=4)
     seed_all_rng(123)  # a fresh process would draw another seed
-    second = _TinyTrainer(cfg)
+    second = _TinyTrainer(_final(cfg))
     second.resume_or_load(resume=True)
     assert second.data_seed == first.data_seed
 
@@ -223,7 +228,7 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path) -> None:
     from cyborgs.engine.nonfinite import NonFiniteLossError
 
     seed_all_rng(0)
-    t = _TinyTrainer(_cfg(str(tmp_path / "nan")))
+    t = _TinyTrainer(_final(_cfg(str(tmp_path / "nan"))))
     t.resume_or_load(resume=False)
     t.model.nan_at_call = 1  # second step, still in the vMF warm-up
     with pytest.raises(NonFiniteLossError, match=r"iteration 1: loss_vmf=nan"):

@@ -22,6 +22,7 @@ from detectron2.utils.env import seed_all_rng
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data.pretrain_loader import build_pretrain_train_loader
 from cyborgs.engine.checkpoint import safe_load
+from cyborgs.engine.setup import finalize_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ def _cfg(out_dir: Path, workers: int) -> CfgNode:
             "DATALOADER.NUM_WORKERS", workers,
             "SOLVER.IMS_PER_BATCH", 8,
             "SOLVER.EPOCHS", 2,
-            "SOLVER.WARMUP_EPOCHS", 1,
+            "SOLVER.LR_WARMUP_EPOCHS", 1,
             "SOLVER.CHECKPOINT_PERIOD", _HALF,
             "CYBORGS.PROJECTOR_HIDDEN_DIM", 32,
             "CYBORGS.PROJECTOR_OUT_DIM", 16,
@@ -55,13 +56,13 @@ def _cfg(out_dir: Path, workers: int) -> CfgNode:
             "CYBORGS.MASKS.SOURCE", "grid",
             "CYBORGS.MASKS.GRID_SIZE", 3,
             "CYBORGS.EMA.BASE_MOMENTUM", 0.9,  # the target moves visibly in 6 steps
-            "CYBORGS.VMF.WARMUP_EPOCHS", 1,
+            "CYBORGS.WARMUP_EPOCHS", 1,
             "CYBORGS.VMF.PERIOD_EPOCHS", 1,  # vMF term also on in epoch 1 (k-means draws)
             "OUTPUT_DIR", str(out_dir),
             "SEED", 5,
         ]
     )  # fmt: skip
-    cfg.freeze()
+    finalize_pretrain_cfg(cfg, world_size=1)
     return cfg
 
 

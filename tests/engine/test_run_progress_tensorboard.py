@@ -77,7 +77,7 @@ def test_plan_json_follows_the_schedule(run) -> None:
     plan = json.loads((out / "plan.json").read_text())
     assert (plan["images"], plan["iters_per_epoch"], plan["max_iter"]) == (24, 3, 9)
     assert [e["phase"] for e in plan["per_epoch"]] == [
-        "vMF warm-up",  # epoch 0 < VMF.WARMUP_EPOCHS 1
+        "vMF warm-up",  # epoch 0 < CYBORGS.WARMUP_EPOCHS 1
         "contrastive",  # 1 % VMF.PERIOD_EPOCHS 2 != 0
         "contrastive + vMF",  # 2 % 2 == 0
     ]

@@ -40,7 +40,7 @@ def test_warmup_then_cosine_hand_values() -> None:
 def test_step_schedule_from_epochs() -> None:
     cfg = add_cyborgs_config(get_cfg())
     cfg.SOLVER.EPOCHS = 10
-    cfg.SOLVER.WARMUP_EPOCHS = 1
+    cfg.SOLVER.LR_WARMUP_EPOCHS = 1
     cfg.SOLVER.EPOCH_SCHEDULE = "step"
     cfg.SOLVER.STEP_EPOCHS = (6, 8)
     cfg.SOLVER.GAMMA = 0.1
@@ -53,10 +53,10 @@ def test_step_schedule_from_epochs() -> None:
 def test_bad_keys_name_the_key() -> None:
     cfg = add_cyborgs_config(get_cfg())
     cfg.SOLVER.EPOCHS = 5
-    cfg.SOLVER.WARMUP_EPOCHS = 10
+    cfg.SOLVER.LR_WARMUP_EPOCHS = 10
     with pytest.raises(ValueError, match="WARMUP_EPOCHS"):
         resolve_epoch_schedule(cfg, 2)
-    cfg.SOLVER.WARMUP_EPOCHS = 1
+    cfg.SOLVER.LR_WARMUP_EPOCHS = 1
     cfg.SOLVER.EPOCH_SCHEDULE = "poly"
     with pytest.raises(ValueError, match="EPOCH_SCHEDULE"):
         resolve_epoch_schedule(cfg, 2)
@@ -65,7 +65,7 @@ def test_bad_keys_name_the_key() -> None:
 def test_lr_multiplier_drives_optimizer_and_resumes() -> None:
     cfg = add_cyborgs_config(get_cfg())
     cfg.SOLVER.EPOCHS = 4
-    cfg.SOLVER.WARMUP_EPOCHS = 1
+    cfg.SOLVER.LR_WARMUP_EPOCHS = 1
     cfg.SOLVER.BASE_LR = 0.2
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.2)
