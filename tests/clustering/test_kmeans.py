@@ -165,12 +165,12 @@ def test_auto_backend_clusters_cuda_data_on_the_gpu():
 
 @pytest.mark.gpu
 def test_faiss_gpu_index_lives_on_the_data_device():
-    from cyborgs.clustering import kmeans
+    from cyborgs.clustering import backends, kmeans
 
     faiss = kmeans._faiss()
     if faiss is None or not kmeans._faiss_has_gpu(faiss):
         pytest.skip("FAISS without GPU support is installed (or none)")
-    index = kmeans._faiss_index(faiss, 12, torch.device("cuda", 0))
+    index = backends._faiss_index(faiss, 12, torch.device("cuda", 0))
     assert isinstance(index, faiss.GpuIndexFlatIP) and index.getDevice() == 0
     x, truth, _ = _blobs()
     _, labels = spherical_kmeans(x.cuda(), 5, backend="faiss")
