@@ -27,6 +27,7 @@ print(json.dumps({
     "kmeans_backends": sorted(k for k, _ in KMEANS_BACKEND_REGISTRY),
     "vmf_distances": sorted(k for k, _ in VMF_DISTANCE_REGISTRY),
     "datasets": sorted(DatasetCatalog.list()),
+    "optional_loaded": sorted(m for m in ("faiss", "pydensecrf", "skimage") if m in sys.modules),
 }))
 """
 
@@ -45,6 +46,9 @@ def test_import_cyborgs_registers_everything() -> None:
     }  # fmt: skip
     assert got["kmeans_backends"] == ["faiss", "torch"]
     assert got["vmf_distances"] == ["euclidean", "vmf"]
+    # Registering imports no optional dependency of a source or backend (each imports its own
+    # when it computes).
+    assert got["optional_loaded"] == []
     for name in (
         "coco_2017_train_unlabeled",
         "demo_coco_2017_train_unlabeled",
