@@ -17,6 +17,7 @@ byte figure is an upper bound for a trained encoder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "--root", data_root, "--preset", args.preset])  # fmt: skip
     os.environ["CYBORGS_DEMO_DATASETS"] = data_root
 
-    from cyborgs.bootstrap.round import run_bootstrap_round
+    from cyborgs.bootstrap.round import RoundSettings, run_bootstrap_round
     from cyborgs.masks.store import MaskStore
     from tools.bootstrap_masks import build_model_and_cfg
 
@@ -76,17 +77,17 @@ def main(argv: list[str] | None = None) -> dict:
     dicts = DatasetCatalog.get("demo_coco_2017_train_unlabeled")
     if args.images:
         dicts = dicts[: args.images]
-    common = dict(features=list(cfg.CYBORGS.BOOTSTRAP.FEATURES), group_size=16, k_min=2,
-                  k_max=args.k_max, kmeans_iters=20, backend=args.backend, batch_size=16,
-                  num_workers=args.workers)  # fmt: skip
+    settings = dataclasses.replace(
+        RoundSettings.from_cfg(cfg), group_size=16, k_min=2, k_max=args.k_max, kmeans_iters=20,
+        backend=args.backend, input_size=args.input_size, border_pad=0, batch_size=16, seed=0,
+        crf=False, num_workers=args.workers,
+    )  # fmt: skip
     result: dict = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                     "depth": args.depth, "images": len(dicts)}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up (CUDA context, cuDNN autotune, FAISS GPU resources) on a few images.
-        run_bootstrap_round(model, dicts[:16], MaskStore(f"{tmp}/w"), 0, input_size=args.input_size,
-                            **common)  # fmt: skip
-        s = run_bootstrap_round(model, dicts, MaskStore(f"{tmp}/a"), 1, input_size=args.input_size,
-                                **common)  # fmt: skip
+        run_bootstrap_round(model, settings, dicts[:16], MaskStore(f"{tmp}/w"), 0)
+        s = run_bootstrap_round(model, settings, dicts, MaskStore(f"{tmp}/a"), 1)
         result["throughput"] = {
             "input_size": args.input_size,
             "images_per_s": s["images_per_s"],
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         result["targets"] = round_targets(1.0 - s["forward_share"], device)
         store = MaskStore(f"{tmp}/b")
-        s = run_bootstrap_round(model, dicts, store, 2, input_size=480, **common)
+        coco_size = dataclasses.replace(settings, input_size=480)
+        s = run_bootstrap_round(model, coco_size, dicts, store, 2)
         areas = [store.read(d["image_id"], round_id=2).size for d in dicts]
         result["coco_size"] = {
             "mean_map_locations": sum(areas) / len(areas),  # 80x60 = 4800 for 640x480

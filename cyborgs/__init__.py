@@ -7,15 +7,14 @@ clustering-consistency curriculum, and the paper's transfer protocols.
 Importing ``cyborgs`` registers everything the suite adds to detectron2, once, here: the
 ``CYBORGS`` meta-architecture (META_ARCH_REGISTRY), the transfer heads and backbones
 (ROI_HEADS_REGISTRY, SEM_SEG_HEADS_REGISTRY, BACKBONE_REGISTRY), the data sets and their demo
-twins (DatasetCatalog / MetadataCatalog) and every mask source (MASK_SOURCE_REGISTRY).
+twins (DatasetCatalog / MetadataCatalog), every mask source (MASK_SOURCE_REGISTRY), the k-means
+backends (KMEANS_BACKEND_REGISTRY) and the vMF distances (VMF_DISTANCE_REGISTRY).
 """
 
 __version__ = "0.1.0"
 
-from cyborgs import modeling, transfer  # noqa: E402  (registration)
-from cyborgs.data import datasets  # noqa: E402  (registration)
-from cyborgs.masks.registry import import_mask_sources  # noqa: E402
+# registration (each module registers its entries when imported)
+from cyborgs import clustering, masks, modeling, transfer  # noqa: E402
+from cyborgs.data import datasets  # noqa: E402
 
-import_mask_sources()
-
-__all__ = ["modeling", "transfer", "datasets", "__version__"]
+__all__ = ["clustering", "masks", "modeling", "transfer", "datasets", "__version__"]

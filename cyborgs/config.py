@@ -490,9 +490,9 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     number("CYBORGS.MASKS.FH_SIGMA", c.MASKS.FH_SIGMA, lo=0)
 
     # ---- bootstrapping ----
-    from cyborgs.clustering import KMEANS_BACKENDS
+    from cyborgs.clustering import kmeans_backend_names
 
-    backends = {"auto", *KMEANS_BACKENDS}
+    backends = {"auto", *kmeans_backend_names()}
     b = c.BOOTSTRAP
     number("CYBORGS.BOOTSTRAP.PERIOD_EPOCHS", b.PERIOD_EPOCHS, lo=0, integer=True)
     number("CYBORGS.BOOTSTRAP.GROUP_SIZE", b.GROUP_SIZE, lo=1, integer=True)
@@ -537,7 +537,9 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
         why="turn the vMF term off after the warm-up with CYBORGS.VMF.LAMBDA 0",
     )
     choice("CYBORGS.VMF.FEATURE", v.FEATURE, VMF_FEATURES)
-    choice("CYBORGS.VMF.DISTANCE", v.DISTANCE, ("vmf", "euclidean"))
+    from cyborgs.modeling.losses.vmf_clustering import VMF_DISTANCE_REGISTRY
+
+    choice("CYBORGS.VMF.DISTANCE", v.DISTANCE, sorted(n for n, _ in VMF_DISTANCE_REGISTRY))
     number("CYBORGS.VMF.KMEANS_ITERS", v.KMEANS_ITERS, lo=1, integer=True)
     number("CYBORGS.VMF.INTER_GRID", v.INTER_GRID, lo=1, integer=True)
     choice("CYBORGS.VMF.KMEANS_BACKEND", v.KMEANS_BACKEND, backends)

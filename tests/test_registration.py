@@ -8,18 +8,26 @@ import sys
 
 PROBE = """
 import json
+import sys
 import cyborgs  # the only cyborgs import
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
-from cyborgs.masks import MASK_SOURCE_REGISTRY
+# Our registries are read from the modules ``import cyborgs`` loaded (importing them here would
+# register their entries and hide a missing import).
+MASK_SOURCE_REGISTRY = sys.modules["cyborgs.masks.registry"].MASK_SOURCE_REGISTRY
+KMEANS_BACKEND_REGISTRY = sys.modules["cyborgs.clustering.kmeans"].KMEANS_BACKEND_REGISTRY
+VMF_DISTANCE_REGISTRY = sys.modules["cyborgs.modeling.losses.vmf_clustering"].VMF_DISTANCE_REGISTRY
 print(json.dumps({
     "meta_arch": sorted(k for k, _ in META_ARCH_REGISTRY),
     "roi_heads": sorted(k for k, _ in ROI_HEADS_REGISTRY),
     "sem_seg_heads": sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY),
     "backbones": sorted(k for k, _ in BACKBONE_REGISTRY),
     "mask_sources": sorted(k for k, _ in MASK_SOURCE_REGISTRY),
+    "kmeans_backends": sorted(k for k, _ in KMEANS_BACKEND_REGISTRY),
+    "vmf_distances": sorted(k for k, _ in VMF_DISTANCE_REGISTRY),
     "datasets": sorted(DatasetCatalog.list()),
+    "optional_loaded": sorted(m for m in ("faiss", "pydensecrf", "skimage") if m in sys.modules),
 }))
 """
 
@@ -36,6 +44,11 @@ def test_import_cyborgs_registers_everything() -> None:
     assert set(got["mask_sources"]) == {
         "whole", "grid", "felzenszwalb", "selective_search", "ground_truth", "bootstrap",
     }  # fmt: skip
+    assert got["kmeans_backends"] == ["faiss", "torch"]
+    assert got["vmf_distances"] == ["euclidean", "vmf"]
+    # Registering imports no optional dependency of a source or backend (each imports its own
+    # when it computes).
+    assert got["optional_loaded"] == []
     for name in (
         "coco_2017_train_unlabeled",
         "demo_coco_2017_train_unlabeled",

@@ -52,20 +52,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     from detectron2.data import DatasetCatalog
 
-    from cyborgs.bootstrap.hook import _ground_truth_quality
-    from cyborgs.bootstrap.round import round_settings, run_bootstrap_round
+    from cyborgs.bootstrap import RoundSettings, ground_truth_quality, run_bootstrap_round
     from cyborgs.masks.store import MaskStore, store_root
 
     model, cfg = build_model_and_cfg(args.config_file, args.weights, args.opts)
+    settings = RoundSettings.from_cfg(cfg)
     out = {}
     for name in [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN):
         dicts = DatasetCatalog.get(name)
         store = MaskStore(store_root(cfg, "bootstrap", name))
-        if store.current_round() == args.round:
-            store.set_current(None)  # rewriting the current round: readers see none meanwhile
-        stats = run_bootstrap_round(model, dicts, store, args.round, **round_settings(cfg))
+        stats = run_bootstrap_round(model, settings, dicts, store, args.round)
         stats.pop("k_values")
-        q = _ground_truth_quality(name, dicts)
+        q = ground_truth_quality(name, dicts)
         if q is not None:
             stats["quality"] = q(store, args.round)
         stats["store"] = store.root

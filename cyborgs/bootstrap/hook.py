@@ -22,11 +22,6 @@ Metrics (EventStorage): bootstrap/round, time_s, images_per_s, bytes_per_image, 
 mask_miou (Hungarian, per image; ``quality.py``) when the data set has a labeled twin; for
 TensorBoard, a grid of a few fixed images with the round's masks and the histogram of K per
 group (``visuals.py``). ``pending_rounds`` feeds the rounds still to come into the training ETA.
-
-Test instrumentation: the environment variable ``CYBORGS_TEST_BOOTSTRAP_DELAY_S`` (seconds,
-default unset = 0) makes every label-map write of a round sleep that long afterwards, so a test
-can reliably kill a run *during* a round (``tests/bootstrap/test_kill_during_bootstrap.py``).
-Never set it in real runs.
 """
 
 from __future__ import annotations
@@ -44,51 +39,16 @@ from detectron2.utils import comm
 from cyborgs.engine.nonfinite import NonFiniteLossError
 from cyborgs.masks.store import MaskStore
 
-from .round import round_manifest
+from .quality import QualityFn, ground_truth_quality
+from .round import RoundSettings, bootstrap_shard, round_manifest
 
 __all__ = ["BootstrapHook", "due_epochs", "round_epochs"]
 
 logger = logging.getLogger(__name__)
 
-# Images scored by bootstrap/mask_miou per round (rank 0): enough for a stable number, cheap
-# next to the round itself. (A config key BOOTSTRAP.QUALITY_IMAGES would make it tunable.)
-QUALITY_MAX_IMAGES = 500
-
-# round_fn(model, dataset_dicts, store, round_id, epoch=, iteration=, world_size=, rank=)
-#   -> stats with "k_values", "time_s", "images" (run_bootstrap_round with manage_round=False)
+# round_fn(model, settings, dataset_dicts, store, round_id, *, iteration, world_size, rank)
+#   -> this rank's stats with "k_values", "time_s", "images" (``bootstrap_shard``'s contract)
 RoundFn = Callable[..., dict]
-# quality_fn(store, round_id) -> {"miou": float, ...} or None
-QualityFn = Callable[[MaskStore, int], dict | None]
-
-
-# Test instrumentation only (see the module docstring).
-TEST_DELAY_ENV = "CYBORGS_TEST_BOOTSTRAP_DELAY_S"
-
-
-class _SlowWritesStore:
-    """TEST INSTRUMENTATION: a ``MaskStore`` whose ``write`` sleeps ``delay_s`` after each map,
-    stretching a round so a test can kill the process in the middle of it."""
-
-    def __init__(self, store: MaskStore, delay_s: float) -> None:
-        self._store = store
-        self._delay_s = float(delay_s)
-
-    def write(self, *args: Any, **kwargs: Any) -> int:
-        n = self._store.write(*args, **kwargs)
-        time.sleep(self._delay_s)
-        return n
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-def _round_store(store: MaskStore) -> MaskStore:
-    """The store handed to the round runner: ``store`` itself unless the test delay is set."""
-    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
-    if delay > 0:
-        logger.warning(f"{TEST_DELAY_ENV}={delay}: test instrumentation slows this round down")
-        return _SlowWritesStore(store, delay)  # type: ignore[return-value]
-    return store
 
 
 def due_epochs(warmup_epochs: int, period_epochs: int, max_epoch: int) -> list[int]:
@@ -111,12 +71,15 @@ def round_epochs(
 
 class BootstrapHook(HookBase):
     """``BootstrapHook(cfg)`` (what ``CyborgsTrainer`` builds) or, explicitly, with keyword
-    arguments (tests, custom loops). ``iters_per_epoch`` defaults to the trainer's."""
+    arguments (tests, custom loops): ``settings`` (:class:`RoundSettings`), ``datasets``
+    ((name, dataset dicts, store) each) and the schedule; ``round_fn`` defaults to
+    :func:`bootstrap_shard`, ``iters_per_epoch`` to the trainer's."""
 
     def __init__(
         self,
         cfg=None,
         *,
+        settings: RoundSettings | None = None,
         round_fn: RoundFn | None = None,
         datasets: Sequence[tuple[str, Sequence[dict], MaskStore]] | None = None,
         iters_per_epoch: int | None = None,
@@ -126,18 +89,19 @@ class BootstrapHook(HookBase):
     ):
         if cfg is not None:
             d = _kwargs_from_config(cfg)
-            round_fn = round_fn or d["round_fn"]
+            settings = settings or d["settings"]
             datasets = datasets if datasets is not None else d["datasets"]
             warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
             period_epochs = d["period_epochs"] if period_epochs is None else period_epochs
             quality_fns = d["quality_fns"] if quality_fns is None else quality_fns
-        if round_fn is None or datasets is None or warmup_epochs is None or period_epochs is None:
-            raise ValueError("BootstrapHook needs cfg, or round_fn, datasets and the schedule")
+        if settings is None or datasets is None or warmup_epochs is None or period_epochs is None:
+            raise ValueError("BootstrapHook needs cfg, or settings, datasets and the schedule")
         if warmup_epochs < 0 or period_epochs < 0:
             raise ValueError(
                 "CYBORGS.WARMUP_EPOCHS and CYBORGS.BOOTSTRAP.PERIOD_EPOCHS must be >= 0"
             )
-        self.round_fn = round_fn
+        self.settings = settings
+        self.round_fn = round_fn or bootstrap_shard
         self.datasets = list(datasets)
         self._ipe = iters_per_epoch
         self.warmup_epochs = int(warmup_epochs)
@@ -265,20 +229,14 @@ class BootstrapHook(HookBase):
                 # replace: a stale pointer from an aborted run may name this round
                 store.begin_round(round_id, replace_current=True)
             comm.synchronize()
-            stats = self._call_round_fn(dicts, store, round_id, epoch, iteration)
+            stats = self._call_round_fn(dicts, store, round_id, iteration)
             keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files")
             all_stats = comm.all_gather({k: stats[k] for k in keys if k in stats})
             comm.synchronize()
             if rank == 0:
                 man = store.finish_round(
                     round_id,
-                    round_manifest(
-                        all_stats,
-                        epoch=epoch,
-                        iteration=iteration,
-                        features=stats.get("features", []),
-                        source="bootstrap",
-                    ),
+                    round_manifest(all_stats, self.settings, epoch=epoch, iteration=iteration),
                 )
                 n = sum(s["images"] for s in all_stats)
                 t = max(s["time_s"] for s in all_stats)
@@ -322,7 +280,7 @@ class BootstrapHook(HookBase):
         except Exception as e:  # noqa: BLE001
             logger.warning(f"bootstrap round {round_id} of {name!r}: no TensorBoard visuals ({e})")
 
-    def _call_round_fn(self, dicts, store: MaskStore, round_id: int, epoch: int, iteration: int):
+    def _call_round_fn(self, dicts, store: MaskStore, round_id: int, iteration: int):
         """``round_fn`` on this rank's shard; a non-finite stop on any rank stops every rank
         (the others would wait in the next collective) and names the last good checkpoint."""
         world, rank = comm.get_world_size(), comm.get_rank()
@@ -330,10 +288,10 @@ class BootstrapHook(HookBase):
         try:
             stats = self.round_fn(
                 self.trainer.model,
+                self.settings,
                 dicts,
-                _round_store(store),
+                store,
                 round_id,
-                epoch=epoch,
                 iteration=iteration,
                 world_size=world,
                 rank=rank,
@@ -360,57 +318,22 @@ class BootstrapHook(HookBase):
 
 
 def _kwargs_from_config(cfg) -> dict[str, Any]:
-    """Round runner, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
-    import functools
-
+    """Round settings, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
     from detectron2.data import DatasetCatalog
 
     from cyborgs.masks.store import store_root
 
-    from .round import round_settings, run_bootstrap_round
-
-    round_fn = functools.partial(run_bootstrap_round, **round_settings(cfg), manage_round=False)
     datasets, quality = [], {}
     for name in cfg.DATASETS.TRAIN:
         dicts = DatasetCatalog.get(name)
         datasets.append((name, dicts, MaskStore(store_root(cfg, "bootstrap", name))))
-        q = _ground_truth_quality(name, dicts)
+        q = ground_truth_quality(name, dicts)
         if q is not None:
             quality[name] = q
     return {
-        "round_fn": round_fn,
+        "settings": RoundSettings.from_cfg(cfg),
         "datasets": datasets,
         "warmup_epochs": cfg.CYBORGS.WARMUP_EPOCHS,
         "period_epochs": cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS,
         "quality_fns": quality,
     }
-
-
-def _ground_truth_quality(dataset_name: str, dicts: Sequence[dict]) -> QualityFn | None:
-    """mIoU of a round against the labeled twin's semantic maps, or None without a twin."""
-    from cyborgs.masks.ground_truth import labeled_twin, match_labeled, semantic_map
-
-    from .quality import MaskQuality
-
-    twin = labeled_twin(dataset_name)
-    if twin is None:
-        return None
-    from detectron2.data import DatasetCatalog
-
-    pairs = match_labeled(list(dicts), DatasetCatalog.get(twin))
-    pairs = [(u, lab) for u, lab in pairs if lab.get("annotations")]
-    if not pairs:
-        return None
-    step = max(1, len(pairs) // QUALITY_MAX_IMAGES)
-    pairs = pairs[::step][:QUALITY_MAX_IMAGES]
-
-    def quality(store: MaskStore, round_id: int) -> dict:
-        q = MaskQuality()
-        for u, lab in pairs:
-            if not store.has(u["image_id"], round_id):
-                continue  # a bad image the round skipped (named in its manifest)
-            gt = semantic_map(lab)
-            q.update(store.read(u["image_id"], out_hw=gt.shape, round_id=round_id), gt)
-        return q.compute()
-
-    return quality

@@ -18,11 +18,23 @@ mean of every image's mean over the classes present in its ground truth. Pixels 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["match_clusters", "image_iou", "image_miou", "MaskQuality"]
+if TYPE_CHECKING:
+    from cyborgs.masks.store import MaskStore
+
+__all__ = ["match_clusters", "image_iou", "image_miou", "MaskQuality", "ground_truth_quality"]
+
+# Images scored per round by ground_truth_quality: enough for a stable number, cheap next to
+# the round itself. (A config key BOOTSTRAP.QUALITY_IMAGES would make it tunable.)
+QUALITY_MAX_IMAGES = 500
+
+# quality_fn(store, round_id) -> {"miou": float, ...} or None
+QualityFn = Callable[["MaskStore", int], "dict | None"]
 
 
 def _confusion(pred: np.ndarray, gt: np.ndarray, ignore_index: int | None):
@@ -94,3 +106,34 @@ class MaskQuality:
             "miou_per_image": float(np.mean(self._per_image)),
             "images": len(self._per_image),
         }
+
+
+def ground_truth_quality(dataset_name: str, dicts: Sequence[dict]) -> QualityFn | None:
+    """``quality(store, round_id) -> MaskQuality.compute()`` of a bootstrapped round against the
+    semantic maps of ``dataset_name``'s labeled twin (at most ``QUALITY_MAX_IMAGES`` images,
+    evenly spaced; images the round skipped are left out), or None without a twin or without
+    annotated images."""
+    from cyborgs.masks.ground_truth import labeled_twin, match_labeled, semantic_map
+
+    twin = labeled_twin(dataset_name)
+    if twin is None:
+        return None
+    from detectron2.data import DatasetCatalog
+
+    pairs = match_labeled(list(dicts), DatasetCatalog.get(twin))
+    pairs = [(u, lab) for u, lab in pairs if lab.get("annotations")]
+    if not pairs:
+        return None
+    step = max(1, len(pairs) // QUALITY_MAX_IMAGES)
+    pairs = pairs[::step][:QUALITY_MAX_IMAGES]
+
+    def quality(store: MaskStore, round_id: int) -> dict:
+        q = MaskQuality()
+        for u, lab in pairs:
+            if not store.has(u["image_id"], round_id):
+                continue  # a bad image the round skipped (named in its manifest)
+            gt = semantic_map(lab)
+            q.update(store.read(u["image_id"], out_hw=gt.shape, round_id=round_id), gt)
+        return q.compute()
+
+    return quality

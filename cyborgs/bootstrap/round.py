@@ -21,10 +21,16 @@ therefore split, in order, into forwards whose padded canvas holds at most
 ``_MAX_PAD_FACTOR`` (2) times the pixels of its images' own padded extents: padding can at
 most double a forward's memory, and an outlier shares its forward with at most one other
 image. Order (and so the k-means groups) is unchanged.
+
+API: :class:`RoundSettings` (``RoundSettings.from_cfg(cfg)``) says how rounds run;
+:func:`run_bootstrap_round` runs a whole round in one process (offline tool, tests), and
+:func:`bootstrap_shard` one rank's shard of it (``BootstrapHook`` begins and finishes the round
+around barriers). Both finish with the same manifest, :func:`round_manifest`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -49,8 +55,10 @@ from cyborgs.utils.progress import Progress
 from .features import extract_bootstrap_features
 
 __all__ = [
-    "round_settings",
+    "RoundSettings",
     "run_bootstrap_round",
+    "bootstrap_shard",
+    "round_manifest",
     "shard_indices",
     "compact_labels",
     "load_resized_image",
@@ -65,25 +73,92 @@ _SIZE_DIVISIBILITY = 32
 _MAX_PAD_FACTOR = 2.0
 
 
-def round_settings(cfg) -> dict[str, Any]:
-    """Keyword arguments of :func:`run_bootstrap_round` from ``cfg.CYBORGS.BOOTSTRAP`` (as the
-    hook and ``tools/bootstrap_masks.py`` run it)."""
-    b = cfg.CYBORGS.BOOTSTRAP
-    return dict(
-        features=list(b.FEATURES),
-        group_size=b.GROUP_SIZE,
-        k_min=b.K_MIN,
-        k_max=b.K_MAX,
-        kmeans_iters=b.KMEANS_ITERS,
-        backend=b.KMEANS_BACKEND,
-        input_size=b.INPUT_SIZE,
-        border_pad=b.BORDER_PAD,
-        batch_size=b.BATCH_SIZE,
-        seed=max(cfg.SEED, 0),
-        crf=b.CRF,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        max_aspect_ratio=float(cfg.CYBORGS.DATA.MAX_ASPECT_RATIO),
-    )
+@dataclasses.dataclass(frozen=True)
+class RoundSettings:
+    """How a bootstrapping round runs (paper §3.3, SPEC §3). Build it with :meth:`from_cfg`
+    (every value comes from the config; none is defaulted here) and vary it with
+    ``dataclasses.replace``. The constructor checks the values a round cannot run with.
+
+    Attributes:
+        features: backbone blocks clustered, fused when several (``BOOTSTRAP.FEATURES``).
+        group_size: images clustered jointly (``BOOTSTRAP.GROUP_SIZE``).
+        k_min, k_max: K ~ Uniform{k_min..k_max} per group, 1 <= k_min <= k_max <= 256.
+        kmeans_iters: Lloyd iterations (``BOOTSTRAP.KMEANS_ITERS``).
+        backend: k-means backend, "auto" or a ``KMEANS_BACKEND_REGISTRY`` name.
+        input_size: shorter side fed to the encoder (0: as stored).
+        border_pad: pixels of mirrored frame (a multiple of the feature stride; 0: off).
+        batch_size: images per forward (``BOOTSTRAP.BATCH_SIZE``).
+        seed: seeds the per-round order and every group's K and k-means init (``SEED``, >= 0).
+        crf: dense-CRF refinement of the maps (``BOOTSTRAP.CRF``).
+        num_workers: image-loading workers (``DATALOADER.NUM_WORKERS``).
+        max_aspect_ratio: images beyond it are skipped as bad (``DATA.MAX_ASPECT_RATIO``).
+    """
+
+    features: tuple[str, ...]
+    group_size: int
+    k_min: int
+    k_max: int
+    kmeans_iters: int
+    backend: str
+    input_size: int
+    border_pad: int
+    batch_size: int
+    seed: int
+    crf: bool
+    num_workers: int
+    max_aspect_ratio: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        if not self.features:
+            raise ValueError("CYBORGS.BOOTSTRAP.FEATURES must name at least one block")
+        if not 1 <= self.k_min <= self.k_max <= 256:
+            raise ValueError(
+                f"CYBORGS.BOOTSTRAP.K_MIN/K_MAX must satisfy 1 <= K_MIN <= K_MAX <= 256 (uint8 "
+                f"label maps), got {self.k_min}, {self.k_max}"
+            )
+        if self.group_size < 1 or self.batch_size < 1:
+            raise ValueError("CYBORGS.BOOTSTRAP.GROUP_SIZE and BATCH_SIZE must be >= 1")
+        if self.border_pad < 0:
+            raise ValueError(
+                f"CYBORGS.BOOTSTRAP.BORDER_PAD must be >= 0 pixels, got {self.border_pad}"
+            )
+
+    @classmethod
+    def from_cfg(cls, cfg) -> RoundSettings:
+        """The settings of ``cfg.CYBORGS.BOOTSTRAP`` (as the hook and the offline tool run)."""
+        b = cfg.CYBORGS.BOOTSTRAP
+        return cls(
+            features=tuple(b.FEATURES),
+            group_size=int(b.GROUP_SIZE),
+            k_min=int(b.K_MIN),
+            k_max=int(b.K_MAX),
+            kmeans_iters=int(b.KMEANS_ITERS),
+            backend=str(b.KMEANS_BACKEND),
+            input_size=int(b.INPUT_SIZE),
+            border_pad=int(b.BORDER_PAD),
+            batch_size=int(b.BATCH_SIZE),
+            seed=max(int(cfg.SEED), 0),
+            crf=bool(b.CRF),
+            num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+            max_aspect_ratio=float(cfg.CYBORGS.DATA.MAX_ASPECT_RATIO),
+        )
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The settings that shape a round's masks, as its manifest records them ("settings";
+        ``features`` has a manifest key of its own; batching and loader workers do not change
+        the maps, and images skipped for their aspect ratio are listed)."""
+        return {
+            "group_size": self.group_size,
+            "k_min": self.k_min,
+            "k_max": self.k_max,
+            "kmeans_iters": self.kmeans_iters,
+            "kmeans_backend": self.backend,
+            "input_size": self.input_size,
+            "border_pad": self.border_pad,
+            "seed": self.seed,
+            "crf": self.crf,
+        }
 
 
 def shard_indices(num_images: int, round_id: int, seed: int, world_size: int, rank: int):
@@ -193,63 +268,82 @@ def _sync(device: torch.device) -> None:
 
 def run_bootstrap_round(
     model: torch.nn.Module,
+    settings: RoundSettings,
     dataset_dicts: Sequence[dict],
     store: MaskStore,
     round_id: int,
     *,
-    features: Sequence[str] = ("res3.2",),
-    group_size: int = 16,
-    k_min: int = 2,
-    k_max: int = 256,
-    kmeans_iters: int = 20,
-    backend: str = "auto",
-    input_size: int = 224,
-    border_pad: int = 0,
-    batch_size: int = 16,
-    seed: int = 0,
-    crf: bool = False,
     epoch: int = -1,
+    iteration: int = -1,
+    kmeans: Callable | None = None,
+) -> dict[str, Any]:
+    """Bootstrap every image of ``dataset_dicts`` into round ``round_id`` of ``store`` in this
+    process, then finish the round (manifest, ``current`` pointer).
+
+    Begins the round first; if it is the current round, ``current`` points at no round until
+    the new one is finished (readers meanwhile see none). ``epoch`` / ``iteration`` are recorded
+    in the manifest (-1: not from a training run). ``kmeans`` as in :func:`bootstrap_shard`.
+
+    Returns:
+        the stats of :func:`bootstrap_shard` plus "manifest" (what :func:`round_manifest`
+        and ``MaskStore.finish_round`` wrote).
+    """
+    store.begin_round(round_id, replace_current=True)
+    stats = bootstrap_shard(
+        model, settings, dataset_dicts, store, round_id, iteration=iteration, kmeans=kmeans
+    )
+    manifest = round_manifest([stats], settings, epoch=epoch, iteration=iteration)
+    stats["manifest"] = store.finish_round(round_id, manifest)
+    return stats
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What a shard has done so far (seconds per phase, output, K per group, bad images)."""
+
+    forward_s: float = 0.0
+    kmeans_s: float = 0.0
+    write_s: float = 0.0
+    bytes: int = 0
+    groups: int = 0
+    k_values: list[int] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def bootstrap_shard(
+    model: torch.nn.Module,
+    settings: RoundSettings,
+    dataset_dicts: Sequence[dict],
+    store: MaskStore,
+    round_id: int,
+    *,
     iteration: int = -1,
     world_size: int = 1,
     rank: int = 0,
-    num_workers: int = 0,
-    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
-    manage_round: bool = True,
     kmeans: Callable | None = None,
 ) -> dict[str, Any]:
-    """Bootstrap this rank's shard into ``store`` round ``round_id`` (see the module docstring).
+    """Write this rank's shard of round ``round_id`` into ``store`` (module docstring). The
+    round must have been begun (``store.begin_round``); finishing it is the caller's.
 
-    ``manage_round`` (single process): begin the round first and finish (make current) after.
-    Distributed callers (``BootstrapHook``) pass False and begin/finish around barriers.
-    ``border_pad`` (pixels, a multiple of the feature stride; 0: off) mirrors each image that
-    far outwards before the forward and crops the features back to the image: the backbone's
-    zero padding then falls on the mirrored frame, so the image's own border locations do not
-    form a "border" cluster of their own (stride-2 convolutions pad asymmetrically, which makes
-    the top row and left column of a zero-padded map stand apart).
-    ``kmeans`` defaults to ``cyborgs.clustering.spherical_kmeans``. Images the reader refuses
-    (``max_aspect_ratio``: ``CYBORGS.DATA.MAX_ASPECT_RATIO``) are skipped, named and counted.
+    ``settings.border_pad`` mirrors each image that far outwards before the forward and crops
+    the features back to the image: the backbone's zero padding then falls on the mirrored
+    frame, so the image's own border locations do not form a "border" cluster of their own
+    (stride-2 convolutions pad asymmetrically, which makes the top row and left column of a
+    zero-padded map stand apart). ``kmeans(x, k, iters=, seed=, backend=)`` defaults to
+    ``cyborgs.clustering.spherical_kmeans``. Images the reader refuses are skipped, named and
+    counted. ``iteration`` only names the training step in a non-finite error.
 
-    Returns stats: images (label maps written), skipped_images, skipped_files ("file: reason"
-    each), time_s, images_per_s, forward_s, forward_share (backbone forward
-    time / total), kmeans_s, write_s (the rest is image loading and padding), k_values (K per group, after the cap), bytes, bytes_per_image, and the
-    manifest when the round was finished here.
+    Returns stats: round, features, images (label maps written), skipped_images,
+    skipped_files ("file: reason" each), time_s, images_per_s, forward_s, forward_share
+    (backbone forward time / total), kmeans_s, write_s (the rest is image loading and
+    padding), k_values (K per group, after the cap), bytes, bytes_per_image.
     """
-    if not 1 <= k_min <= k_max <= 256:
-        raise ValueError(
-            f"CYBORGS.BOOTSTRAP.K_MIN/K_MAX must satisfy 1 <= K_MIN <= K_MAX <= 256 (uint8 "
-            f"label maps), got {k_min}, {k_max}"
-        )
-    if group_size < 1 or batch_size < 1:
-        raise ValueError("CYBORGS.BOOTSTRAP.GROUP_SIZE and BATCH_SIZE must be >= 1")
-    if border_pad < 0:
-        raise ValueError(f"CYBORGS.BOOTSTRAP.BORDER_PAD must be >= 0 pixels, got {border_pad}")
+    s = settings
     if kmeans is None:
         from cyborgs.clustering import spherical_kmeans as kmeans
-    if crf:
+    if s.crf:
         from .crf import crf_refine_to_grid
     t_start = time.perf_counter()
-    if manage_round:
-        store.begin_round(round_id)
 
     net = model.module if hasattr(model, "module") else model
     device = next(net.parameters()).device
@@ -260,38 +354,35 @@ def run_bootstrap_round(
         else torch.zeros(3)
     )
 
-    indices = shard_indices(len(dataset_dicts), round_id, seed, world_size, rank)
+    indices = shard_indices(len(dataset_dicts), round_id, s.seed, world_size, rank)
     loader = torch.utils.data.DataLoader(
-        _ImageList(dataset_dicts, indices, input_size, max_aspect_ratio),
+        _ImageList(dataset_dicts, indices, s.input_size, s.max_aspect_ratio),
         batch_size=None,
         collate_fn=_identity,  # keep numpy images (the default converts them to tensors)
-        num_workers=num_workers,
-        prefetch_factor=4 if num_workers > 0 else None,
+        num_workers=s.num_workers,
+        prefetch_factor=4 if s.num_workers > 0 else None,
     )
 
-    forward_s, kmeans_s, write_s, nbytes, k_values = 0.0, 0.0, 0.0, 0, []
+    tally = _Tally()
     # Images stored so far, with rate and ETA, per rank (the summary line below ends it).
     progress = Progress(len(indices), f"bootstrap round {round_id} (rank {rank}/{world_size})",
                         logger)  # fmt: skip
     pending: list[tuple[Any, np.ndarray, torch.Tensor]] = []  # (image_id, image, feats[D,h,w])
     batch: list[tuple[Any, np.ndarray]] = []
-    skipped: list[str] = []
-    group_idx = 0
 
     def forward(part: list[tuple[Any, np.ndarray]]) -> None:
-        nonlocal forward_s
-        x = _pad_batch([im for _, im in part], pad_value, device, border_pad)
+        x = _pad_batch([im for _, im in part], pad_value, device, s.border_pad)
         _sync(device)
         t0 = time.perf_counter()
-        feats = extract_bootstrap_features(net, x, features)
+        feats = extract_bootstrap_features(net, x, list(s.features))
         _sync(device)
-        forward_s += time.perf_counter() - t0
+        tally.forward_s += time.perf_counter() - t0
         stride = x.shape[-2] / feats.shape[-2]
-        o = border_pad / stride
+        o = s.border_pad / stride
         if o != int(o):
             raise ValueError(
-                f"CYBORGS.BOOTSTRAP.BORDER_PAD={border_pad} is not a multiple of the bootstrap "
-                f"feature stride {stride:g} of {list(features)}"
+                f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
+                f"feature stride {stride:g} of {list(s.features)}"
             )
         o = int(o)
         for (image_id, im), f in zip(part, feats, strict=True):
@@ -300,39 +391,39 @@ def run_bootstrap_round(
             pending.append((image_id, im, f[:, o : o + fh, o : o + fw]))
 
     def flush_batch() -> None:
-        shapes = [(im.shape[0] + 2 * border_pad, im.shape[1] + 2 * border_pad) for _, im in batch]
+        pad2 = 2 * s.border_pad
+        shapes = [(im.shape[0] + pad2, im.shape[1] + pad2) for _, im in batch]
         for chunk in _canvas_chunks(shapes):  # bounded canvas, order kept
             forward([batch[i] for i in chunk])
         batch.clear()
 
     def cluster_group(items) -> None:
-        nonlocal nbytes, group_idx, kmeans_s, write_s
         t0 = time.perf_counter()
         flat = [f.flatten(1).T for _, _, f in items]  # [h*w, D] each
         x = torch.cat(flat)
         _check_finite_group(x, items, round_id, iteration)
-        rng = np.random.default_rng([int(seed), int(round_id), int(rank), group_idx])
-        k = min(int(rng.integers(k_min, k_max + 1)), x.shape[0])
+        rng = np.random.default_rng([int(s.seed), int(round_id), int(rank), tally.groups])
+        k = min(int(rng.integers(s.k_min, s.k_max + 1)), x.shape[0])
         gseed = int(rng.integers(2**31 - 1))
-        centroids, _ = kmeans(x, k, iters=kmeans_iters, seed=gseed, backend=backend)
+        centroids, _ = kmeans(x, k, iters=s.kmeans_iters, seed=gseed, backend=s.backend)
         centroids = F.normalize(centroids.float().to(x.device), dim=1)
         # Nearest prototype (max cosine) of every location, explicitly, whatever the backend.
         labels = (x @ centroids.T).argmax(dim=1)
-        k_values.append(int(centroids.shape[0]))
+        tally.k_values.append(int(centroids.shape[0]))
         _sync(x.device)
         t1 = time.perf_counter()
-        kmeans_s += t1 - t0
+        tally.kmeans_s += t1 - t0
         start = 0
         for image_id, im, f in items:
             h, w = f.shape[-2:]
             lm = labels[start : start + h * w].view(h, w)
             start += h * w
-            if crf:
+            if s.crf:
                 lm = crf_refine_to_grid(im, f, centroids, lm)
             lm_np = compact_labels(lm.cpu().numpy().astype(np.uint8))
-            nbytes += store.write(round_id, image_id, lm_np)
-        write_s += time.perf_counter() - t1
-        group_idx += 1
+            tally.bytes += store.write(round_id, image_id, lm_np)
+        tally.write_s += time.perf_counter() - t1
+        tally.groups += 1
         progress.update(len(items))
 
     was_training = net.training
@@ -341,40 +432,41 @@ def run_bootstrap_round(
         for image_id, im, reason in loader:
             if im is None:
                 logger.warning(f"bootstrap round {round_id}: skipping bad image {reason}")
-                skipped.append(reason)
+                tally.skipped.append(reason)
                 continue
             batch.append((image_id, im))
-            if len(batch) == batch_size:
+            if len(batch) == s.batch_size:
                 flush_batch()
-            while len(pending) >= group_size:
-                cluster_group(pending[:group_size])
-                del pending[:group_size]
+            while len(pending) >= s.group_size:
+                cluster_group(pending[: s.group_size])
+                del pending[: s.group_size]
         if batch:
             flush_batch()
         while pending:
-            cluster_group(pending[:group_size])
-            del pending[:group_size]
+            cluster_group(pending[: s.group_size])
+            del pending[: s.group_size]
     finally:
         net.train(was_training)
         progress.close(summary=False)
 
+    skipped, k_values = tally.skipped, tally.k_values
     n = len(indices) - len(skipped)
     total = time.perf_counter() - t_start
     stats: dict[str, Any] = {
         "round": int(round_id),
-        "features": list(features),
+        "features": list(s.features),
         "images": n,
         "skipped_images": len(skipped),
         "skipped_files": skipped,
         "time_s": total,
         "images_per_s": n / total if total > 0 else 0.0,
-        "forward_s": forward_s,
-        "forward_share": forward_s / total if total > 0 else 0.0,
-        "kmeans_s": kmeans_s,  # clustering + assignment
-        "write_s": write_s,  # (CRF,) relabel, PNG encode, atomic write
+        "forward_s": tally.forward_s,
+        "forward_share": tally.forward_s / total if total > 0 else 0.0,
+        "kmeans_s": tally.kmeans_s,  # clustering + assignment
+        "write_s": tally.write_s,  # (CRF,) relabel, PNG encode, atomic write
         "k_values": k_values,
-        "bytes": nbytes,
-        "bytes_per_image": nbytes / max(n, 1),
+        "bytes": tally.bytes,
+        "bytes_per_image": tally.bytes / max(n, 1),
     }
     if skipped:
         logger.warning(
@@ -394,27 +486,6 @@ def run_bootstrap_round(
         float(np.mean(k_values)) if k_values else 0.0,
         stats["bytes_per_image"],
     )
-    if manage_round:
-        stats["manifest"] = store.finish_round(
-            round_id,
-            round_manifest(
-                [stats],
-                epoch=epoch,
-                iteration=iteration,
-                features=features,
-                source="bootstrap",
-                settings=dict(
-                    group_size=group_size,
-                    k_min=k_min,
-                    k_max=k_max,
-                    kmeans_iters=kmeans_iters,
-                    input_size=input_size,
-                    border_pad=border_pad,
-                    seed=seed,
-                    crf=crf,
-                ),
-            ),
-        )
     return stats
 
 
@@ -436,22 +507,27 @@ def _check_finite_group(x: torch.Tensor, items: Sequence, round_id: int, iterati
 
 def round_manifest(
     rank_stats: Sequence[dict],
+    settings: RoundSettings,
     *,
     epoch: int,
     iteration: int,
-    features: Sequence[str],
-    source: str,
-    settings: dict | None = None,
 ) -> dict[str, Any]:
-    """Manifest fields of a round from every rank's stats (K per group and its histogram, the
-    images skipped as bad: their count and, at most ``MAX_LISTED_SKIPPED``, their files)."""
+    """The manifest fields of a bootstrapped round, the same for the hook and the offline tool,
+    from every rank's stats (:func:`bootstrap_shard`) and the round's settings.
+
+    Keys: epoch, iteration (-1: not from a training run), features, source ("bootstrap"),
+    k_per_group, k_histogram ({"K": groups}), k_mean, time_s (slowest rank), world_size,
+    skipped_images (count) and skipped_files (at most ``MAX_LISTED_SKIPPED``), settings
+    (:meth:`RoundSettings.manifest_fields`). ``MaskStore.finish_round`` adds round, created,
+    num_images, bytes and bytes_per_image.
+    """
     k_values = [k for s in rank_stats for k in s["k_values"]]
     skipped = [f for s in rank_stats for f in s.get("skipped_files", [])]
     return {
         "epoch": int(epoch),
         "iteration": int(iteration),
-        "features": list(features),
-        "source": source,
+        "features": list(settings.features),
+        "source": "bootstrap",
         "k_per_group": k_values,
         "k_histogram": {str(k): c for k, c in sorted(Counter(k_values).items())},
         "k_mean": float(np.mean(k_values)) if k_values else 0.0,
@@ -459,5 +535,5 @@ def round_manifest(
         "world_size": len(rank_stats),
         "skipped_images": sum(int(s.get("skipped_images", 0)) for s in rank_stats),
         "skipped_files": skipped[:MAX_LISTED_SKIPPED],
-        "settings": settings or {},
+        "settings": settings.manifest_fields(),
     }

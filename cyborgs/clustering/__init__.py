@@ -1,5 +1,16 @@
 """Clustering used by mask bootstrapping (SPEC §3) and the vMF loss (SPEC §4)."""
 
-from .kmeans import KMEANS_BACKENDS, register_kmeans_backend, spherical_kmeans
+from . import backends  # noqa: F401  (registers the "torch" and "faiss" k-means backends)
+from .kmeans import (
+    KMEANS_BACKEND_REGISTRY,
+    get_kmeans_backend,
+    kmeans_backend_names,
+    spherical_kmeans,
+)
 
-__all__ = ["KMEANS_BACKENDS", "register_kmeans_backend", "spherical_kmeans"]
+__all__ = [
+    "KMEANS_BACKEND_REGISTRY",
+    "get_kmeans_backend",
+    "kmeans_backend_names",
+    "spherical_kmeans",
+]

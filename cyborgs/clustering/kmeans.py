@@ -8,8 +8,9 @@ clustering loss (SPEC §4: prototypes of the target features, every iteration, o
 ``x`` is L2-normalised inside; centroids are unit vectors; ``labels`` is the argmax cosine of
 every point to the returned centroids (computed in torch for every backend, so the definition
 does not depend on the backend). ``k`` is capped at the number of distinct (normalised) points,
-so the returned centroids may be fewer than asked for. Backends live in ``KMEANS_BACKENDS``;
-add one with ``register_kmeans_backend``.
+so the returned centroids may be fewer than asked for. Backends live in
+``KMEANS_BACKEND_REGISTRY`` (the built-in "torch" and "faiss" in ``backends.py``); add one with
+``@KMEANS_BACKEND_REGISTRY.register()`` on a function named like its config value.
 """
 
 from __future__ import annotations
@@ -19,22 +20,44 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from detectron2.utils.registry import Registry
 
-__all__ = ["spherical_kmeans", "register_kmeans_backend", "KMEANS_BACKENDS"]
+__all__ = [
+    "KMEANS_BACKEND_REGISTRY",
+    "get_kmeans_backend",
+    "kmeans_backend_names",
+    "spherical_kmeans",
+]
 
-# A backend takes unit-norm float32 points [N, D], distinct unit-norm initial centroids [k, D]
-# (the k-means++ seeds, so k <= distinct points) and iters, and returns unit-norm centroids
-# [k, D] on the points' device.
 KmeansBackend = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-KMEANS_BACKENDS: dict[str, KmeansBackend] = {}
+
+KMEANS_BACKEND_REGISTRY = Registry("KMEANS_BACKEND")
+KMEANS_BACKEND_REGISTRY.__doc__ = """
+Registry for the Lloyd iterations of :func:`spherical_kmeans`, one entry per value of
+``CYBORGS.BOOTSTRAP.KMEANS_BACKEND`` / ``CYBORGS.VMF.KMEANS_BACKEND`` ("auto" is not an entry:
+it picks one). An entry is a function registered under its own name and called as
+
+    backend(x: Tensor[N, D] float32 unit-norm, init: Tensor[k, D] float32 unit-norm, iters: int)
+        -> Tensor[k, D] unit-norm centroids on x's device
+
+where ``init`` holds k distinct k-means++ seeds (so k <= distinct points). A backend that needs
+an optional package imports it when called, never at registration.
+"""
 
 
-def register_kmeans_backend(name: str) -> Callable[[KmeansBackend], KmeansBackend]:
-    def deco(fn: KmeansBackend) -> KmeansBackend:
-        KMEANS_BACKENDS[name] = fn
-        return fn
+def kmeans_backend_names() -> list[str]:
+    """Registered backend names, sorted (the config also accepts "auto")."""
+    return sorted(name for name, _ in KMEANS_BACKEND_REGISTRY)
 
-    return deco
+
+def get_kmeans_backend(name: str) -> KmeansBackend:
+    """The registered backend ``name`` (see ``KMEANS_BACKEND_REGISTRY`` for the contract).
+
+    Raises ValueError naming the registered backends for an unknown ``name``.
+    """
+    if name not in KMEANS_BACKEND_REGISTRY:
+        raise ValueError(f"unknown k-means backend {name!r}; known: {kmeans_backend_names()}")
+    return KMEANS_BACKEND_REGISTRY.get(name)
 
 
 def spherical_kmeans(
@@ -67,7 +90,7 @@ def spherical_kmeans(
     # of distinct points (so every cluster can own one) without sorting the rows.
     gen = torch.Generator(device=xn.device).manual_seed(int(seed))
     init = _kmeans_pp_init(xn, min(int(k), xn.shape[0]), gen)
-    centroids = KMEANS_BACKENDS[name](xn, init, int(iters))
+    centroids = get_kmeans_backend(name)(xn, init, int(iters))
     centroids = F.normalize(centroids.to(xn.device, torch.float32), dim=1)
     labels = (xn @ centroids.T).argmax(dim=1)
     return centroids.to(x.dtype), labels
@@ -87,8 +110,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
         if device.type == "cuda" and not _faiss_has_gpu(faiss):
             return "torch"
         return "faiss"
-    if backend not in KMEANS_BACKENDS:
-        raise ValueError(f"unknown k-means backend {backend!r}; known: {sorted(KMEANS_BACKENDS)}")
+    get_kmeans_backend(backend)  # unknown name: the error lists the registered ones
     if backend == "faiss" and _faiss() is None:
         raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu)")
     return backend
@@ -102,7 +124,7 @@ def _faiss():
     return faiss
 
 
-# ---------------------------------------------------------------------------- torch backend
+# ------------------------------------------------------------------------- k-means++ seeding
 # Squared chordal distances below this are the same point: float32 rounding leaves ~1e-7 of
 # 2 - 2cos between a unit vector and a rescaled copy of it.
 _SAME_POINT = 1e-6
@@ -137,70 +159,3 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
         chosen.append(cand[best : best + 1])
         closest = dist[best]
     return x[torch.cat(chosen)]
-
-
-@register_kmeans_backend("torch")
-def _torch_kmeans(x: torch.Tensor, init: torch.Tensor, iters: int) -> torch.Tensor:
-    centroids, k = init, init.shape[0]
-    labels = None
-    for _ in range(iters):
-        sims = x @ centroids.T
-        best_sim, new_labels = sims.max(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, new_labels, x)
-        counts = torch.bincount(new_labels, minlength=k)
-        empty = (counts == 0).nonzero().flatten()
-        if empty.numel() > 0:
-            # Re-seed empty clusters from the points farthest from their own centroid.
-            far = torch.argsort(best_sim)[: empty.numel()]
-            sums[empty] = x[far]
-        centroids = F.normalize(sums, dim=1)
-        if empty.numel() == 0 and labels is not None and torch.equal(labels, new_labels):
-            break  # converged: the update above reproduced the same centroids
-        labels = new_labels
-    return centroids
-
-
-# ---------------------------------------------------------------------------- faiss backend
-_GPU_RESOURCES: dict[int, object] = {}
-
-
-@register_kmeans_backend("faiss")
-def _faiss_kmeans(x: torch.Tensor, init: torch.Tensor, iters: int) -> torch.Tensor:
-    faiss = _faiss()
-    N, D = x.shape
-    k = init.shape[0]
-    data = x.cpu().numpy()
-    clus = faiss.Clustering(D, k)
-    clus.niter = max(1, iters)
-    clus.spherical = True  # renormalise centroids after every update
-    clus.verbose = False
-    # FAISS subsamples to 256 points per centroid by default (at k = 2 only 512 of a
-    # bootstrap group's ~12k locations) and warns below 39; cluster all points, silently.
-    clus.max_points_per_centroid = max(N // max(k, 1) + 1, 256)
-    clus.min_points_per_centroid = 1
-    # Seed FAISS with our k-means++ init (FAISS alone draws k random points, which often puts
-    # two seeds in one cluster and misses another); centroids given before train() are used,
-    # and with no subsampling FAISS draws no random numbers of its own.
-    faiss.copy_array_to_vector(init.cpu().numpy().reshape(-1), clus.centroids)
-    index = _faiss_index(faiss, D, x.device)
-    clus.train(data, index)
-    centroids = faiss.vector_to_array(clus.centroids).reshape(k, D)
-    return torch.from_numpy(centroids).to(x.device)
-
-
-def _faiss_index(faiss, dim: int, device: torch.device):
-    """Inner-product index, on a GPU when CUDA is present and FAISS has GPU support (SPEC §3).
-
-    The GPU is x's own when x is on CUDA, else the current device: one rank, one GPU, rather
-    than faiss.Kmeans(gpu=True), which would spread over every GPU of the machine.
-    """
-    use_gpu = torch.cuda.is_available() and _faiss_has_gpu(faiss)
-    if not use_gpu:
-        return faiss.IndexFlatIP(dim)
-    dev = device.index if device.type == "cuda" and device.index is not None else None
-    dev = torch.cuda.current_device() if dev is None else dev
-    if dev not in _GPU_RESOURCES:  # creating resources is slow: one per device per process
-        _GPU_RESOURCES[dev] = faiss.StandardGpuResources()
-    cfg = faiss.GpuIndexFlatConfig()
-    cfg.device = dev
-    return faiss.GpuIndexFlatIP(_GPU_RESOURCES[dev], dim, cfg)

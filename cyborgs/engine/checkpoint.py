@@ -51,6 +51,7 @@ __all__ = [
     "SafeCheckpointer",
     "UnsafeCheckpointError",
     "check_plain",
+    "read_checkpoint",
     "safe_load",
     "safe_load_pickle",
 ]
@@ -221,37 +222,46 @@ class SafeCheckpointer(DetectionCheckpointer):
         return self.load(path)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
-        """Read ``filename`` without executing code; the format comes from its contents.
+        # detectron2's hook for reading a file: ours never executes code (read_checkpoint).
+        return read_checkpoint(filename, self.logger)
 
-        Pickles get detectron2's model-zoo interpretation (``matching_heuristics``; Caffe2
-        ``blobs``), torch files the native one -- as detectron2 does by file extension.
-        """
-        fmt = checkpoint_format(filename)
-        data = load_weights(filename)
-        if not isinstance(data, dict):
-            raise NotACheckpointError(
-                f"{filename} is not a checkpoint: it holds a {type(data).__name__}, not a dict"
-            )
-        if fmt == "pkl":
-            if "model" in data and "__author__" in data:
-                self.logger.info(f"Reading a file from '{data['__author__']}'")
-                return data
-            if "blobs" in data:  # Caffe2 detection models
-                data = data["blobs"]
-            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
-            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-        if filename.endswith(".pyth"):  # pycls
-            if "model_state" not in data:
-                raise ValueError(f"{filename}: pycls checkpoints must contain 'model_state'")
-            state = {
-                k: v
-                for k, v in data["model_state"].items()
-                if not k.endswith("num_batches_tracked")
-            }
-            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-        if "model" not in data:
-            data = {"model": data}
-        return data
+
+def read_checkpoint(filename: str, log: logging.Logger | None = None) -> dict[str, Any]:
+    """Read a weight file as :class:`SafeCheckpointer` loads it, without executing code.
+
+    The format comes from the contents. Pickles get detectron2's model-zoo interpretation
+    (``matching_heuristics``; Caffe2 ``blobs``), torch files the native one -- as detectron2
+    does by file extension.
+
+    Returns:
+        dict with the weights under "model" (name -> tensor / array), plus "__author__" and
+        "matching_heuristics" for model-zoo pickles and whatever else a torch checkpoint holds.
+    """
+    log = log or logger
+    fmt = checkpoint_format(filename)
+    data = load_weights(filename)
+    if not isinstance(data, dict):
+        raise NotACheckpointError(
+            f"{filename} is not a checkpoint: it holds a {type(data).__name__}, not a dict"
+        )
+    if fmt == "pkl":
+        if "model" in data and "__author__" in data:
+            log.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        if "blobs" in data:  # Caffe2 detection models
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    if filename.endswith(".pyth"):  # pycls
+        if "model_state" not in data:
+            raise ValueError(f"{filename}: pycls checkpoints must contain 'model_state'")
+        state = {
+            k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")
+        }
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if "model" not in data:
+        data = {"model": data}
+    return data
 
 
 def _iteration_of(path: str) -> int:

@@ -2,8 +2,13 @@
 
 detectron2 v0.6's ``launch`` asserts CUDA as soon as more than one process is asked for. With
 CUDA we call it unchanged; without CUDA we spawn the processes ourselves with the gloo backend
-and repeat detectron2's per-process setup (``comm._LOCAL_PROCESS_GROUP``, ``synchronize``), so
-``comm.get_local_rank()`` etc. behave exactly as under detectron2.
+and repeat detectron2's per-process setup (the machine-local process group, ``synchronize``),
+so ``comm.get_local_rank()`` etc. behave exactly as under detectron2.
+
+detectron2 v0.6 has no public way to install the local group: ``comm.get_local_rank`` /
+``get_local_size`` read the module variable ``comm._LOCAL_PROCESS_GROUP``, which only its own
+CUDA-only ``_distributed_worker`` assigns (later releases add ``comm.create_local_process_group``).
+So ``_cpu_worker`` assigns it the same way, and nothing else here touches it.
 """
 
 from __future__ import annotations
@@ -97,13 +102,15 @@ def _cpu_worker(
         raise
     # Same local group as detectron2's _distributed_worker: every rank must create every
     # machine's group (new_group is collective), and keep its own machine's.
-    assert comm._LOCAL_PROCESS_GROUP is None
+    local_group = None
     num_machines = world_size // num_procs_per_machine
     for i in range(num_machines):
         ranks_on_i = list(range(i * num_procs_per_machine, (i + 1) * num_procs_per_machine))
         pg = dist.new_group(ranks_on_i)
         if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = pg
+            local_group = pg
+    # No public setter in detectron2 v0.6 (module docstring).
+    comm._LOCAL_PROCESS_GROUP = local_group
     # Avoids a first-collective timeout on slow starters (detectron2 does the same).
     comm.synchronize()
     main_func(*args)
@@ -112,7 +119,7 @@ def _cpu_worker(
     # peer is still in a collective, intermittently aborts a worker with "terminate called
     # without an active exception" (SIGABRT; seen in 1 of ~5 runs before this order).
     comm.synchronize()
-    local_group, comm._LOCAL_PROCESS_GROUP = comm._LOCAL_PROCESS_GROUP, None
+    comm._LOCAL_PROCESS_GROUP = None
     dist.destroy_process_group(local_group)
     dist.destroy_process_group()
 

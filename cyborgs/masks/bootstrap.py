@@ -12,11 +12,12 @@ workers prefetched before the switch still use the previous round.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .registry import check_source_image, register_mask_source
+from .registry import MASK_SOURCE_REGISTRY, check_source_image
 from .store import MaskStore, store_root
 
 __all__ = ["BootstrapMaskSource"]
@@ -53,4 +54,9 @@ class BootstrapMaskSource:
         return self.store.read(dataset_dict["image_id"], out_hw=hw, round_id=r)
 
 
-register_mask_source("bootstrap")(BootstrapMaskSource)
+@MASK_SOURCE_REGISTRY.register()
+def bootstrap(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
+    """``CYBORGS.MASKS.SOURCE: bootstrap``. The current round of the bootstrapped store (before the
+    first round: one mask per image); follows the store's ``current`` pointer as rounds finish.
+    """
+    return BootstrapMaskSource.from_config(cfg, dataset_name)

@@ -12,10 +12,12 @@ so a rare shared id costs less than dropping pixels). Computed once per data set
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import register_mask_source
+from .registry import MASK_SOURCE_REGISTRY
 
 __all__ = ["felzenszwalb_mask", "cap_ids_by_size", "FelzenszwalbMaskSource"]
 
@@ -75,4 +77,9 @@ class FelzenszwalbMaskSource:
         )
 
 
-register_mask_source("felzenszwalb")(FelzenszwalbMaskSource)
+@MASK_SOURCE_REGISTRY.register()
+def felzenszwalb(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
+    """``CYBORGS.MASKS.SOURCE: felzenszwalb``. Felzenszwalb-Huttenlocher segments
+    (``CYBORGS.MASKS.FH_*``), computed once per data set and cached.
+    """
+    return FelzenszwalbMaskSource.from_config(cfg, dataset_name)

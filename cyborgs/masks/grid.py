@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from .registry import check_source_image, register_mask_source
+from .registry import MASK_SOURCE_REGISTRY, check_source_image
 
 __all__ = ["GridMask"]
 
@@ -37,4 +39,9 @@ class GridMask:
         return (rows[:, None] * n + cols[None, :]).astype(np.uint8)
 
 
-register_mask_source("grid")(GridMask)
+@MASK_SOURCE_REGISTRY.register()
+def grid(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
+    """``CYBORGS.MASKS.SOURCE: grid``. A ``CYBORGS.MASKS.GRID_SIZE`` square grid
+    (:class:`GridMask`).
+    """
+    return GridMask.from_config(cfg, dataset_name)

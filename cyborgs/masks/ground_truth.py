@@ -17,12 +17,13 @@ about 90). ``semantic_map``: background 0, ``contiguous category + 1``, crowd re
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import register_mask_source
+from .registry import MASK_SOURCE_REGISTRY
 from .store import upsample_nearest
 
 __all__ = [
@@ -154,4 +155,9 @@ class GroundTruthMaskSource:
         )
 
 
-register_mask_source("ground_truth")(GroundTruthMaskSource)
+@MASK_SOURCE_REGISTRY.register()
+def ground_truth(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
+    """``CYBORGS.MASKS.SOURCE: ground_truth``. Instance masks of the data set's labeled twin (an
+    upper bound), cached.
+    """
+    return GroundTruthMaskSource.from_config(cfg, dataset_name)

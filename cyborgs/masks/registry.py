@@ -1,22 +1,25 @@
-"""Registry of mask sources (``cfg.CYBORGS.MASKS.SOURCE``)."""
+"""Registry of mask sources (``cfg.CYBORGS.MASKS.SOURCE``) and :func:`build_mask_source`."""
 
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 from detectron2.utils.registry import Registry
 
+__all__ = ["MASK_SOURCE_REGISTRY", "build_mask_source", "check_source_image", "mask_source_names"]
+
 MASK_SOURCE_REGISTRY = Registry("MASK_SOURCE")
 MASK_SOURCE_REGISTRY.__doc__ = """
-Registry for mask sources. A registered object is a class (or factory) called as
-``Source.from_config(cfg, dataset_name)`` that returns a callable
+Registry for mask sources, one entry per value of ``cfg.CYBORGS.MASKS.SOURCE``. An entry is a
+factory registered under its own name (``@MASK_SOURCE_REGISTRY.register()`` on a function
+named like the config value: ``whole``, ``grid``, ``felzenszwalb``, ``selective_search``,
+``ground_truth``, ``bootstrap``), called as ``factory(cfg, dataset_name)``. It returns a callable
 
     source(dataset_dict: dict, image: np.ndarray[H, W, 3] uint8 RGB) -> np.ndarray[H, W] uint8
 
 giving one mask id (0..255) per pixel at the image's resolution. Sources that store masks
 (bootstrapped rounds, precomputed heuristics) keep them at a lower resolution and upsample with
-nearest neighbour here. A source must be picklable (it runs inside data-loader workers).
+nearest neighbour here. A source must be picklable (it runs inside data-loader workers). A
+source that needs an optional dependency imports it when it computes, never at registration.
 """
 
 
@@ -29,47 +32,22 @@ def check_source_image(image, source: str) -> None:
         )
 
 
-def register_mask_source(name: str):
-    """Class decorator registering a mask source under ``name`` (the config value)."""
-
-    def deco(cls):
-        MASK_SOURCE_REGISTRY._do_register(name, cls)
-        return cls
-
-    return deco
-
-
-# Modules that register sources; imported lazily so a missing optional dependency of one
-# source (e.g. OpenCV's selective search) does not break the others.
-_SOURCE_MODULES = {
-    "whole": "cyborgs.masks.whole",
-    "grid": "cyborgs.masks.grid",
-    "felzenszwalb": "cyborgs.masks.felzenszwalb",
-    "selective_search": "cyborgs.masks.selective_search",
-    "ground_truth": "cyborgs.masks.ground_truth",
-    "bootstrap": "cyborgs.masks.bootstrap",
-}
-
-
 def mask_source_names() -> list[str]:
-    """The values ``CYBORGS.MASKS.SOURCE`` may take."""
-    return sorted(_SOURCE_MODULES)
-
-
-def import_mask_sources() -> None:
-    """Register every mask source (``import cyborgs`` calls this once). A source whose module
-    needs an optional dependency imports it only when used, so this never fails for that."""
-    for module in _SOURCE_MODULES.values():
-        importlib.import_module(module)
+    """The values ``CYBORGS.MASKS.SOURCE`` may take: every registered source, sorted."""
+    return sorted(name for name, _ in MASK_SOURCE_REGISTRY)
 
 
 def build_mask_source(cfg, dataset_name: str):
-    """Build the source named by ``cfg.CYBORGS.MASKS.SOURCE`` for ``dataset_name``."""
+    """Build the mask source named by ``cfg.CYBORGS.MASKS.SOURCE`` for ``dataset_name``.
+
+    Returns the callable ``source(dataset_dict, image) -> uint8 [H, W]`` of the
+    ``MASK_SOURCE_REGISTRY`` contract. Raises KeyError naming the registered sources for a
+    name that is not one of them.
+    """
     name = cfg.CYBORGS.MASKS.SOURCE
-    if name not in _SOURCE_MODULES:
+    names = mask_source_names()
+    if name not in names:
         raise KeyError(
-            f"CYBORGS.MASKS.SOURCE={name!r} is not a mask source; expected one of "
-            f"{mask_source_names()}"
+            f"CYBORGS.MASKS.SOURCE={name!r} is not a mask source; expected one of {names}"
         )
-    importlib.import_module(_SOURCE_MODULES[name])
-    return MASK_SOURCE_REGISTRY.get(name).from_config(cfg, dataset_name)
+    return MASK_SOURCE_REGISTRY.get(name)(cfg, dataset_name)

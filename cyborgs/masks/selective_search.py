@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import register_mask_source
+from .registry import MASK_SOURCE_REGISTRY
 
 __all__ = ["selective_search_boxes", "boxes_to_mask", "selective_search_mask", "HAS_XIMGPROC"]
 
@@ -212,4 +213,10 @@ class SelectiveSearchMaskSource:
         )
 
 
-register_mask_source("selective_search")(SelectiveSearchMaskSource)
+@MASK_SOURCE_REGISTRY.register()
+def selective_search(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
+    """``CYBORGS.MASKS.SOURCE: selective_search``. Selective-search boxes painted into a label map,
+    computed once per data set and cached (OpenCV's ximgproc when present, else a built-in
+    search).
+    """
+    return SelectiveSearchMaskSource.from_config(cfg, dataset_name)

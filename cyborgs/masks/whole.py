@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from .registry import check_source_image, register_mask_source
+from .registry import MASK_SOURCE_REGISTRY, check_source_image
 
 __all__ = ["WholeImageMask"]
 
@@ -21,4 +23,7 @@ class WholeImageMask:
         return np.zeros(image.shape[:2], dtype=np.uint8)
 
 
-register_mask_source("whole")(WholeImageMask)
+@MASK_SOURCE_REGISTRY.register()
+def whole(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
+    """``CYBORGS.MASKS.SOURCE: whole``. One mask over the whole image (:class:`WholeImageMask`)."""
+    return WholeImageMask.from_config(cfg, dataset_name)

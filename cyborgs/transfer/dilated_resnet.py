@@ -5,6 +5,9 @@ protocols (mmseg "R50-D8", SPEC §6) need stride 8: res4 stride 1 / dilation 2, 
 dilation 4, every block of a stage with the same dilation (mmseg ``contract_dilation=False``).
 We build the standard ResNet and then change strides and dilations of the convolutions in
 place: parameter names and shapes are untouched, so converted weights load as for C4/FPN.
+detectron2's ``ResNet`` derives each stage's output stride from its blocks' ``stride`` when it
+is constructed, so re-wrapping the dilated stem and stages in a new ``ResNet`` makes
+``output_shape()`` report the dilated strides (the same modules, hence the same names).
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     plain.defrost()
     plain.MODEL.RESNETS.RES5_DILATION = 1
     model = _build_resnet(plain, input_shape)
-    stride = model._out_feature_strides["res3"]
-    for name in ("res4", "res5"):
-        if not hasattr(model, name):
-            continue
-        if dilations[name] > 1:
-            _dilate_stage(getattr(model, name), dilations[name])
-        else:
-            stride *= 2
-        model._out_feature_strides[name] = stride
-    return model
+    for name, stage in zip(model.stage_names, model.stages, strict=True):
+        if dilations.get(name, 1) > 1:
+            _dilate_stage(stage, dilations[name])
+    # freeze_at=0: the FREEZE_AT stages were frozen by the first build and stay so.
+    return ResNet(
+        model.stem,
+        [list(stage) for stage in model.stages],
+        out_features=list(model.output_shape()),
+        freeze_at=0,
+    )

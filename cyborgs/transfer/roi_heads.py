@@ -22,6 +22,9 @@ _RES5_BLOCKS = {18: 2, 34: 3}
 
 @ROI_HEADS_REGISTRY.register()
 class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+    # Overrides detectron2's protected builder of the head's res5: v0.6 has no public hook
+    # for the res5 block (VirTex's Res5ROIHeadsExtraNorm overrides the same method), and
+    # Res5ROIHeads.__init__/from_config call it by this name.
     @classmethod
     def _build_res5_block(cls, cfg) -> tuple[nn.Sequential, int]:
         depth = cfg.MODEL.RESNETS.DEPTH

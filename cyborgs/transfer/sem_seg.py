@@ -177,7 +177,7 @@ class FrozenBlockFeatures(Backbone):
             self.add_module(n, getattr(resnet, n))
         self.block = block
         self.feature_name = f"{stage}.{block}"
-        self._stride = resnet._out_feature_strides[stage]
+        self._stride = resnet.output_shape()[stage].stride  # built with OUT_FEATURES [stage]
         last = getattr(self, stage)[block]
         self._channels = last.out_channels
         for p in self.parameters():

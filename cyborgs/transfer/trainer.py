@@ -15,7 +15,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from cyborgs.engine.checkpoint import SafeCheckpointer
+from cyborgs.engine.checkpoint import SafeCheckpointer, read_checkpoint
 from cyborgs.transfer.evaluators import build_evaluator
 from cyborgs.transfer.load_check import assert_backbone_loaded, resnet_tensors_of_file
 from cyborgs.transfer.solver import build_lr_scheduler
@@ -91,7 +91,7 @@ def check_backbone_loaded(cfg, model, checkpointer) -> None:
     if isinstance(model, DistributedDataParallel):
         model = model.module
     weights = checkpointer.path_manager.get_local_path(cfg.MODEL.WEIGHTS)
-    pretrained = resnet_tensors_of_file(checkpointer._load_file(weights)["model"])
+    pretrained = resnet_tensors_of_file(read_checkpoint(weights)["model"])
     # The frozen probe runs only up to its block's stage: later stages are legitimately unused.
     allow_unused = cfg.MODEL.BACKBONE.NAME == "build_frozen_block_backbone"
     report = assert_backbone_loaded(model, pretrained, cfg.MODEL.WEIGHTS, allow_unused)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -10,21 +9,30 @@ import pytest
 from detectron2.utils.events import EventStorage
 
 from cyborgs.bootstrap.hook import BootstrapHook, due_epochs
+from cyborgs.bootstrap.round import RoundSettings
 from cyborgs.masks.bootstrap import BootstrapMaskSource
 from cyborgs.masks.store import MaskStore
 
 DICTS = [{"image_id": i, "file_name": f"{i}.png", "height": 16, "width": 16} for i in range(5)]
 
 
+SETTINGS = RoundSettings(
+    features=("res3.2",), group_size=16, k_min=2, k_max=8, kmeans_iters=5, backend="torch",
+    input_size=0, border_pad=0, batch_size=4, seed=0, crf=False, num_workers=0,
+    max_aspect_ratio=10.0,
+)  # fmt: skip
+
+
 class _FakeRounds:
-    """Stands in for run_bootstrap_round(manage_round=False): writes maps filled with the
-    round id; can crash once mid-round."""
+    """Stands in for bootstrap_shard: writes maps filled with the round id; can crash once
+    mid-round."""
 
     def __init__(self, crash_on: int | None = None):
         self.calls: list[tuple[int, int]] = []
         self.crash_on = crash_on
 
-    def __call__(self, model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+    def __call__(self, model, settings, dicts, store, round_id, *, iteration, world_size, rank):
+        assert settings is SETTINGS
         self.calls.append((round_id, iteration))
         for n, d in enumerate(dicts[rank::world_size]):
             if round_id == self.crash_on and n == 2:
@@ -45,6 +53,7 @@ class _Trainer:
 
 def _hook(store, rounds, warmup=2, period=4, ipe=3, quality=None):
     return BootstrapHook(
+        settings=SETTINGS,
         round_fn=rounds,
         datasets=[("demo", DICTS, store)],
         iters_per_epoch=ipe,
@@ -164,7 +173,9 @@ def test_resume_restores_checkpoint_round_after_later_round_finished(tmp_path):
         _train(hook3, _Trainer(30), 9, 10)
 
 
-def test_with_real_round_runner(tmp_path):
+def test_with_real_round_runner(tmp_path, round_settings):
+    """The default round_fn (bootstrap_shard) under the hook, and the hook's manifest in the
+    offline round's format (same keys, settings included)."""
     from PIL import Image
     from test_round import _ColourNet  # noqa: E402  (rootdir-style test module)
 
@@ -178,11 +189,8 @@ def test_with_real_round_runner(tmp_path):
         Image.fromarray(img).save(p)
         dicts.append({"file_name": str(p), "image_id": i, "height": 32, "width": 32})
     store = MaskStore(str(tmp_path / "store"))
-    fn = functools.partial(
-        run_bootstrap_round, group_size=2, k_min=2, k_max=4, backend="torch", input_size=0,
-        manage_round=False,
-    )  # fmt: skip
-    hook = BootstrapHook(round_fn=fn, datasets=[("d", dicts, store)], warmup_epochs=1,
+    settings = round_settings(group_size=2, k_min=2, k_max=4, backend="torch", input_size=0)
+    hook = BootstrapHook(settings=settings, datasets=[("d", dicts, store)], warmup_epochs=1,
                          period_epochs=0)  # fmt: skip
     trainer = _Trainer(6)
     trainer.iters_per_epoch = 2  # taken from the trainer (CyborgsTrainer has it)
@@ -191,8 +199,19 @@ def test_with_real_round_runner(tmp_path):
     assert store.rounds() == [1]
     man = store.manifest(1)
     assert man["features"] == ["res3.2"] and man["k_per_group"] == [2, 2]
+    assert man["settings"] == settings.manifest_fields() and man["settings"]["k_max"] == 4
+    assert man["epoch"] == 1 and man["iteration"] == 2
     m = store.read(0)
     assert m.shape == (4, 4) and (m[:, :2] != m[:, 2:]).all()
+
+    offline = MaskStore(str(tmp_path / "offline"))
+    run_bootstrap_round(_ColourNet(), settings, dicts, offline, 1, epoch=1, iteration=2)
+    off = offline.manifest(1)
+    assert set(off) == set(man)
+    volatile = {"created", "time_s"}
+    assert {k: v for k, v in off.items() if k not in volatile} == {
+        k: v for k, v in man.items() if k not in volatile
+    }
 
 
 def _two_rounds(tmp_path):
@@ -250,7 +269,7 @@ def test_nonfinite_round_names_the_last_good_checkpoint(tmp_path):
     for n in ("model_0000002.pth", "model_0000005.pth"):
         (out / n).write_bytes(b"")
 
-    def diverged(model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+    def diverged(model, settings, dicts, store, round_id, *, iteration, world_size, rank):
         raise NonFiniteLossError(f"Non-finite bootstrap features in round {round_id}", iteration)
 
     hook = _hook(MaskStore(str(tmp_path / "m")), diverged)

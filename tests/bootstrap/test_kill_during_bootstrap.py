@@ -3,10 +3,10 @@
 tools/pretrain_net.py runs as a subprocess on the tiny demo set: 24 images / batch 8 = 3
 iterations per epoch, epoch 0 is the vMF warm-up, the bootstrap round (round 1) runs after
 iteration 2, epoch 1 trains on its masks. Checkpoints every 2 iterations, so the last one
-before the round is model_0000001.pth. The round is stretched with the test instrumentation
-``CYBORGS_TEST_BOOTSTRAP_DELAY_S`` (a sleep after each label map written, see
-cyborgs/bootstrap/hook.py); the test watches the store and kills the process as soon as the
-first maps of round 1 exist and its manifest does not -- a real kill in the middle of a round.
+before the round is model_0000001.pth. The killed run goes through ``slow_mask_writes.py``
+(next to this file), which sleeps after each label map written, to stretch the round; the test
+watches the store and kills the process as soon as the first maps of round 1 exist and its
+manifest does not -- a real kill in the middle of a round.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from detectron2.data import DatasetCatalog
+from slow_mask_writes import slow_mask_writes_cmd
 
 import cyborgs.data.datasets  # noqa: F401  (registers the demo_* sets)
-from cyborgs.bootstrap.hook import TEST_DELAY_ENV
 from cyborgs.engine.checkpoint import safe_load
 from cyborgs.masks.store import MaskStore, image_key
 
@@ -50,24 +50,13 @@ _OPTS = [
 ]  # fmt: skip
 
 
-def _cmd(out: Path, *extra: str) -> list[str]:
+def _args(out: Path, *extra: str) -> list[str]:
     cfg = ["--config-file", "pretrain_configs/demo_R18.yaml", *extra]
-    return [
-        sys.executable,
-        str(REPO / "tools/pretrain_net.py"),
-        *cfg,
-        "OUTPUT_DIR",
-        str(out),
-        *_OPTS,
-    ]
+    return [*cfg, "OUTPUT_DIR", str(out), *_OPTS]
 
 
-def _env(data_root: Path, delay_s: float | None) -> dict[str, str]:
-    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(data_root), OMP_NUM_THREADS="2")
-    env.pop(TEST_DELAY_ENV, None)
-    if delay_s is not None:
-        env[TEST_DELAY_ENV] = str(delay_s)
-    return env
+def _env(data_root: Path) -> dict[str, str]:
+    return dict(os.environ, CYBORGS_DEMO_DATASETS=str(data_root), OMP_NUM_THREADS="2")
 
 
 def _maps(round_dir: Path) -> list[Path]:
@@ -77,8 +66,9 @@ def _maps(round_dir: Path) -> list[Path]:
 def _kill_during_round(out: Path, data_root: Path, round_dir: Path, timeout_s: float) -> int:
     """Start a run, SIGKILL it once round 1 has maps but no manifest; return #maps then."""
     log = open(out.parent / "killed_run.log", "w")  # noqa: SIM115  (closed below)
+    cmd = slow_mask_writes_cmd(0.3, str(REPO / "tools/pretrain_net.py"), *_args(out))
     proc = subprocess.Popen(
-        _cmd(out), cwd=REPO, env=_env(data_root, 0.3), stdout=log, stderr=subprocess.STDOUT
+        cmd, cwd=REPO, env=_env(data_root), stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + timeout_s
@@ -119,9 +109,9 @@ def test_sigkill_during_bootstrap_round_then_resume(tiny_data_root, tmp_path) ->
     assert not (out / "model_final.pth").exists()
 
     res = subprocess.run(
-        _cmd(out, "--resume"),
+        [sys.executable, str(REPO / "tools/pretrain_net.py"), *_args(out, "--resume")],
         cwd=REPO,
-        env=_env(tiny_data_root, None),
+        env=_env(tiny_data_root),
         capture_output=True,
         text=True,
         timeout=300,

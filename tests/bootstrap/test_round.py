@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from detectron2.config import get_cfg
 from PIL import Image
 
-from cyborgs.bootstrap.round import compact_labels, run_bootstrap_round, shard_indices
+from cyborgs.bootstrap.round import (
+    RoundSettings,
+    bootstrap_shard,
+    compact_labels,
+    run_bootstrap_round,
+    shard_indices,
+)
+from cyborgs.config import add_cyborgs_config
 from cyborgs.masks.store import MaskStore
 
 
@@ -50,16 +60,19 @@ def _write_images(root, n=6, noise=False):
     return dicts
 
 
-def test_round_maps_shapes_k_range_and_reproducible(tmp_path):
+def test_round_maps_shapes_k_range_and_reproducible(tmp_path, round_settings):
     dicts = _write_images(tmp_path)
     model = _ColourNet().train()
     kw = dict(group_size=4, k_min=3, k_max=7, kmeans_iters=10, backend="torch",
               input_size=0, batch_size=3, seed=1)  # fmt: skip
-    s1 = run_bootstrap_round(model, dicts, MaskStore(str(tmp_path / "a")), 2, **kw)
+    s1 = run_bootstrap_round(model, round_settings(**kw), dicts, MaskStore(str(tmp_path / "a")), 2)
     assert model.training  # restored
     assert s1["images"] == 6 and len(s1["k_values"]) == 2  # groups of 4 + 2
     assert s1["k_values"] == [3, 3]  # K >= 3 drawn, capped at the 3 distinct features
     man = s1["manifest"]
+    assert man["settings"] == round_settings(**kw).manifest_fields()
+    assert man["settings"]["k_min"] == 3 and man["settings"]["seed"] == 1
+    assert man["epoch"] == man["iteration"] == -1 and man["source"] == "bootstrap"
     assert man["num_images"] == 6 and man["k_per_group"] == s1["k_values"]
     assert sum(man["k_histogram"].values()) == 2
     store_a = MaskStore(str(tmp_path / "a"))
@@ -77,27 +90,67 @@ def test_round_maps_shapes_k_range_and_reproducible(tmp_path):
         assert left[0, 0] != right[0, 0]
     # Same seed/round -> identical maps; batch size does not change the result.
     kw2 = dict(kw, batch_size=2)
-    s2 = run_bootstrap_round(model, dicts, MaskStore(str(tmp_path / "b")), 2, **kw2)
+    s2 = run_bootstrap_round(model, round_settings(**kw2), dicts, MaskStore(str(tmp_path / "b")), 2)
     assert s2["k_values"] == s1["k_values"]
     store_b = MaskStore(str(tmp_path / "b"))
     for d in dicts:
         np.testing.assert_array_equal(store_a.read(d["image_id"]), store_b.read(d["image_id"]))
 
 
-def test_input_size_resizes_shorter_side(tmp_path):
+def test_settings_come_from_the_config():
+    cfg = add_cyborgs_config(get_cfg())
+    b = cfg.CYBORGS.BOOTSTRAP
+    b.FEATURES, b.GROUP_SIZE, b.K_MIN, b.K_MAX = ["res3.1", "res4"], 3, 4, 9
+    b.KMEANS_ITERS, b.KMEANS_BACKEND, b.INPUT_SIZE, b.BORDER_PAD = 7, "torch", 96, 16
+    b.BATCH_SIZE, b.CRF = 5, True
+    cfg.SEED, cfg.DATALOADER.NUM_WORKERS, cfg.CYBORGS.DATA.MAX_ASPECT_RATIO = 11, 2, 6.0
+    assert RoundSettings.from_cfg(cfg) == RoundSettings(
+        features=("res3.1", "res4"), group_size=3, k_min=4, k_max=9, kmeans_iters=7,
+        backend="torch", input_size=96, border_pad=16, batch_size=5, seed=11, crf=True,
+        num_workers=2, max_aspect_ratio=6.0,
+    )  # fmt: skip
+    cfg.SEED = -1  # "random" in detectron2: rounds still need a fixed seed
+    assert RoundSettings.from_cfg(cfg).seed == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RoundSettings.from_cfg(cfg).k_min = 2
+
+
+def test_rewriting_the_current_round(tmp_path, round_settings):
+    """The offline tool reruns a round that may be current: readers see no round meanwhile,
+    and the new maps become current."""
     dicts = _write_images(tmp_path, n=2)
     store = MaskStore(str(tmp_path / "s"))
-    run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=2, k_min=2, k_max=2,
-                        backend="torch", input_size=32, batch_size=2)  # fmt: skip
+    settings = round_settings(group_size=2, k_min=2, k_max=2, backend="torch", input_size=0)
+    run_bootstrap_round(_ColourNet(), settings, dicts, store, 3)
+    assert store.current_round() == 3
+    seen = []
+    write = store.write
+
+    def watching_write(*args, **kwargs):
+        seen.append(store.current_round())
+        return write(*args, **kwargs)
+
+    store.write = watching_write
+    run_bootstrap_round(_ColourNet(), settings, dicts, store, 3)
+    assert seen == [None, None] and store.current_round() == 3 and store.rounds() == [3]
+
+
+def test_input_size_resizes_shorter_side(tmp_path, round_settings):
+    dicts = _write_images(tmp_path, n=2)
+    store = MaskStore(str(tmp_path / "s"))
+    settings = round_settings(group_size=2, k_min=2, k_max=2, backend="torch", input_size=32,
+                              batch_size=2)  # fmt: skip
+    run_bootstrap_round(_ColourNet(), settings, dicts, store, 0)
     # 64x32 -> 64x32 -> 8x4 cells; 48x64 -> 32x43 -> 4x6 cells
     assert store.read(0).shape == (8, 4) and store.read(1).shape == (4, 6)
 
 
-def test_k_drawn_uniformly_in_range_per_group(tmp_path):
+def test_k_drawn_uniformly_in_range_per_group(tmp_path, round_settings):
     dicts = _write_images(tmp_path, n=12, noise=True)  # 12 groups of one 64-/48-px image
     store = MaskStore(str(tmp_path / "s"))
-    s = run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=1, k_min=2, k_max=9,
-                            kmeans_iters=3, backend="torch", input_size=0, seed=3)  # fmt: skip
+    settings = round_settings(group_size=1, k_min=2, k_max=9, kmeans_iters=3, backend="torch",
+                              input_size=0, seed=3)  # fmt: skip
+    s = run_bootstrap_round(_ColourNet(), settings, dicts, store, 0)
     ks = s["k_values"]
     assert len(ks) == 12 and all(2 <= k <= 9 for k in ks) and len(set(ks)) >= 4
     for d in dicts:
@@ -105,18 +158,20 @@ def test_k_drawn_uniformly_in_range_per_group(tmp_path):
         assert 2 <= len(np.unique(m)) <= 9
 
 
-def test_k_is_capped_by_locations_and_kmin_kmax_validated(tmp_path):
+def test_k_is_capped_by_locations_and_kmin_kmax_validated(tmp_path, round_settings):
     dicts = _write_images(tmp_path, n=1)
     store = MaskStore(str(tmp_path / "s"))
-    s = run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=1, k_min=256, k_max=256,
-                            backend="torch", input_size=0)  # fmt: skip
+    settings = round_settings(group_size=1, k_min=256, k_max=256, backend="torch", input_size=0)
+    s = run_bootstrap_round(_ColourNet(), settings, dicts, store, 0)
     assert s["k_values"] == [2]  # only two distinct feature vectors exist
     dicts = _write_images(tmp_path, n=1, noise=True)
-    s = run_bootstrap_round(_ColourNet(), dicts, store, 2, group_size=1, k_min=256, k_max=256,
-                            kmeans_iters=1, backend="torch", input_size=0)  # fmt: skip
+    s = run_bootstrap_round(_ColourNet(), dataclasses.replace(settings, kmeans_iters=1), dicts,
+                            store, 2)  # fmt: skip
     assert s["k_values"] == [32]  # 8x4 locations
     with pytest.raises(ValueError, match="K_MIN/K_MAX"):
-        run_bootstrap_round(_ColourNet(), dicts, store, 1, k_min=2, k_max=300)
+        round_settings(k_min=2, k_max=300)
+    with pytest.raises(ValueError, match="K_MIN/K_MAX"):
+        round_settings(k_min=5, k_max=4)
 
 
 def test_shards_partition_the_data_set():
@@ -130,11 +185,12 @@ def test_compact_labels_keeps_partition():
     np.testing.assert_array_equal(compact_labels(m), [[0, 0, 1], [2, 1, 0]])
 
 
-def test_round_with_crf_refinement(tmp_path):
+def test_round_with_crf_refinement(tmp_path, round_settings):
     dicts = _write_images(tmp_path, n=2)
     store = MaskStore(str(tmp_path / "s"))
-    s = run_bootstrap_round(_ColourNet(), dicts, store, 0, group_size=2, k_min=3, k_max=3,
-                            backend="torch", input_size=0, crf=True)  # fmt: skip
+    settings = round_settings(group_size=2, k_min=3, k_max=3, backend="torch", input_size=0,
+                              crf=True)  # fmt: skip
+    s = run_bootstrap_round(_ColourNet(), settings, dicts, store, 0)
     assert s["k_values"] == [3]
     for d in dicts:
         m = store.read(d["image_id"])
@@ -165,7 +221,7 @@ class _ZeroPadNet(torch.nn.Module):
         return {n: x for n in names}
 
 
-def test_border_pad_keeps_zero_padding_off_the_image(tmp_path):
+def test_border_pad_keeps_zero_padding_off_the_image(tmp_path, round_settings):
     p = tmp_path / "flat.png"
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(p)
     dicts = [{"file_name": str(p), "image_id": 0, "height": 64, "width": 64}]
@@ -173,7 +229,7 @@ def test_border_pad_keeps_zero_padding_off_the_image(tmp_path):
     maps = {}
     for pad in (0, 16):
         store = MaskStore(str(tmp_path / f"pad{pad}"))
-        run_bootstrap_round(_ZeroPadNet(), dicts, store, 0, border_pad=pad, **kw)
+        run_bootstrap_round(_ZeroPadNet(), round_settings(border_pad=pad, **kw), dicts, store, 0)
         maps[pad] = store.read(0)
     assert maps[0].shape == maps[16].shape == (8, 8)  # features cropped back to the image
     # unpadded: the zero-padded top row / left column form a segment of their own
@@ -183,28 +239,28 @@ def test_border_pad_keeps_zero_padding_off_the_image(tmp_path):
     assert len(np.unique(maps[16])) == 1
 
 
-def test_border_pad_must_be_a_multiple_of_the_stride(tmp_path):
+def test_border_pad_must_be_a_multiple_of_the_stride(tmp_path, round_settings):
     dicts = _write_images(tmp_path, n=1)
     store = MaskStore(str(tmp_path / "s"))
     with pytest.raises(ValueError, match="BORDER_PAD=4 is not a multiple"):
-        run_bootstrap_round(_ColourNet(), dicts, store, 0, border_pad=4, backend="torch",
-                            input_size=0)  # fmt: skip
+        run_bootstrap_round(_ColourNet(), round_settings(border_pad=4, backend="torch",
+                            input_size=0), dicts, store, 0)  # fmt: skip
     with pytest.raises(ValueError, match="BORDER_PAD must be >= 0"):
-        run_bootstrap_round(_ColourNet(), dicts, store, 1, border_pad=-8, input_size=0)
+        round_settings(border_pad=-8, input_size=0)
 
 
 @pytest.mark.gpu
-def test_round_on_cuda_with_gpu_kmeans_gives_the_cpu_maps(tmp_path):
+def test_round_on_cuda_with_gpu_kmeans_gives_the_cpu_maps(tmp_path, round_settings):
     """Encoder and k-means on the GPU ("auto": FAISS-GPU or torch on CUDA): the same maps as
     the CPU round, since each colour's cells have identical features."""
     dicts = _write_images(tmp_path)
     kw = dict(group_size=4, k_min=3, k_max=7, kmeans_iters=10, input_size=0, batch_size=3,
               seed=1)  # fmt: skip
     cpu = MaskStore(str(tmp_path / "cpu"))
-    run_bootstrap_round(_ColourNet().train(), dicts, cpu, 2, backend="torch", **kw)
+    run_bootstrap_round(_ColourNet().train(), round_settings(backend="torch", **kw), dicts, cpu, 2)
     gpu_model = _ColourNet().cuda().train()
     gpu = MaskStore(str(tmp_path / "gpu"))
-    s = run_bootstrap_round(gpu_model, dicts, gpu, 2, backend="auto", **kw)
+    s = run_bootstrap_round(gpu_model, round_settings(backend="auto", **kw), dicts, gpu, 2)
     assert gpu_model.calls > 0 and s["images"] == len(dicts)
     for d in dicts:
         np.testing.assert_array_equal(gpu.read(d["image_id"]), cpu.read(d["image_id"]))
@@ -219,13 +275,13 @@ class _DivergedNet(_ColourNet):
         return {n: f for n in names}
 
 
-def test_nonfinite_features_stop_the_round_with_the_nonfinite_message(tmp_path):
+def test_nonfinite_features_stop_the_round_with_the_nonfinite_message(tmp_path, round_settings):
     from cyborgs.engine.nonfinite import NonFiniteLossError
 
     dicts = _write_images(tmp_path)
-    kw = dict(group_size=4, k_min=3, k_max=3, kmeans_iters=5, backend="torch", input_size=0,
-              batch_size=6, seed=1, iteration=40, manage_round=False)  # fmt: skip
+    settings = round_settings(group_size=4, k_min=3, k_max=3, kmeans_iters=5, backend="torch",
+                              input_size=0, batch_size=6, seed=1)  # fmt: skip
     store = MaskStore(str(tmp_path / "m"))
     store.begin_round(5)
     with pytest.raises(NonFiniteLossError, match=r"round 5 at iteration 40: .* 1 of 4 images"):
-        run_bootstrap_round(_DivergedNet(), dicts, store, 5, **kw)
+        bootstrap_shard(_DivergedNet(), settings, dicts, store, 5, iteration=40)

@@ -51,12 +51,13 @@ def _set(root) -> list[dict]:
     return [{"file_name": str(root / n), "image_id": n} for n in names]
 
 
-def test_round_skips_names_and_counts_bad_images(tmp_path, caplog):
+def test_round_skips_names_and_counts_bad_images(tmp_path, caplog, round_settings):
     dicts = _set(tmp_path)
     store = MaskStore(str(tmp_path / "store"))
     with caplog.at_level(logging.WARNING):
-        s = run_bootstrap_round(_ShapeNet(), dicts, store, 1, group_size=3, k_min=2, k_max=2,
-                                backend="torch", input_size=32, batch_size=4)  # fmt: skip
+        settings = round_settings(group_size=3, k_min=2, k_max=2, backend="torch",
+                                  input_size=32, batch_size=4)  # fmt: skip
+        s = run_bootstrap_round(_ShapeNet(), settings, dicts, store, 1)
     bad = {"zero.jpg", "trunc.jpg", "text.png", "strip.png"}
     assert s["images"] == 5 and s["skipped_images"] == 4
     assert {f.split(": ")[0].rsplit("/", 1)[-1] for f in s["skipped_files"]} == bad
@@ -89,7 +90,7 @@ def test_canvas_chunks_isolate_an_outlier_and_keep_order():
         assert len(c) * H * W <= 2 * own
 
 
-def test_one_strip_does_not_blow_up_the_batch(tmp_path):
+def test_one_strip_does_not_blow_up_the_batch(tmp_path, round_settings):
     """With the aspect limit off, a 4000x20 image is bootstrapped alone, never padding the
     other images of its batch to 128 x 25600 (the failure of issue 10)."""
     dicts = []
@@ -100,9 +101,9 @@ def test_one_strip_does_not_blow_up_the_batch(tmp_path):
     dicts.insert(2, {"file_name": str(tmp_path / "strip.png"), "image_id": "strip"})
     net = _ShapeNet()
     store = MaskStore(str(tmp_path / "store"))
-    s = run_bootstrap_round(net, dicts, store, 0, group_size=6, k_min=2, k_max=2,
-                            backend="torch", input_size=32, batch_size=6,
-                            max_aspect_ratio=0)  # fmt: skip
+    settings = round_settings(group_size=6, k_min=2, k_max=2, backend="torch", input_size=32,
+                              batch_size=6, max_aspect_ratio=0)  # fmt: skip
+    s = run_bootstrap_round(net, settings, dicts, store, 0)
     assert s["images"] == 6 and s["skipped_images"] == 0
     wide = [sh for sh in net.shapes if sh[-1] > 64]
     # the strip (32 x 6400 after resizing) runs with at most one neighbour, not all five

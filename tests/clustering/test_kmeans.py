@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cyborgs.clustering import KMEANS_BACKENDS, spherical_kmeans
+from cyborgs.clustering import (
+    get_kmeans_backend,
+    kmeans_backend_names,
+    spherical_kmeans,
+)
 
 BACKENDS = ["torch"] + (["faiss"] if importlib.util.find_spec("faiss") else [])
 
@@ -124,13 +128,13 @@ def test_torch_backend_runs_on_input_device_and_dtype():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown k-means backend"):
+    with pytest.raises(ValueError, match=r"unknown k-means backend 'nope'.*'faiss', 'torch'"):
         spherical_kmeans(torch.randn(5, 2), 2, backend="nope")
     with pytest.raises(ValueError):
         spherical_kmeans(torch.randn(5), 2)
     with pytest.raises(ValueError):
         spherical_kmeans(torch.randn(5, 2), 0)
-    assert {"torch", "faiss"} <= set(KMEANS_BACKENDS)
+    assert {"torch", "faiss"} <= set(kmeans_backend_names())
 
 
 @pytest.mark.gpu
@@ -161,13 +165,39 @@ def test_auto_backend_clusters_cuda_data_on_the_gpu():
 
 @pytest.mark.gpu
 def test_faiss_gpu_index_lives_on_the_data_device():
-    from cyborgs.clustering import kmeans
+    from cyborgs.clustering import backends, kmeans
 
     faiss = kmeans._faiss()
     if faiss is None or not kmeans._faiss_has_gpu(faiss):
         pytest.skip("FAISS without GPU support is installed (or none)")
-    index = kmeans._faiss_index(faiss, 12, torch.device("cuda", 0))
+    index = backends._faiss_index(faiss, 12, torch.device("cuda", 0))
     assert isinstance(index, faiss.GpuIndexFlatIP) and index.getDevice() == 0
     x, truth, _ = _blobs()
     _, labels = spherical_kmeans(x.cuda(), 5, backend="faiss")
     assert labels.is_cuda and _same_partition(labels.cpu(), truth)
+
+
+def test_registered_backend_is_looked_up_by_name(monkeypatch):
+    """A backend registered by function name is what ``backend=<name>`` runs, with the
+    documented arguments (unit-norm points, k-means++ seeds, iters)."""
+    from detectron2.utils.registry import Registry
+
+    from cyborgs.clustering import kmeans
+
+    registry = Registry("KMEANS_BACKEND")  # a private one: the real registry stays as it is
+    monkeypatch.setattr(kmeans, "KMEANS_BACKEND_REGISTRY", registry)
+    seen = {}
+
+    @registry.register()
+    def first_seeds(x, init, iters):  # returns the seeds unchanged
+        seen.update(norms=x.norm(dim=1), k=init.shape[0], iters=iters)
+        return init
+
+    assert get_kmeans_backend("first_seeds") is first_seeds
+    x, _, _ = _blobs()
+    c, labels = spherical_kmeans(x, 4, iters=3, backend="first_seeds")
+    torch.testing.assert_close(seen["norms"], torch.ones(len(x)))
+    assert seen["k"] == 4 and seen["iters"] == 3 and c.shape == (4, 12)
+    assert labels.max() < 4
+    with pytest.raises(ValueError, match=r"known: \['first_seeds'\]"):
+        get_kmeans_backend("torch")

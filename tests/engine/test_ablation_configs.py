@@ -353,7 +353,7 @@ def test_table2_row_trains(name: str, epochs: int, tiny4: str, tmp_path: Path) -
     want_rounds = [w] + [e for e in range(w + 1, epochs) if n > 0 and e % n == 0]
     (hook,) = [h for h in trainer._hooks if isinstance(h, BootstrapHook)]
     assert hook.completed == want_rounds
-    assert hook.round_fn.keywords["crf"] is c.BOOTSTRAP.CRF
+    assert hook.settings.crf is c.BOOTSTRAP.CRF
     store = MaskStore(store_root(trainer.cfg, "bootstrap", tiny4))
     assert store.rounds() == want_rounds
     stride = _STRIDE[c.BOOTSTRAP.FEATURES[-1].split(".")[0]]

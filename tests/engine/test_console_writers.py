@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
 from cyborgs.bootstrap.hook import BootstrapHook
+from cyborgs.bootstrap.round import RoundSettings
+from cyborgs.config import add_cyborgs_config
 from cyborgs.engine.writers import RoundAwareMetricPrinter, rounds_eta_text
 from cyborgs.masks.store import MaskStore
 
@@ -28,7 +31,7 @@ class _Trainer:
         pass
 
 
-def _round(model, dicts, store, round_id, *, epoch, iteration, world_size, rank):
+def _round(model, settings, dicts, store, round_id, *, iteration, world_size, rank):
     for d in dicts:
         store.write(round_id, d["image_id"], np.zeros((2, 2), np.uint8))
     return {"k_values": [2], "time_s": 0.1, "images": len(dicts), "bytes": 10}
@@ -37,7 +40,9 @@ def _round(model, dicts, store, round_id, *, epoch, iteration, world_size, rank)
 def test_pending_rounds_and_printed_eta(tmp_path, caplog) -> None:
     # 3 iterations/epoch, 12 iterations; warm-up 1 epoch, rounds every 2: epochs 1 and 2
     dicts = [{"image_id": i, "file_name": f"missing{i}.png"} for i in range(4)]
-    hook = BootstrapHook(round_fn=_round, datasets=[("d", dicts, MaskStore(str(tmp_path)))],
+    settings = RoundSettings.from_cfg(add_cyborgs_config(get_cfg()))
+    hook = BootstrapHook(settings=settings, round_fn=_round,
+                         datasets=[("d", dicts, MaskStore(str(tmp_path)))],
                          iters_per_epoch=3, warmup_epochs=1, period_epochs=2)  # fmt: skip
     hook.trainer = trainer = _Trainer(12)
     assert hook.scheduled_epochs() == [1, 2]

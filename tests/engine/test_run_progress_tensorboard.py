@@ -45,9 +45,11 @@ def _seconds(hms: str) -> int:
 @pytest.fixture(scope="module")
 def run(tiny_data_root, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("watch") / "run"
-    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tiny_data_root), OMP_NUM_THREADS="2",
-               CYBORGS_TEST_BOOTSTRAP_DELAY_S="0.1")  # fmt: skip
-    cmd = [sys.executable, str(REPO / "tools" / "pretrain_net.py"), "--config-file",
+    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tiny_data_root), OMP_NUM_THREADS="2")
+    # Each label map written sleeps 0.1 s (tests/bootstrap/slow_mask_writes.py): rounds last
+    # long enough to print progress lines.
+    cmd = [sys.executable, str(REPO / "tests" / "bootstrap" / "slow_mask_writes.py"), "0.1",
+           str(REPO / "tools" / "pretrain_net.py"), "--config-file",
            "pretrain_configs/demo_R18.yaml", "OUTPUT_DIR", str(out), *_OPTS]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]

@@ -127,7 +127,7 @@ def test_build_mask_source_rejects_unknown_name():
 
     cfg = add_cyborgs_config(get_cfg())
     cfg.CYBORGS.MASKS.SOURCE = "nope"
-    with pytest.raises(KeyError, match="CYBORGS.MASKS.SOURCE"):
+    with pytest.raises(KeyError, match=r"CYBORGS.MASKS.SOURCE='nope'.*'bootstrap', 'felzenszwalb'"):
         build_mask_source(cfg, "x")
 
 

@@ -198,7 +198,7 @@ def test_euclidean_module_and_bad_arguments():
         tuple(views), tuple(views), boxes, flips
     )
     assert out["total"].item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="distance"):
+    with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'vmf'\]"):
         VMFClusteringLoss(distance="cosine")
     with pytest.raises(ValueError, match="shapes"):
         VMFClusteringLoss()((views[0], views[1]), (views[0], views[1][:, :4]), boxes, flips)
@@ -232,3 +232,18 @@ def test_nonfinite_target_features_give_a_nan_term_not_a_kmeans_crash(bad):
     out = VMFClusteringLoss(kappa=10.0, num_clusters=2, inter_grid=4)(online, target, boxes, flips)
     assert all(torch.isnan(out[k]) for k in ("intra", "inter", "total"))
     assert out["total"].requires_grad  # still a graph term, like every loss the model returns
+
+
+def test_distance_registry_entries_are_the_named_functions():
+    from cyborgs.modeling.losses.vmf_clustering import get_vmf_distance
+
+    g = torch.Generator().manual_seed(0)
+    feats, protos = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.testing.assert_close(
+        get_vmf_distance("vmf")(feats, protos, labels, 5.0), vmf_nll(feats, protos, labels, 5.0)
+    )
+    torch.testing.assert_close(
+        get_vmf_distance("euclidean")(feats, protos, labels, 5.0),
+        squared_distance(feats, protos, labels),
+    )

@@ -43,7 +43,10 @@ def test_offline_round_writes_a_complete_current_round_with_quality(tiny_data_ro
     store = MaskStore(stats["store"])
     assert store.current_round() == 7 and store.is_complete(7)
     dicts = DatasetCatalog.get(name)
-    assert store.manifest(7)["num_images"] == len(dicts)
+    man = store.manifest(7)
+    assert man["num_images"] == len(dicts)
+    # the settings of the config, recorded as the in-training hook records them
+    assert man["settings"]["k_max"] == 6 and man["settings"]["kmeans_iters"] == 3
     maps = [store.read(d["image_id"]) for d in dicts]
     assert all(m.dtype == np.uint8 and m.max() < 6 for m in maps)
     assert 0.0 <= stats["quality"]["miou"] <= 1.0  # the demo set has a labeled twin

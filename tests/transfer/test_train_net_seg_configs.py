@@ -58,7 +58,7 @@ def test_seg_demo_config_trains_one_step(config, tiny_data_root, r18_converted_p
 
 @pytest.mark.parametrize("depth", [18, 50])
 def test_dilated_backbone_output_stride_8(depth):
-    opts = ["MODEL.RESNETS.DEPTH", depth]
+    opts = ["MODEL.RESNETS.DEPTH", depth, "MODEL.BACKBONE.FREEZE_AT", 2]
     if depth == 18:
         opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
     cfg = cpu_cfg("cityscapes_fcn_R50_dilated.yaml", opts)
@@ -71,8 +71,13 @@ def test_dilated_backbone_output_stride_8(depth):
     plain = cfg.clone()
     plain.MODEL.BACKBONE.NAME = "build_resnet_backbone"
     plain.MODEL.RESNETS.RES5_DILATION = 1
-    ref = {k: v.shape for k, v in build_backbone(plain).state_dict().items()}
+    plain_backbone = build_backbone(plain)
+    ref = {k: v.shape for k, v in plain_backbone.state_dict().items()}
     assert {k: v.shape for k, v in backbone.state_dict().items()} == ref
+    # ... and the same MODEL.BACKBONE.FREEZE_AT stages frozen.
+    trainable = {k: p.requires_grad for k, p in backbone.named_parameters()}
+    assert trainable == {k: p.requires_grad for k, p in plain_backbone.named_parameters()}
+    assert not trainable["res2.0.conv1.weight"] and trainable["res3.0.conv1.weight"]
     assert (
         backbone.res5[1].conv2.dilation == (4, 4)
         if depth == 18

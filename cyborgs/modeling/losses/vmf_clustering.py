@@ -26,15 +26,23 @@ and the constant cancels), so it would not be a different loss.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from detectron2.utils.registry import Registry
 
 from cyborgs.clustering import spherical_kmeans
 from cyborgs.modeling.correspondence import corresponding_grids
 
-__all__ = ["VMFClusteringLoss", "vmf_nll", "squared_distance"]
+__all__ = [
+    "VMFClusteringLoss",
+    "VMF_DISTANCE_REGISTRY",
+    "get_vmf_distance",
+    "vmf_nll",
+    "squared_distance",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +94,41 @@ def squared_distance(
     return (y - mu[labels.long()]).pow(2).sum(dim=1)
 
 
-_DISTANCES = {"vmf": vmf_nll, "euclidean": squared_distance}
+VMF_DISTANCE_REGISTRY = Registry("VMF_DISTANCE")
+VMF_DISTANCE_REGISTRY.__doc__ = """
+Registry for the per-feature distance of the clustering-consistency loss, one entry per value of
+``CYBORGS.VMF.DISTANCE``: a function registered under its own name, called as
+
+    distance(features: Tensor[N, D], prototypes: Tensor[K, D], labels: LongTensor[N], kappa: float)
+        -> Tensor[N]
+
+(features and prototypes of any norm; ``labels`` the prototype assigned to each feature).
+"""
+
+
+@VMF_DISTANCE_REGISTRY.register()
+def vmf(
+    features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, kappa: float
+) -> torch.Tensor:
+    """``CYBORGS.VMF.DISTANCE: vmf`` (paper eq. 4): :func:`vmf_nll`."""
+    return vmf_nll(features, prototypes, labels, kappa)
+
+
+@VMF_DISTANCE_REGISTRY.register()
+def euclidean(
+    features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, kappa: float
+) -> torch.Tensor:
+    """``CYBORGS.VMF.DISTANCE: euclidean`` (Table 2f): :func:`squared_distance`, κ ignored."""
+    return squared_distance(features, prototypes, labels, kappa)
+
+
+def get_vmf_distance(name: str) -> Callable[..., torch.Tensor]:
+    """The registered distance ``name`` (``VMF_DISTANCE_REGISTRY`` contract). Raises
+    ValueError naming the registered distances for an unknown ``name``."""
+    if name not in VMF_DISTANCE_REGISTRY:
+        known = sorted(n for n, _ in VMF_DISTANCE_REGISTRY)
+        raise ValueError(f"distance must be one of {known}, got {name!r}")
+    return VMF_DISTANCE_REGISTRY.get(name)
 
 
 def _locations(feat: torch.Tensor) -> torch.Tensor:
@@ -137,8 +179,7 @@ class VMFClusteringLoss(nn.Module):
             raise ValueError(f"kappa must be positive, got {kappa}")
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
-        if distance not in _DISTANCES:
-            raise ValueError(f"distance must be one of {sorted(_DISTANCES)}, got {distance!r}")
+        self._distance_fn = get_vmf_distance(distance)
         if inter_grid < 1:
             raise ValueError(f"inter_grid must be >= 1, got {inter_grid}")
         self.kappa = float(kappa)
@@ -153,7 +194,7 @@ class VMFClusteringLoss(nn.Module):
         self._calls = 0
 
     def _d(self, feats: torch.Tensor, protos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _DISTANCES[self.distance](feats, protos, labels, self.kappa)
+        return self._distance_fn(feats, protos, labels, self.kappa)
 
     def forward(
         self,
