@@ -7,8 +7,14 @@ across ``tests/``.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The tools import their siblings (repo_paths, study_lib) as a script does, with tools/ on
+# sys.path; tests that import a tool as ``tools.<name>`` need the same.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 try:
     import torch

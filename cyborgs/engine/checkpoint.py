@@ -2,7 +2,7 @@
 
 Every checkpoint we write is *plain*: tensors, numbers, strings, ``None``, and lists/tuples/dicts
 of those. :func:`check_plain` enforces it when saving (naming the offending key). Every weight
-file is read through :mod:`cyborgs.engine.safe_load` (torch ``weights_only=True`` for ``.pth``,
+file is read through :mod:`cyborgs.engine.weights_io` (torch ``weights_only=True`` for ``.pth``,
 an exact allow-list unpickler for ``.pkl``), so loading never executes code; a refused file
 raises :class:`UnsafeCheckpointError` naming the file and the offending global.
 
@@ -33,7 +33,7 @@ from detectron2.engine import hooks
 
 from cyborgs.utils.atomic import atomic_write, atomic_write_bytes, remove_stale_temp_files
 
-from .safe_load import (
+from .weights_io import (
     CheckpointFormatError,
     NotACheckpointError,
     UnsafeCheckpointError,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from cyborgs.engine.safe_load import load_weights
+from cyborgs.engine.weights_io import load_weights
 from cyborgs.utils.atomic import atomic_write_bytes
 
 # Prefixes of the online / target encoder inside the CYBORGS meta-architecture's state_dict.

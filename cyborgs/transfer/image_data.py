@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from cyborgs.engine.safe_load import load_weights
+from cyborgs.engine.weights_io import load_weights
 from cyborgs.transfer.convert import infer_depth
 from cyborgs.transfer.load_check import assert_backbone_loaded
 

@@ -10,7 +10,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cyborgs.engine.safe_load import checkpoint_format
+from cyborgs.engine.weights_io import checkpoint_format
 
 # Metadata attributes that name files or folders a data set reads (detectron2 built-ins and
 # cyborgs.data.datasets both use these names).

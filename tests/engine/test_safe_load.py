@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from cyborgs.engine.checkpoint import SafeCheckpointer
-from cyborgs.engine.safe_load import (
+from cyborgs.engine.weights_io import (
     CheckpointFormatError,
     NotACheckpointError,
     UnsafeCheckpointError,

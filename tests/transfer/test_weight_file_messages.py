@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyborgs.engine.safe_load import CheckpointFormatError, NotACheckpointError
+from cyborgs.engine.weights_io import CheckpointFormatError, NotACheckpointError
 from cyborgs.transfer.convert import convert_checkpoint
 from cyborgs.transfer.image_data import build_pretrained_resnet
 from cyborgs.transfer.trainer import build_checkpointer
