@@ -73,6 +73,9 @@ class Variant:
 
 # Fixed masks (Fig. 5a, as pretrain_configs/ablations/masks_*.yaml): no vMF warm-up, no vMF term,
 # no bootstrap rounds (the bootstrap hook only exists for MASKS.SOURCE "bootstrap").
+# The overrides here and in BUDGETS keep the pre-rename key names (CYBORGS.VMF.WARMUP_EPOCHS,
+# SOLVER.WARMUP_EPOCHS, VMF.PERIOD_EPOCHS 0): they are part of every run's fingerprint, so new
+# names would make finished study roots look stale; the config setup maps them (with a note).
 _FIXED: tuple[Override, ...] = (
     ("CYBORGS.VMF.WARMUP_EPOCHS", 0),
     ("CYBORGS.VMF.PERIOD_EPOCHS", 0),
