@@ -324,3 +324,29 @@ def test_batched_ops_on_cuda_match_the_cpu():
     cfg = _cfg("auto")
     cfg.MODEL.DEVICE = "cuda"
     assert device_augment_enabled(cfg)  # "auto" turns the device path on with CUDA
+
+
+def test_device_path_views_share_one_block_per_sample():
+    """Device path, uint8 label map: both views' images, masks and boxes live in one storage
+    (one shared-memory segment per sample from a loader worker), with the same values as views
+    made one by one."""
+    img, mask = _scene(seed=2)
+    aug = TwoViewAugment.from_config(_cfg("on", size=24))
+    mask8 = np.asarray(mask, dtype=np.uint8)
+    for s in range(6):
+        views = aug(img, mask8, np.random.default_rng([5, s]))
+        ptrs = set()
+        for v in views:
+            for k in ("image", "mask", "box"):
+                assert v[k].is_contiguous()
+                ptrs.add(v[k].untyped_storage().data_ptr())
+            assert v["image"].dtype == torch.uint8 and v["mask"].dtype == torch.uint8
+            assert v["box"].dtype == torch.float32 and v["box"].shape == (4,)
+        assert len(ptrs) == 1
+        rng = np.random.default_rng([5, s])
+        image_t = torch.from_numpy(img).permute(2, 0, 1)
+        for view_aug, v in zip(aug.views, views, strict=True):
+            alone = view_aug(image_t, mask8, rng, photometric_on_device=True)
+            for k in ("image", "mask", "box"):
+                assert torch.equal(alone[k], v[k]), k
+            assert alone["flip"] == v["flip"] and alone["photometric"] == v["photometric"]
