@@ -852,6 +852,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
+    result["command"] = " ".join(
+        ["benchmarks/dataloader.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         from cyborgs.utils.atomic import atomic_write_bytes
