@@ -30,7 +30,8 @@ Per path:
    rotation (``device_before``: ``legacy_device_map``; ``views_identical_to_device`` checks
    that the new path hands out the same views).
 2. Through ``torch.utils.data.DataLoader`` for each ``--workers`` count, with the workers'
-   CPU seconds read from /proc (``cpu_images_per_s_per_worker``).
+   CPU seconds read from /proc (``cpu_images_per_s_per_worker``; start-up included), the
+   device path as before too (``device_before.dataloader``).
 For the device path also the device time of the batched photometric ops on ``--device``
 (``--batch-images`` images per view batch, CUDA-synchronised), the decode options measured on
 the same files in CPU ms (detectron2's reader, the validating PIL reader, the mapper's
@@ -302,6 +303,16 @@ def legacy_device_map(mapper: TwoViewDatasetMapper, d: dict, rng: np.random.Gene
     total_wall, total_cpu = time.perf_counter() - t_start, time.thread_time() - c_start
     out = {"file_name": d["file_name"], "image_id": d.get("image_id"), "views": views}
     return out, wall, cpu, total_wall, total_cpu
+
+
+class LegacyDeviceMapper:
+    """:func:`legacy_device_map` as a mapper (``mapper(d, rng=...)``), for the DataLoader."""
+
+    def __init__(self, mapper: TwoViewDatasetMapper) -> None:
+        self.mapper = mapper
+
+    def __call__(self, d: dict, rng: np.random.Generator | None = None) -> dict:
+        return legacy_device_map(self.mapper, d, rng)[0]
 
 
 def _same_views(a: dict, b: dict) -> bool:
@@ -689,13 +700,17 @@ def run(args: argparse.Namespace) -> dict:
             }
             for p in paths
         }
-        for w in args.workers:  # each worker count for both paths back to back
+        before_loader = []
+        for w in args.workers:  # each worker count for all paths back to back
             for p in paths:
                 r = measure_loader(mappers[p], dicts, w, args.batch_size)
                 r["efficiency_vs_in_process"] = r["images_per_s"] / (
                     in_proc[p]["samples_per_s"] * max(w, 1)
                 )
                 per_path[p]["dataloader"].append(r)
+            if "device_before" in in_proc:
+                legacy = LegacyDeviceMapper(mappers["device"])
+                before_loader.append(measure_loader(legacy, dicts, w, args.batch_size))
         if "device" in per_path:
             with _threads(args.device_threads):
                 per_path["device"]["device_photometric"] = measure_device_photometric(
@@ -713,6 +728,7 @@ def run(args: argparse.Namespace) -> dict:
             out["device_before"] = {
                 "what": "the device path's mapper before the loader speed-up (legacy_device_map)",
                 "in_process": before,
+                "dataloader": before_loader,
                 "after_vs_before_cpu": before["cpu_ms_per_sample"] / after["cpu_ms_per_sample"],
                 "after_vs_before_wall": before["ms_per_sample"] / after["ms_per_sample"],
             }

@@ -86,6 +86,8 @@ def test_both_paths_on_generated_jpegs_with_stage_split_and_ratios(tmp_path: Pat
     # the device path as it was before, in the same run, hands out the very same views
     before = res["device_before"]
     assert before["in_process"]["views_identical_to_device"] == 1.0
+    assert [r["workers"] for r in before["dataloader"]] == [0, 2]
+    assert all(r["images"] == 8 for r in before["dataloader"])
     assert _positive(before["after_vs_before_cpu"]) and _positive(before["after_vs_before_wall"])
     ratio = res["device_vs_cpu"]
     assert _positive(ratio["in_process_per_worker"])
