@@ -1,11 +1,19 @@
 """Dataset dict -> two augmented views with their masks, crop boxes and flips (DESIGN.md).
 
-Images are read with :func:`cyborgs.data.image_io.read_image`. One it refuses (unreadable,
+Images are read with :func:`cyborgs.data.image_io.read_image_tensor` (``read_image``'s checks
+and pixels, libjpeg-turbo straight into a tensor for plain JPEGs). One it refuses (unreadable,
 truncated, zero-size, aspect ratio above ``CYBORGS.DATA.MAX_ASPECT_RATIO``, ...), or one whose
 stored mask is missing or corrupt (``MaskFileError``), is logged (naming the file and the
 reason) and the mapper returns ``None``;
 ``pretrain_loader.SkippingMapDataset`` then maps another image and records the skipped file
 in the returned item's ``"skipped_files"`` so the trainer can count skips across workers.
+
+Masks: a source that stores its maps at a lower resolution may offer
+``source.label_map(dataset_dict, (H, W)) -> np.ndarray[h, w] uint8``, the stored map whose
+nearest upsampling to (H, W) (``cyborgs.masks.store.upsample_nearest``) is what
+``source(dataset_dict, image)`` returns; the mapper then samples each view's mask from it
+directly (``augment.crop_resize_label_map``: the same view masks without building the
+full-resolution map). Other sources are called as ``source(dataset_dict, image)``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from detectron2.utils import comm
 from ..masks.registry import build_mask_source
 from ..masks.store import MaskFileError
 from .augment import TwoViewAugment
-from .image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image
+from .image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image_tensor
 
 __all__ = ["TwoViewDatasetMapper"]
 
@@ -52,7 +60,8 @@ class TwoViewDatasetMapper:
         Args:
             augment: the two-view BYOL augmentation.
             mask_source: ``source(dataset_dict, image) -> np.ndarray[H, W] uint8`` (the
-                MASK_SOURCE_REGISTRY contract).
+                MASK_SOURCE_REGISTRY contract), optionally with ``label_map`` (module
+                docstring).
             seed: base seed of the augmentation RNG.
             max_aspect_ratio: images beyond it are skipped (``CYBORGS.DATA.MAX_ASPECT_RATIO``).
         """
@@ -102,28 +111,40 @@ class TwoViewDatasetMapper:
                 f"pretraining dataset dict needs 'file_name' (DESIGN.md), got keys {sorted(dataset_dict)}"
             )
         try:
-            image = read_image(file_name, max_aspect_ratio=self.max_aspect_ratio)
+            image = read_image_tensor(file_name, max_aspect_ratio=self.max_aspect_ratio)
         except BadImageError as e:
             logger.warning(f"Skipping bad image {e.path}: {e.reason}")
             return None
+        hw = tuple(int(v) for v in image.shape[-2:])
+        label_map = getattr(self.mask_source, "label_map", None)
         try:
-            mask = self.mask_source(dataset_dict, image)
+            if label_map is not None:
+                mask = label_map(dataset_dict, hw)
+            else:  # [3, H, W] over HWC memory: the [H, W, 3] array without a copy
+                mask = self.mask_source(dataset_dict, image.permute(1, 2, 0).numpy())
         except MaskFileError as e:
             # A stored map deleted or damaged mid-run: skipped and counted like a bad image
             # until the next round rewrites it (on resume BootstrapHook verifies the round).
             logger.warning(f"Skipping image {file_name}: its mask is unavailable: {e}")
             return None
-        if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2]:
+        if label_map is not None:
+            ok = isinstance(mask, np.ndarray) and mask.ndim == 2 and min(mask.shape) >= 1
+            expected = "a non-empty 2-D np.ndarray (a label map of the image)"
+        else:
+            ok = isinstance(mask, np.ndarray) and mask.shape == hw
+            expected = f"an np.ndarray of the image's shape {hw}"
+        if not ok:
             raise ValueError(
                 f"mask source {type(self.mask_source).__name__} returned "
-                f"{getattr(mask, 'shape', type(mask))} for {file_name}; expected an np.ndarray "
-                f"of the image's shape {image.shape[:2]}"
+                f"{getattr(mask, 'shape', type(mask))} for {file_name}; expected {expected}"
             )
-        views = self.augment(image, mask, rng if rng is not None else self.rng())
+        views = self.augment(
+            image, mask, rng if rng is not None else self.rng(), low_res_mask=label_map is not None
+        )
         return {
             "file_name": file_name,
             "image_id": dataset_dict.get("image_id"),
-            "height": int(image.shape[0]),
-            "width": int(image.shape[1]),
+            "height": hw[0],
+            "width": hw[1],
             "views": views,
         }

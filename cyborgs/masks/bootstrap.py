@@ -53,6 +53,15 @@ class BootstrapMaskSource:
             return np.zeros(hw, dtype=np.uint8)
         return self.store.read(dataset_dict["image_id"], out_hw=hw, round_id=r)
 
+    def label_map(self, dataset_dict: dict, image_hw: tuple[int, int]) -> np.ndarray:
+        """The current round's map at its stored resolution (a [1, 1] zero map before the first
+        round): nearest-upsampled to ``image_hw`` it is what ``__call__`` returns. The
+        two-view mapper crops views from it directly (``augment.crop_resize_label_map``)."""
+        r = self.current_round()
+        if r is None:
+            return np.zeros((1, 1), dtype=np.uint8)
+        return self.store.read(dataset_dict["image_id"], round_id=r)
+
 
 @MASK_SOURCE_REGISTRY.register()
 def bootstrap(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:

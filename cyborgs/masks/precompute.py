@@ -49,6 +49,11 @@ class StoredMaskSource:
             dataset_dict["image_id"], out_hw=image.shape[:2], round_id=self.round_id
         )
 
+    def label_map(self, dataset_dict: dict, image_hw: tuple[int, int]) -> np.ndarray:
+        """The stored map at its own resolution; nearest-upsampled to ``image_hw`` it is what
+        ``__call__`` returns (the two-view mapper crops views from it directly)."""
+        return self.store.read(dataset_dict["image_id"], round_id=self.round_id)
+
 
 class _Job(torch.utils.data.Dataset):
     def __init__(self, items, fn, store, round_id):

@@ -47,27 +47,56 @@ def test_both_paths_on_generated_jpegs_with_stage_split_and_ratios(tmp_path: Pat
         assert all(_positive(split[k]) for k in SPLIT - {"other"}) and split["other"] >= 0
         # the split accounts for the whole call (other is the remainder), no double counting
         assert abs(sum(split.values()) - ip["ms_per_sample"]) < 1e-6 * ip["ms_per_sample"] + 1e-9
+        cpu_split = ip["cpu_ms_per_sample_split"]
+        assert set(cpu_split) == SPLIT and all(v >= 0 for v in cpu_split.values())
+        assert (
+            abs(sum(cpu_split.values()) - ip["cpu_ms_per_sample"])
+            < 1e-6 * ip["cpu_ms_per_sample"] + 1e-9
+        )
+        assert _positive(ip["cpu_samples_per_s"])
         loaders = path["dataloader"]
         assert [r["workers"] for r in loaders] == [0, 2]
         for r in loaders:
             assert r["images"] == 8
             assert r["images_per_s_per_worker"] == r["images_per_s"] / max(r["workers"], 1)
+            assert "worker_cpu_s" in r and "cpu_images_per_s_per_worker" in r
     dev = res["paths"]["device"]
     phot = dev["device_photometric"]
     assert phot["device"] == "cpu" and phot["batch_images"] == 4 and phot["view_size"] == 32
     assert _positive(phot["ms_per_image"])
     assert abs(phot["ms_per_two_view_sample"] - 2 * phot["ms_per_image"]) < 1e-9
     dec = dev["decode_options_ms"]
-    for key in ("detectron2_read_image", "cyborgs_read_image", "torchvision_decode_jpeg"):
+    for key in (
+        "detectron2_read_image",
+        "cyborgs_read_image",
+        "cyborgs_read_image_tensor",
+        "torchvision_decode_jpeg",
+        "pil_open_load",
+        "pil_draft_half",
+        "pil_draft_quarter",
+    ):
         assert _positive(dec[key]), (key, dec)
     # 96x128 images cannot hold two crops of twice 32 px on both sides every time, but can
     assert 0.0 <= dec["half_draft_applicable_fraction"] <= 1.0
+    assert 0.0 <= dec["quarter_draft_applicable_fraction"] <= dec["half_draft_applicable_fraction"]
+    geo = dev["geometry_options_ms_per_view"]
+    diffs = geo["max_abs_diff_to_torch_uint8"]
+    assert diffs["torch_uint8_interpolate"] == 0 and diffs["torch_float_interpolate"] <= 1
+    assert all(_positive(geo[k]) for k in diffs)
+    # the device path as it was before, in the same run, hands out the very same views
+    before = res["device_before"]
+    assert before["in_process"]["views_identical_to_device"] == 1.0
+    assert [r["workers"] for r in before["dataloader"]] == [0, 2]
+    assert all(r["images"] == 8 for r in before["dataloader"])
+    assert _positive(before["after_vs_before_cpu"]) and _positive(before["after_vs_before_wall"])
     ratio = res["device_vs_cpu"]
     assert _positive(ratio["in_process_per_worker"])
     assert [r["workers"] for r in ratio["dataloader_per_worker"]] == [0, 2]
     t = res["targets"]
-    assert t["device_per_worker_measured"] == dev["in_process"]["samples_per_s"]
-    assert t["speedup_measured"] == ratio["in_process_per_worker"]
+    assert t["device_per_worker_measured"] == dev["in_process"]["cpu_samples_per_s"]
+    assert t["device_per_worker_wall"] == dev["in_process"]["samples_per_s"]
+    assert t["speedup_measured"] == ratio["in_process_per_worker_cpu"]
+    assert t["speedup_wall"] == ratio["in_process_per_worker"]
     assert len(res["load_average"]["before"]) == 3
     assert not list(tmp_path.glob("output*"))  # nothing written into the working directory
 
@@ -99,5 +128,6 @@ def test_registered_set_device_path_only_and_bootstrap_without_round_is_flagged(
     assert res["mask_source"] == "bootstrap" and res["data"] == {"kind": "registered"}
     assert res["dataset_images"] > 0 and set(res["paths"]) == {"device"}
     assert "device_vs_cpu" not in res and "speedup_met" not in res["targets"]
+    assert res["device_before"]["in_process"]["views_identical_to_device"] == 1.0
     assert any("no round" in n for n in res["notes"])
     assert not list(tmp_path.glob("output*"))  # the temp mask store, not ./output

@@ -148,3 +148,49 @@ def test_bad_inputs_have_clear_errors():
         ViewAugment(scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="SOLARIZE_PROB"):
         ViewAugment(solarize_prob=2.0)
+
+
+@pytest.mark.parametrize("out_size", [1, 7, 24, 32, 40, 96, 224])
+def test_nearest_exact_index_is_torchs(out_size):
+    from cyborgs.data.augment import nearest_exact_index
+
+    for n in range(1, 700):
+        src = torch.arange(n, dtype=torch.float32).view(1, 1, n, 1)
+        ref = F.interpolate(src, size=(out_size, 1), mode="nearest-exact")[0, 0, :, 0].long()
+        assert np.array_equal(nearest_exact_index(n, out_size), ref.numpy()), (n, out_size)
+
+
+def test_label_map_views_equal_upsample_then_crop():
+    """A view's mask sampled from a low-resolution label map equals the former route: upsample
+    the map to the image (the store's nearest rule), then crop/resize/flip at full resolution."""
+    from cyborgs.data.augment import crop_resize_label_map, crop_resize_mask
+    from cyborgs.masks.store import upsample_nearest
+
+    rng = np.random.default_rng(0)
+    for H, W, h, w, size in [
+        (480, 640, 60, 80, 224),
+        (480, 640, 60, 80, 96),
+        (427, 640, 54, 80, 224),
+        (333, 500, 41, 62, 224),
+        (120, 160, 120, 160, 40),  # full resolution: the identity rule
+        (50, 70, 100, 30, 24),  # a map larger than the image on one side
+        (37, 23, 1, 1, 16),  # a whole-image map
+    ]:
+        label_map = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        full = torch.from_numpy(upsample_nearest(label_map, (H, W)))
+        for _ in range(40):
+            box = sample_crop_box(H, W, (0.02, 1.0), (0.5, 2.0), rng)
+            flip = bool(rng.random() < 0.5)
+            got = crop_resize_label_map(label_map, (H, W), box, flip, size)
+            ref = crop_resize_mask(full, box, flip, size)
+            assert got.dtype == np.uint8 and got.shape == (size, size)
+            assert np.array_equal(got, ref.numpy()), (H, W, h, w, box, flip)
+
+
+def test_low_res_mask_shape_is_free_but_must_be_2d():
+    aug = TwoViewAugment(ViewAugment(size=16, **NO_PHOTO), ViewAugment(size=16, **NO_PHOTO))
+    img = np.zeros((40, 60, 3), np.uint8)
+    views = aug(img, np.full((5, 8), 7, np.uint8), np.random.default_rng(0), low_res_mask=True)
+    assert all(v["mask"].shape == (16, 16) and (v["mask"] == 7).all() for v in views)
+    with pytest.raises(ValueError, match=r"\[h, w\]"):
+        aug(img, np.zeros((5, 8, 1), np.uint8), np.random.default_rng(0), low_res_mask=True)

@@ -247,6 +247,70 @@ def test_device_path_mask_stays_aligned_with_image_pixels(tmp_path):
     assert flips == {True, False}
 
 
+class _CellMapSource:
+    """A stored-map source: a 12x16 map of 10x10-pixel cells of a 120x160 image, id = 16 row +
+    col; ``__call__`` is the full-resolution map (the store's nearest upsampling)."""
+
+    def __init__(self):
+        self.map = (np.arange(12)[:, None] * 16 + np.arange(16)[None, :]).astype(np.uint8)
+        self.calls = []
+
+    def label_map(self, d, image_hw):
+        self.calls.append("label_map")
+        return self.map
+
+    def __call__(self, d, image):
+        self.calls.append("full")
+        return np.kron(self.map, np.ones((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize("device", [True, False])
+def test_low_res_label_map_mask_stays_aligned_with_image_pixels(tmp_path, device):
+    """Views cropped from a stored low-resolution map: each view pixel's id is the cell of the
+    source pixel the geometry says it samples, and agrees with the pixel's own coordinates
+    (coordinate image, R = x, G = y)."""
+    h, w, size = 120, 160, 40
+    ys, xs = np.mgrid[0:h, 0:w]
+    Image.fromarray(np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)).save(
+        tmp_path / "coord.png"
+    )
+    source = _CellMapSource()
+    view = ViewAugment(size=size, **NO_PHOTO)
+    mapper = TwoViewDatasetMapper(
+        augment=TwoViewAugment(view, view, photometric_on_device=device), mask_source=source
+    )
+    flips = set()
+    for s in range(20):
+        out = mapper({"file_name": str(tmp_path / "coord.png")}, rng=np.random.default_rng(s))
+        for v in out["views"]:
+            flips.add(v["flip"])
+            m = v["mask"].long()
+            assert v["mask"].dtype == (torch.uint8 if device else torch.int64)
+            x0, y0, x1, y1 = (int(c) for c in v["box"])
+            # nearest sampling of the crop: view pixel k of n sits at source
+            # floor((k + 0.5) * crop / n) of the crop (the pixel whose span holds its centre)
+            k = torch.arange(size, dtype=torch.float64)
+            sy = y0 + torch.floor((k + 0.5) * (y1 - y0) / size).long()
+            sx = x0 + torch.floor((k + 0.5) * (x1 - x0) / size).long()
+            if v["flip"]:
+                sx = sx.flip(0)
+            expected = (sy // 10)[:, None] * 16 + (sx // 10)[None, :]
+            # a centre exactly on a source-pixel edge may round either way in float32
+            assert (m == expected).float().mean() > 0.99
+            assert ((m % 16 - sx[None, :] // 10).abs() <= 1).all()
+            assert ((m // 16 - sy[:, None] // 10).abs() <= 1).all()
+            # and with the pixels: the cell of a view pixel holds (up to the resampling
+            # footprint) the x, y its R, G values encode
+            img = v["image"].float()
+            slack_x = 0.5 * (x1 - x0) / size + 1.0
+            slack_y = 0.5 * (y1 - y0) / size + 1.0
+            cx, cy = (m % 16).float(), (m // 16).float()
+            assert (img[0] >= 10 * cx - slack_x).all() and (img[0] <= 10 * cx + 10 + slack_x).all()
+            assert (img[1] >= 10 * cy - slack_y).all() and (img[1] <= 10 * cy + 10 + slack_y).all()
+    assert flips == {True, False}
+    assert set(source.calls) == {"label_map"}  # the full-resolution map is never built
+
+
 @pytest.mark.gpu
 def test_batched_ops_on_cuda_match_the_cpu():
     view = ViewAugment(size=32, color_jitter_prob=1.0, grayscale_prob=0.3, solarize_prob=0.5)
@@ -260,3 +324,29 @@ def test_batched_ops_on_cuda_match_the_cpu():
     cfg = _cfg("auto")
     cfg.MODEL.DEVICE = "cuda"
     assert device_augment_enabled(cfg)  # "auto" turns the device path on with CUDA
+
+
+def test_device_path_views_share_one_block_per_sample():
+    """Device path, uint8 label map: both views' images, masks and boxes live in one storage
+    (one shared-memory segment per sample from a loader worker), with the same values as views
+    made one by one."""
+    img, mask = _scene(seed=2)
+    aug = TwoViewAugment.from_config(_cfg("on", size=24))
+    mask8 = np.asarray(mask, dtype=np.uint8)
+    for s in range(6):
+        views = aug(img, mask8, np.random.default_rng([5, s]))
+        ptrs = set()
+        for v in views:
+            for k in ("image", "mask", "box"):
+                assert v[k].is_contiguous()
+                ptrs.add(v[k].untyped_storage().data_ptr())
+            assert v["image"].dtype == torch.uint8 and v["mask"].dtype == torch.uint8
+            assert v["box"].dtype == torch.float32 and v["box"].shape == (4,)
+        assert len(ptrs) == 1
+        rng = np.random.default_rng([5, s])
+        image_t = torch.from_numpy(img).permute(2, 0, 1)
+        for view_aug, v in zip(aug.views, views, strict=True):
+            alone = view_aug(image_t, mask8, rng, photometric_on_device=True)
+            for k in ("image", "mask", "box"):
+                assert torch.equal(alone[k], v[k]), k
+            assert alone["flip"] == v["flip"] and alone["photometric"] == v["photometric"]

@@ -1,23 +1,29 @@
 """read_image / read_image_size: every kind of bad image refused with BadImageError naming the
-file; odd pixel formats normalised to RGB uint8 (expected values from the formats' definitions)."""
+file; odd pixel formats normalised to RGB uint8 (expected values from the formats' definitions).
+read_image_tensor (the mapper's fast reader) refuses the same files for the same reasons and
+returns the same pixels."""
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cyborgs.config import add_cyborgs_config
+from cyborgs.data import image_io
 from cyborgs.data.image_io import (
     DEFAULT_MAX_ASPECT_RATIO,
     BadImageError,
     read_image,
     read_image_size,
+    read_image_tensor,
 )
 
 
@@ -26,6 +32,10 @@ def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def _bad(path, match: str) -> BadImageError:
+    """Both readers refuse ``path`` with a reason matching ``match``."""
+    with pytest.raises(BadImageError, match=match) as fast:
+        read_image_tensor(str(path))
+    assert fast.value.path == str(path) and str(path) in str(fast.value)
     with pytest.raises(BadImageError, match=match) as info:
         read_image(str(path))
     assert info.value.path == str(path) and str(path) in str(info.value)
@@ -55,6 +65,74 @@ def test_truncated_file_is_refused_not_half_decoded(tmp_path, fmt):
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("cut", ["half", "no_eoi"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_truncated_jpeg_refused_by_the_fast_decoder_too(tmp_path, cut, progressive):
+    buf = io.BytesIO()
+    Image.fromarray(_noise(64, 80)).save(buf, format="JPEG", quality=90, progressive=progressive)
+    data = buf.getvalue()
+    assert data.endswith(b"\xff\xd9")  # EOI
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2] if cut == "half" else data[:-2])
+    _bad(path, "truncated|cannot decode")
+
+
+def _jpeg(path, a: np.ndarray, **kw) -> None:
+    Image.fromarray(a).save(path, format="JPEG", **kw)
+
+
+def test_tensor_reader_matches_read_image_and_takes_the_fast_route_for_plain_jpegs(
+    tmp_path, monkeypatch
+):
+    a = _noise(48, 64, seed=3)
+    smooth = np.asarray(Image.fromarray(a).resize((64, 48), Image.BILINEAR))  # a JPEG-like
+    plain = {
+        "q90_420.jpg": dict(quality=90),
+        "q95_444.jpg": dict(quality=95, subsampling=0),
+        "q75_422.jpg": dict(quality=75, subsampling=1),
+        "progressive.jpg": dict(quality=90, progressive=True),
+        "odd_size.jpg": dict(quality=90),
+    }
+    for name, kw in plain.items():
+        img = smooth[:47, :61] if name == "odd_size.jpg" else smooth
+        _jpeg(tmp_path / name, img, **kw)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _jpeg(tmp_path / "rotated.jpg", smooth, quality=90, exif=exif.tobytes())
+    Image.fromarray(smooth[:, :, 0]).save(tmp_path / "grey.jpg", quality=90)
+    Image.fromarray(smooth).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    Image.fromarray(a).save(tmp_path / "plain.png")
+    pil_route = []
+    decode_pil = image_io._decode_pil
+
+    def spy(path, im, max_aspect_ratio):
+        pil_route.append(os.path.basename(path))
+        return decode_pil(path, im, max_aspect_ratio)
+
+    for f in sorted(os.listdir(tmp_path)):
+        path = str(tmp_path / f)
+        with monkeypatch.context() as m:
+            m.setattr(image_io, "_decode_pil", spy)
+            t = read_image_tensor(path)
+        ref = read_image(path)
+        assert t.dtype == torch.uint8 and t.shape == (3, *ref.shape[:2]), f
+        hwc = t.permute(1, 2, 0)
+        assert hwc.is_contiguous(), f  # HWC memory: the array view needs no copy
+        # same libjpeg-turbo decode (accurate DCT, fancy upsampling) as PIL's: same pixels
+        assert np.array_equal(hwc.numpy(), ref), f
+    assert read_image_tensor(str(tmp_path / "rotated.jpg")).shape == (3, 64, 48)
+    if image_io._jpeg_decoder() is not None:
+        fast = set(os.listdir(tmp_path)) - set(pil_route)
+        assert fast == set(plain), (fast, pil_route)
+
+
+def test_fast_route_checks_the_aspect_ratio_before_decoding(tmp_path):
+    _jpeg(tmp_path / "strip.jpg", _noise(16, 400), quality=90)
+    e = _bad(tmp_path / "strip.jpg", "MAX_ASPECT_RATIO")
+    assert "400x16" in e.reason
+    assert read_image_tensor(str(tmp_path / "strip.jpg"), max_aspect_ratio=0).shape == (3, 16, 400)
 
 
 def test_zero_size_image(tmp_path):
