@@ -18,7 +18,14 @@ named like the config value: ``whole``, ``grid``, ``felzenszwalb``, ``selective_
 
 giving one mask id (0..255) per pixel at the image's resolution. Sources that store masks
 (bootstrapped rounds, precomputed heuristics) keep them at a lower resolution and upsample with
-nearest neighbour here. A source must be picklable (it runs inside data-loader workers). A
+nearest neighbour here; they may also offer
+
+    source.label_map(dataset_dict, image_hw: (H, W)) -> np.ndarray[h, w] uint8
+
+the stored map at its own resolution, which nearest-upsampled to ``image_hw`` (the store's rule)
+is exactly what ``source(dataset_dict, image)`` returns. The two-view mapper then crops each
+view's mask from it directly instead of upsampling the whole map first (sources without it are
+called as above). A source must be picklable (it runs inside data-loader workers). A
 source that needs an optional dependency imports it when it computes, never at registration.
 """
 
