@@ -62,12 +62,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetFromList
 from detectron2.data.build import trivial_batch_collator
 from PIL import Image
 
-from cyborgs.config import add_cyborgs_config
 from cyborgs.data import augment as augment_mod
 from cyborgs.data import two_view_mapper as mapper_mod
 from cyborgs.data.augment import TwoViewAugment, ViewAugment
@@ -76,6 +75,7 @@ from cyborgs.data.image_io import read_image as cyborgs_read_image
 from cyborgs.data.image_io import read_image_tensor
 from cyborgs.data.pretrain_loader import SkippingMapDataset, pretrain_dataset_dicts
 from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
+from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.masks.bootstrap import BootstrapMaskSource
 from cyborgs.masks.registry import build_mask_source
 from cyborgs.masks.store import MaskStore
@@ -167,22 +167,19 @@ def generate_coco_size_data(
     return dicts, store_root, info
 
 
-def build_cfg(args: argparse.Namespace, store_dir: str, device_aug: bool) -> CfgNode:
-    cfg = get_cfg()
-    add_cyborgs_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+def loader_cfg(args: argparse.Namespace, store_dir: str, device_aug: bool) -> CfgNode:
+    """The run's config through the suite's one setup (no schedule: nothing trains here)."""
+    opts = list(args.opts or [])
     if args.dataset:
-        cfg.DATASETS.TRAIN = (args.dataset,)
+        opts += ["DATASETS.TRAIN", (args.dataset,)]
     if args.crop_size:
-        cfg.CYBORGS.AUG.CROP_SIZE = args.crop_size
+        opts += ["CYBORGS.AUG.CROP_SIZE", args.crop_size]
     if args.mask_source:
-        cfg.CYBORGS.MASKS.SOURCE = args.mask_source
+        opts += ["CYBORGS.MASKS.SOURCE", args.mask_source]
     if store_dir:
-        cfg.CYBORGS.MASKS.STORE_DIR = store_dir
-    cfg.CYBORGS.AUG.DEVICE = "on" if device_aug else "off"
-    cfg.SEED = args.seed
+        opts += ["CYBORGS.MASKS.STORE_DIR", store_dir]
+    opts += ["CYBORGS.AUG.DEVICE", "on" if device_aug else "off", "SEED", args.seed]
+    cfg, _ = setup_pretrain_cfg(args.config_file or "", opts, world_size=1, schedule=False)
     return cfg
 
 
@@ -664,7 +661,7 @@ def run(args: argparse.Namespace) -> dict:
     with _data(args) as (gen_dicts, store, info):
         mappers, cfgs = {}, {}
         for path in paths:
-            cfg = build_cfg(args, "" if gen_dicts is not None else store, path == "device")
+            cfg = loader_cfg(args, "" if gen_dicts is not None else store, path == "device")
             if gen_dicts is None:
                 dataset_name = cfg.DATASETS.TRAIN[0]
                 all_dicts = pretrain_dataset_dicts(cfg)

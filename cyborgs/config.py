@@ -265,13 +265,101 @@ def canonical_switch(value, key: str) -> str:
         raise ConfigError(str(e)) from None
 
 
+def _renamed(key: str) -> str | None:
+    new = DEPRECATED_KEYS.get(key)
+    return new if isinstance(new, str) else None
+
+
+def rename_old_keys_in_opts(opts: list) -> tuple[list, list[str]]:
+    """``KEY VALUE`` pairs with every renamed old key replaced by its new name, in place in
+    the order given (so a later pair still wins); returns ``(opts, notes)``."""
+    out, notes = list(opts), []
+    for i in range(0, len(out) - 1, 2):
+        new = _renamed(str(out[i]))
+        if new is not None:
+            notes.append(
+                f"{out[i]} is deprecated: use {new} (command line {out[i]} {out[i + 1]!r})"
+            )
+            out[i] = new
+    return out, notes
+
+
+def _pop_path(d: dict, key: str):
+    *path, name = key.split(".")
+    for p in path:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return None, False
+    if name in d:
+        return d.pop(name), True
+    return None, False
+
+
+def _set_path(d: dict, key: str, value) -> None:
+    *path, name = key.split(".")
+    for p in path:
+        d = d.setdefault(p, {})
+    d[name] = value
+
+
+def _has_path(d: dict, key: str) -> bool:
+    *path, name = key.split(".")
+    for p in path:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return False
+    return name in d
+
+
+class _OldNamesCfgNode(CN):
+    """Loads a YAML and its ``_BASE_`` chain with old key names mapped file by file, so that
+    the usual order holds whichever name each file uses: a file over its base, whatever the
+    base called the key. Used by :func:`load_pretrain_yaml`."""
+
+    notes: list[str] = []
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
+        import yaml
+
+        with cls._open_cfg(filename) as f:
+            own = yaml.safe_load(f) or {}
+        for old, new in DEPRECATED_KEYS.items():
+            if new is not None and _has_path(own, old) and _has_path(own, new):
+                raise ConfigError(
+                    f"{filename}: sets both {old} (deprecated) and {new}, its new name; keep {new}"
+                )
+        # Base files come back through this method with new names only, so an old name left
+        # in the merged dict is this file's own, and it overrides the base's new key.
+        merged = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        for old, new in DEPRECATED_KEYS.items():
+            if new is None:
+                continue
+            value, found = _pop_path(merged, old)
+            if found:
+                cls.notes.append(f"{filename}: {old} is deprecated: use {new} ({old} {value!r})")
+                _set_path(merged, new, value)
+        return merged
+
+
+def load_pretrain_yaml(filename: str) -> tuple[dict, list[str]]:
+    """A pretraining YAML with its ``_BASE_`` chain, as detectron2's ``load_yaml_with_base``,
+    with renamed keys (``DEPRECATED_KEYS``) mapped file by file; returns ``(dict, notes)``."""
+    _OldNamesCfgNode.notes = []
+    try:
+        return _OldNamesCfgNode.load_yaml_with_base(filename), list(_OldNamesCfgNode.notes)
+    finally:
+        _OldNamesCfgNode.notes = []
+
+
 def resolve_deprecated_keys(cfg: CN) -> list[str]:
     """Map old key names and values to the current ones, in place on an unfrozen ``cfg``;
     returns one deprecation note per change (the caller logs them as warnings).
 
-    * ``DEPRECATED_KEYS`` with a new name: a value given under the old name is copied to the
-      new key. It wins over the new key's value, which may only come from a ``_BASE_`` file
-      (study overrides and older configs still use the old names).
+    * ``DEPRECATED_KEYS`` with a new name: a value still under the old name is copied to the
+      new key and wins over it. ``setup_pretrain_cfg`` maps old names per file and on the
+      command line first (:func:`load_pretrain_yaml`, :func:`rename_old_keys_in_opts`), so the
+      usual order holds there; this pass catches configs merged by other code.
     * ``CYBORGS.MAX_MASK_IDS``: now :func:`mask_id_width`. An old value at least that wide
       gave the same votes (the extra ids never occur) and is ignored; a narrower one would
       have failed on the ids a round writes, so it is rejected.

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN):
         dicts = DatasetCatalog.get(name)
         store = MaskStore(store_root(cfg, "bootstrap", name))
-        stats = run_bootstrap_round(model, settings, dicts, store, args.round)
+        # The tool's job is to (re)write the round it is given, current or not.
+        stats = run_bootstrap_round(model, settings, dicts, store, args.round, replace_current=True)
         stats.pop("k_values")
         q = ground_truth_quality(name, dicts)
         if q is not None:

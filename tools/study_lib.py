@@ -384,16 +384,13 @@ def write_random_init(path: Path, seed: int, opts: Sequence[str]) -> None:
     pretraining config, seeded: the "no pretraining" baseline goes through the same
     conversion and transfer as every other variant."""
     import torch
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from cyborgs.config import add_cyborgs_config, fall_back_to_cpu
+    from cyborgs.engine.setup import setup_pretrain_cfg
 
-    cfg = get_cfg()
-    add_cyborgs_config(cfg)
-    cfg.merge_from_file(str(REPO_ROOT / PRETRAIN_CONFIG))
-    cfg.merge_from_list(list(opts))
-    fall_back_to_cpu(cfg)
+    cfg, _ = setup_pretrain_cfg(
+        str(REPO_ROOT / PRETRAIN_CONFIG), list(opts), world_size=1, schedule=False
+    )
     rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

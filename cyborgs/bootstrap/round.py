@@ -276,19 +276,21 @@ def run_bootstrap_round(
     epoch: int = -1,
     iteration: int = -1,
     kmeans: Callable | None = None,
+    replace_current: bool = False,
 ) -> dict[str, Any]:
     """Bootstrap every image of ``dataset_dicts`` into round ``round_id`` of ``store`` in this
     process, then finish the round (manifest, ``current`` pointer).
 
-    Begins the round first; if it is the current round, ``current`` points at no round until
-    the new one is finished (readers meanwhile see none). ``epoch`` / ``iteration`` are recorded
+    Begins the round first. Rewriting the current round raises unless ``replace_current``:
+    then ``current`` points at no round until the new one is finished (readers of a live store,
+    e.g. a training run, meanwhile see none), which is why it is the caller's decision. ``epoch`` / ``iteration`` are recorded
     in the manifest (-1: not from a training run). ``kmeans`` as in :func:`bootstrap_shard`.
 
     Returns:
         the stats of :func:`bootstrap_shard` plus "manifest" (what :func:`round_manifest`
         and ``MaskStore.finish_round`` wrote).
     """
-    store.begin_round(round_id, replace_current=True)
+    store.begin_round(round_id, replace_current=replace_current)
     stats = bootstrap_shard(
         model, settings, dataset_dicts, store, round_id, iteration=iteration, kmeans=kmeans
     )

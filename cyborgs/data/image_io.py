@@ -228,13 +228,31 @@ def _jpeg_decoder():
             if not tv_image._has_image_ops():
                 raise RuntimeError("torchvision built without its image extension")
             op, rgb = torch.ops.image.decode_jpeg, tv_image.ImageReadMode.RGB.value
-            _DECODE_JPEG = functools.partial(op, mode=rgb, apply_exif_orientation=False)
-        except Exception:  # no image extension in this build (or a future torchvision)
-            _DECODE_JPEG = False
+            decode = functools.partial(op, mode=rgb, apply_exif_orientation=False)
+            _check_decoder(decode)
+            _DECODE_JPEG = decode
+        except Exception:  # no image extension, or an op that changed in another torchvision:
+            _DECODE_JPEG = False  # PIL for every file rather than every JPEG refused as bad
     return _DECODE_JPEG or None
 
 
 _DECODE_JPEG = None
+
+
+def _check_decoder(decode) -> None:
+    """Decode a small known JPEG once and compare with PIL: a decoder op whose signature or
+    output changed must not make every image look corrupt."""
+    rng = np.random.default_rng(0)
+    pixels = np.repeat(np.repeat(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), 4, 0), 4, 1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    data = buf.getvalue()
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    got = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    if tuple(got.shape) != (3, 16, 24) or got.dtype != torch.uint8:
+        raise RuntimeError(f"decoder returned {got.dtype} {tuple(got.shape)}")
+    if np.abs(got.permute(1, 2, 0).numpy().astype(int) - want.astype(int)).max() > 2:
+        raise RuntimeError("decoder pixels differ from PIL's")
 
 
 def read_image_tensor(

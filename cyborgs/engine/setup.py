@@ -35,6 +35,8 @@ from cyborgs.config import (
     canonical_switch,
     fall_back_to_cpu,
     get_key,
+    load_pretrain_yaml,
+    rename_old_keys_in_opts,
     resolve_deprecated_keys,
     validate_cyborgs_config,
 )
@@ -70,15 +72,27 @@ def setup_pretrain_cfg(
         ConfigError: a value that cannot work, naming the key (before the data set is read).
     """
     cfg = add_cyborgs_config(get_cfg())
+    notes: list[str] = []
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"--config-file {config_file} does not exist")
-        cfg.merge_from_file(config_file)
+        # Old key names are mapped per file and on the command line before merging, so a
+        # later layer wins whichever name each layer uses.
+        loaded, notes = load_pretrain_yaml(config_file)
+        version = loaded.get("VERSION", cfg.VERSION)
+        if version != cfg.VERSION:
+            raise ConfigError(
+                f"{config_file}: VERSION {version!r}, but pretraining configs are detectron2 "
+                f"config version {cfg.VERSION}"
+            )
+        cfg.merge_from_other_cfg(CfgNode(loaded))
     # A YAML boolean merged over the (typeless) switch default is written as "on"/"off" first,
     # so that an override string merges over a string.
     _canonicalize_switches(cfg)
-    cfg.merge_from_list(_switch_opts_as_strings(list(opts)))
-    notes = finalize_pretrain_cfg(
+    opts, opt_notes = rename_old_keys_in_opts(list(opts))
+    cfg.merge_from_list(_switch_opts_as_strings(opts))
+    notes += opt_notes
+    notes += finalize_pretrain_cfg(
         cfg, num_images=num_images, world_size=world_size, schedule=schedule
     )
     return cfg, notes
@@ -140,7 +154,8 @@ def _derive_schedule(cfg: CfgNode, num_images: int) -> None:
         raise ConfigError(
             f"CYBORGS.DATA.NUM_IMAGES = {given}, but DATASETS.TRAIN "
             f"{list(cfg.DATASETS.TRAIN)} has {num_images} images: the key is derived (counted "
-            "when the run starts, recorded in OUTPUT_DIR/config.yaml). Remove it or set it to 0."
+            "when the run starts, recorded in OUTPUT_DIR/config.yaml). Remove it, or reusing a "
+            "dumped config.yaml, pass CYBORGS.DATA.NUM_IMAGES 0 SOLVER.MAX_ITER 0 on the command line."
         )
     ipe = iters_per_epoch(num_images, int(s.IMS_PER_BATCH))
     max_iter = int(round(s.EPOCHS * ipe))
@@ -150,7 +165,8 @@ def _derive_schedule(cfg: CfgNode, num_images: int) -> None:
             f"SOLVER.MAX_ITER = {given}: pretraining runs for SOLVER.EPOCHS = {s.EPOCHS} epochs "
             f"x {ipe} iterations/epoch = {max_iter} iterations, and SOLVER.MAX_ITER is derived "
             "from SOLVER.EPOCHS, not a setting. Remove SOLVER.MAX_ITER (or set it to 0) and set "
-            "the length with SOLVER.EPOCHS."
+            "the length with SOLVER.EPOCHS; reusing a dumped OUTPUT_DIR/config.yaml with another "
+            "schedule or data set, pass SOLVER.MAX_ITER 0 CYBORGS.DATA.NUM_IMAGES 0 on the command line."
         )
     if max_iter <= 0:
         raise ConfigError(

@@ -70,7 +70,7 @@ class CYBORGS(nn.Module):
     """Mask-contrastive + vMF-clustering pretrainer.
 
     Training input: a list (one per image) of two-view mapper outputs (docs/DESIGN.md):
-    ``{"views": [{"image": uint8[3,S,S] RGB, "mask": int64[S,S], "box": float[4],
+    ``{"views": [{"image": uint8[3,S,S] RGB, "mask": int64 or uint8 [S,S], "box": float[4],
     "flip": bool}, {...}], ...}``; a view may also carry ``"photometric"`` (its drawn
     parameters, CYBORGS.AUG.DEVICE), applied here batched on the model's device before
     normalisation (``cyborgs.data.device_augment``). Output: ``{"loss_mask_contrastive", "loss_vmf"}``, each

@@ -7,7 +7,7 @@ import os
 
 from detectron2.modeling import build_model
 
-from cyborgs.config import fall_back_to_cpu, res2_out_channels
+from cyborgs.config import res2_out_channels
 from cyborgs.engine.checkpoint import SafeCheckpointer, safe_load_pickle
 from cyborgs.transfer.load_check import LoadReport, assert_backbone_loaded
 from cyborgs.transfer.setup import get_transfer_cfg
@@ -41,10 +41,9 @@ def load_and_check(
     """Build the model of ``config`` (a YAML path) as R``depth`` on the CPU, load ``weights``
     and prove every backbone tensor arrived."""
     cfg = get_transfer_cfg(config, depth_opts(depth))
-    # The check compares tensors on the CPU whatever the machine has; outside a process group
-    # SyncBN builds and loads there like BN.
+    # The check compares tensors on the CPU whatever the machine has. It builds and loads, never
+    # runs a forward, so SyncBN layers stay as configured (same parameters and buffers as BN).
     cfg.MODEL.DEVICE = "cpu"
-    fall_back_to_cpu(cfg)
     model = build_model(cfg)
     SafeCheckpointer(model).load(weights)
     pretrained = safe_load_pickle(weights)["model"]

@@ -131,7 +131,10 @@ def test_rewriting_the_current_round(tmp_path, round_settings):
         return write(*args, **kwargs)
 
     store.write = watching_write
-    run_bootstrap_round(_ColourNet(), settings, dicts, store, 3)
+    with pytest.raises(ValueError, match="round 3 is the current round"):
+        run_bootstrap_round(_ColourNet(), settings, dicts, store, 3)  # not without asking
+    assert store.current_round() == 3 and seen == []
+    run_bootstrap_round(_ColourNet(), settings, dicts, store, 3, replace_current=True)
     assert seen == [None, None] and store.current_round() == 3 and store.rounds() == [3]
 
 

@@ -227,3 +227,24 @@ def test_plain_rgb_round_trip_and_writable(tmp_path):
 def test_error_pickles_for_loader_workers(tmp_path):
     e = pickle.loads(pickle.dumps(BadImageError("/x/y.jpg", "empty file (0 bytes)")))
     assert isinstance(e, BadImageError) and e.path == "/x/y.jpg" and "0 bytes" in str(e)
+
+
+def test_a_broken_jpeg_decoder_falls_back_to_pil_instead_of_refusing_every_jpeg(
+    tmp_path, monkeypatch
+) -> None:
+    path = str(tmp_path / "plain.jpg")
+    pixels = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+    want = np.asarray(Image.open(path).convert("RGB"))
+
+    def wrong_output(data):  # e.g. an op whose output layout changed in another torchvision
+        return torch.zeros(16, 24, 3, dtype=torch.uint8)
+
+    with pytest.raises(RuntimeError, match="decoder returned"):
+        image_io._check_decoder(wrong_output)
+    monkeypatch.setattr(image_io, "_DECODE_JPEG", None)
+    check = image_io._check_decoder
+    monkeypatch.setattr(image_io, "_check_decoder", lambda decode: check(wrong_output))
+    assert image_io._jpeg_decoder() is None  # the self-check failed: PIL from now on
+    got = read_image_tensor(path).permute(1, 2, 0).numpy()
+    assert np.array_equal(got, want)

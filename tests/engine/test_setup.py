@@ -78,7 +78,7 @@ def test_without_a_schedule_nothing_is_derived_or_counted(monkeypatch) -> None:
 
 # ---- old key names: mapped once, with a note, then gone from the final config ----
 
-# the overrides cyborgs/study.py passes (old names), as (key, value)
+# the overrides tools/study_lib.py passes (old names), as (key, value)
 _STUDY_FIXED_MASKS = [
     ("CYBORGS.VMF.WARMUP_EPOCHS", 0),
     ("CYBORGS.VMF.PERIOD_EPOCHS", 0),
@@ -97,7 +97,10 @@ def test_old_names_of_the_study_overrides_still_work() -> None:
     assert cfg.CYBORGS.VMF.LAMBDA == 0.0 and cfg.CYBORGS.VMF.PERIOD_EPOCHS == 1
     deprecated = [n for n in notes if "deprecated" in n]
     assert len(deprecated) == 3
-    assert any("CYBORGS.VMF.WARMUP_EPOCHS" in n and "which was 1" in n for n in deprecated)
+    assert any(
+        "CYBORGS.VMF.WARMUP_EPOCHS is deprecated: use CYBORGS.WARMUP_EPOCHS" in n
+        for n in deprecated
+    )
     # the final config (and so OUTPUT_DIR/config.yaml) has the new names only
     assert "WARMUP_EPOCHS" not in cfg.SOLVER and "WARMUP_EPOCHS" not in cfg.CYBORGS.VMF
     assert "MAX_MASK_IDS" not in cfg.CYBORGS and "MAX_MASK_IDS" not in cfg.dump()
@@ -182,3 +185,59 @@ def test_switches_accept_yaml_booleans(tmp_path) -> None:
     assert plain.CYBORGS.GPU.BF16 is False
     with pytest.raises(ConfigError, match="CYBORGS.GPU.BF16"):
         setup_pretrain_cfg(DEMO, ["CYBORGS.GPU.BF16", "maybe"], world_size=1, schedule=False)
+
+
+# ---- the usual order (a file over its base, the command line over the file) holds whichever
+# name each layer uses ----
+
+
+def _yaml(tmp_path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_a_new_name_on_the_command_line_wins_over_an_old_name_in_the_file(tmp_path) -> None:
+    old = _yaml(tmp_path, "old.yaml", f'_BASE_: "{DEMO}"\nSOLVER:\n  WARMUP_EPOCHS: 3\n')
+    cfg, notes = setup_pretrain_cfg(old, [], num_images=400, world_size=1)
+    assert cfg.SOLVER.LR_WARMUP_EPOCHS == 3 and any("old.yaml" in n for n in notes)
+    cfg, _ = setup_pretrain_cfg(old, ["SOLVER.LR_WARMUP_EPOCHS", 0], num_images=400, world_size=1)
+    assert cfg.SOLVER.LR_WARMUP_EPOCHS == 0
+
+
+def test_a_file_wins_over_its_base_whichever_names_they_use(tmp_path) -> None:
+    _yaml(tmp_path, "base_old.yaml", f'_BASE_: "{DEMO}"\nCYBORGS:\n  VMF:\n    WARMUP_EPOCHS: 3\n')
+    child_new = _yaml(
+        tmp_path, "child_new.yaml", '_BASE_: "base_old.yaml"\nCYBORGS:\n  WARMUP_EPOCHS: 2\n'
+    )
+    cfg, _ = setup_pretrain_cfg(child_new, [], num_images=400, world_size=1)
+    assert cfg.CYBORGS.WARMUP_EPOCHS == 2
+    _yaml(tmp_path, "base_new.yaml", f'_BASE_: "{DEMO}"\nCYBORGS:\n  WARMUP_EPOCHS: 3\n')
+    child_old = _yaml(
+        tmp_path,
+        "child_old.yaml",
+        '_BASE_: "base_new.yaml"\nCYBORGS:\n  VMF:\n    WARMUP_EPOCHS: 2\n',
+    )
+    cfg, _ = setup_pretrain_cfg(child_old, [], num_images=400, world_size=1)
+    assert cfg.CYBORGS.WARMUP_EPOCHS == 2
+    both = _yaml(
+        tmp_path,
+        "both.yaml",
+        f'_BASE_: "{DEMO}"\nSOLVER:\n  WARMUP_EPOCHS: 3\n  LR_WARMUP_EPOCHS: 1\n',
+    )
+    with pytest.raises(ConfigError, match="both.yaml: sets both SOLVER.WARMUP_EPOCHS"):
+        setup_pretrain_cfg(both, [], num_images=400, world_size=1)
+
+
+def test_a_dumped_config_with_another_schedule_says_how_to_reuse_it(tmp_path) -> None:
+    cfg, _ = _setup()
+    dumped = _yaml(tmp_path, "config.yaml", cfg.dump())
+    with pytest.raises(ConfigError, match="pass SOLVER.MAX_ITER 0 CYBORGS.DATA.NUM_IMAGES 0"):
+        setup_pretrain_cfg(dumped, ["SOLVER.EPOCHS", 12], num_images=400, world_size=1)
+    again, _ = setup_pretrain_cfg(
+        dumped,
+        ["SOLVER.EPOCHS", 12, "SOLVER.MAX_ITER", 0, "CYBORGS.DATA.NUM_IMAGES", 0],
+        num_images=500,
+        world_size=1,
+    )
+    assert again.SOLVER.MAX_ITER == 12 * 16  # ceil(500 / 32) = 16

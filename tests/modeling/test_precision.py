@@ -13,13 +13,21 @@ from cyborgs.modeling.precision import (
 
 @pytest.mark.parametrize(
     "value,expected",
-    [("auto", "auto"), ("on", "on"), ("off", "off"), (" ON ", "on"), (True, "on"), (False, "off")],
+    [
+        ("auto", "auto"),
+        ("on", "on"),
+        ("off", "off"),
+        (" ON ", "on"),
+        (True, "on"),
+        (False, "off"),
+        (None, "auto"),  # the keys' typeless default (so YAML booleans merge) means "auto"
+    ],
 )
 def test_parse_switch_accepts_the_three_values_and_yaml_booleans(value, expected):
     assert parse_switch(value, "CYBORGS.GPU.BF16") == expected
 
 
-@pytest.mark.parametrize("value", ["yes", "", "bf16", 1, None])
+@pytest.mark.parametrize("value", ["yes", "", "bf16", 1])
 def test_parse_switch_rejects_anything_else_naming_the_key(value):
     with pytest.raises(ValueError, match=r"CYBORGS\.GPU\.CHANNELS_LAST.*'auto', 'on', 'off'"):
         parse_switch(value, "CYBORGS.GPU.CHANNELS_LAST")
