@@ -235,6 +235,12 @@ def _node_and_name(cfg: CN, key: str) -> tuple[CN, str]:
     return node, name
 
 
+def set_key(cfg: CN, key: str, value) -> None:
+    """Set the dotted ``key`` of an unfrozen ``cfg`` (its parent nodes must exist)."""
+    node, name = _node_and_name(cfg, key)
+    node[name] = value
+
+
 def get_key(cfg: CN, key: str, default=None):
     """Value of the dotted ``key`` in ``cfg`` (``default`` when absent)."""
     try:
@@ -377,8 +383,7 @@ def resolve_deprecated_keys(cfg: CN) -> list[str]:
             note = f"{old} is deprecated: use {new} ({old} {value!r} -> {new}"
             note += f", which was {current!r})" if current != value else ")"
             notes.append(note)
-            node, name = _node_and_name(cfg, new)
-            node[name] = value
+            set_key(cfg, new, value)
         elif value is not None and old == "CYBORGS.MAX_MASK_IDS":
             width = mask_id_width(cfg)
             if not _is_num(value) or value < width:

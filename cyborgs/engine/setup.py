@@ -38,6 +38,7 @@ from cyborgs.config import (
     load_pretrain_yaml,
     rename_old_keys_in_opts,
     resolve_deprecated_keys,
+    set_key,
     validate_cyborgs_config,
 )
 from cyborgs.solver.schedule import iters_per_epoch
@@ -178,11 +179,7 @@ def _derive_schedule(cfg: CfgNode, num_images: int) -> None:
 
 def _canonicalize_switches(cfg: CfgNode) -> None:
     for key in SWITCH_KEYS:
-        *path, name = key.split(".")
-        node = cfg
-        for p in path:
-            node = node[p]
-        node[name] = canonical_switch(get_key(cfg, key), key)
+        set_key(cfg, key, canonical_switch(get_key(cfg, key), key))
 
 
 def _switch_opts_as_strings(opts: list[object]) -> list[object]:
