@@ -25,7 +25,8 @@ Per path:
    drawing the parameters) and ``other`` (the rest of the call), in wall time
    (``ms_per_sample_split``) and in this thread's CPU time (``cpu_ms_per_sample_split``,
    ``cpu_samples_per_s``: what one worker costs whatever else loads the machine). The paths
-   alternate sample by sample, so a drifting machine load hits all alike. Unless
+   take turns ``--interleave-chunk`` samples at a time, so a drifting machine load hits all
+   alike while each runs back to back as in a worker. Unless
    ``--no-before``, the device path as it was before the loader speed-up runs in the same
    rotation (``device_before``: ``legacy_device_map``; ``views_identical_to_device`` checks
    that the new path hands out the same views).
@@ -324,14 +325,22 @@ def _same_views(a: dict, b: dict) -> bool:
 
 
 def measure_in_process(
-    mappers: dict[str, TwoViewDatasetMapper], dicts: list[dict], warmup: int, seed: int
+    mappers: dict[str, TwoViewDatasetMapper],
+    dicts: list[dict],
+    warmup: int,
+    seed: int,
+    chunk: int = 16,
 ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """Mapper calls per path (per-position generators, as in training), with the stage split.
 
-    The paths alternate sample by sample (and which goes first rotates too), so on a machine
-    whose load drifts all see the same load and their ratios stay meaningful. Wall time and
-    this thread's CPU time are both recorded (CPU time is what a worker costs whatever the
-    machine's load). Path ``device_before`` (``--before``) is :func:`legacy_device_map`.
+    The paths take turns ``chunk`` samples at a time (and which goes first rotates), so on a
+    machine whose load drifts all see the same load and their ratios stay meaningful, while
+    each path still runs back to back as in a loader worker: alternating sample by sample put
+    a 100 ms CPU-path sample between every two device-path ones, and the device path's 4-7 ms
+    were then timed on caches the other path had just flushed (measured: 7.1 ms/sample that
+    way, 4.3 back to back, on the same idle cores). Wall time and this thread's CPU time are
+    both recorded (CPU time is what a worker costs whatever the machine's load). Path
+    ``device_before`` (``--before``) is :func:`legacy_device_map`.
     """
 
     def call(path: str, d: dict, rng) -> tuple:
@@ -348,23 +357,27 @@ def measure_in_process(
     per_sample_cpu: dict[str, list[float]] = {p: [] for p in mappers}
     order = list(mappers)
     identical = 0
-    for i, d in enumerate(dicts):
-        k = i % len(order)
-        per_sample = {}
+    for c, start in enumerate(range(0, len(dicts), chunk)):
+        positions = range(start, min(start + chunk, len(dicts)))
+        k = c % len(order)
+        per_sample: dict[str, list] = {}
         for path in order[k:] + order[:k]:
-            out, wall, cpu, total_wall, total_cpu = call(path, d, np.random.default_rng([seed, i]))
-            for s in STAGES:
-                acc[path][s] += wall[s]
-                cpu_acc[path][s] += cpu[s]
-            acc[path]["total"] += total_wall
-            cpu_acc[path]["total"] += total_cpu
-            per_sample_cpu[path].append(total_cpu)
-            per_sample[path] = out
-            if out is not None and path != "device_before":
-                outputs[path].append(out)
-        if "device_before" in per_sample:
-            a, b = per_sample["device_before"], per_sample.get("device")
-            identical += a is not None and b is not None and _same_views(a, b)
+            per_sample[path] = []
+            for i in positions:
+                rng = np.random.default_rng([seed, i])
+                out, wall, cpu, total_wall, total_cpu = call(path, dicts[i], rng)
+                for s in STAGES:
+                    acc[path][s] += wall[s]
+                    cpu_acc[path][s] += cpu[s]
+                acc[path]["total"] += total_wall
+                cpu_acc[path]["total"] += total_cpu
+                per_sample_cpu[path].append(total_cpu)
+                per_sample[path].append(out)
+                if out is not None and path != "device_before":
+                    outputs[path].append(out)
+        if "device_before" in per_sample and "device" in per_sample:
+            for a, b in zip(per_sample["device_before"], per_sample["device"], strict=True):
+                identical += a is not None and b is not None and _same_views(a, b)
     n = len(dicts)
     results = {}
     for path, a in acc.items():
@@ -688,7 +701,9 @@ def run(args: argparse.Namespace) -> dict:
         timed = dict(mappers)
         if "device" in mappers and args.before:
             timed["device_before"] = mappers["device"]  # legacy_device_map with its source
-        in_proc, outputs = measure_in_process(timed, dicts, min(args.warmup, len(dicts)), args.seed)
+        in_proc, outputs = measure_in_process(
+            timed, dicts, min(args.warmup, len(dicts)), args.seed, args.interleave_chunk
+        )
         per_path = {
             p: {
                 "aug_device": cfgs[p].CYBORGS.AUG.DEVICE,
@@ -825,6 +840,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=96, help="two-view samples timed per path")
     p.add_argument("--warmup", type=int, default=4, help="untimed in-process calls first")
     p.add_argument(
+        "--interleave-chunk",
+        type=int,
+        default=16,
+        help="in-process samples each path maps before the next path's turn (default 16)",
+    )
+    p.add_argument(
         "--workers",
         default="1",
         type=lambda s: [int(w) for w in s.split(",") if w.strip()],
@@ -858,6 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.num_images, args.batch_size, args.threads, args.batch_images, args.repeats) < 1:
         p.error("--num-images, --batch-size, --threads, --batch-images, --repeats must be >= 1")
+    if args.interleave_chunk < 1:
+        p.error("--interleave-chunk must be >= 1")
     if args.distinct_images < 1 or len(args.image_size) != 2 or min(args.image_size) < 16:
         p.error("--distinct-images must be >= 1 and --image-size HxW at least 16x16")
     if not args.workers or min(args.workers) < 0:

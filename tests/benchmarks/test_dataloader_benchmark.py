@@ -31,6 +31,7 @@ def test_both_paths_on_generated_jpegs_with_stage_split_and_ratios(tmp_path: Pat
     args = ["--image-size", "96x128", "--distinct-images", "2", "--num-images", "8"]
     args += ["--crop-size", "32", "--workers", "0,2", "--batch-size", "2", "--batch-images", "4"]
     args += ["--repeats", "1", "--device-threads", "1", "--out", str(out)]
+    args += ["--interleave-chunk", "3"]  # turns of 3, 3, 2 samples: a short last turn too
     res = _run(args, tmp_path)
     assert json.loads(out.read_text()) == res  # --out holds the same result as stdout
     assert res["dataset"] == "generated" and res["mask_source"] == "bootstrap"
@@ -115,6 +116,9 @@ def test_cuda_is_refused_up_front_without_it(monkeypatch, capsys) -> None:
         mod.parse_args(["--path", "device", "--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
     assert mod.parse_args([]).path == "both"  # default: both paths, batched ops on the CPU
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--interleave-chunk", "0"])
+    assert "--interleave-chunk must be >= 1" in capsys.readouterr().err
 
 
 def test_registered_set_device_path_only_and_bootstrap_without_round_is_flagged(
