@@ -109,7 +109,9 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.BOOTSTRAP.KMEANS_ITERS = 20
     # "auto" (FAISS if importable; GPU index with CUDA), "faiss", "torch".
     c.BOOTSTRAP.KMEANS_BACKEND = "auto"
-    # Image size fed to the encoder when bootstrapping (shorter side; 0 = as stored).
+    # Image size fed to the encoder when bootstrapping (shorter side; 0 = as stored); both
+    # sides are then rounded to a multiple of the bootstrap map's stride (its cells tile the
+    # image, as the mask store's upsampling assumes).
     c.BOOTSTRAP.INPUT_SIZE = 224
     # Mirror each image this many pixels outwards before the bootstrap forward, then crop the
     # features back (a multiple of the feature stride, 8 for res3; 0 = off). Keeps the backbone's

@@ -178,17 +178,28 @@ def compact_labels(label_map: np.ndarray) -> np.ndarray:
 
 
 def load_resized_image(
-    dataset_dict: dict, input_size: int, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    dataset_dict: dict,
+    input_size: int,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    multiple: int = 1,
 ) -> np.ndarray:
-    """RGB uint8 [H, W, 3], shorter side resized to ``input_size`` (0: as stored); raises
-    :class:`~cyborgs.data.image_io.BadImageError` for an image the reader refuses."""
+    """RGB uint8 [H, W, 3], shorter side resized to ``input_size`` (0: as stored), then both
+    sides rounded to a multiple of ``multiple``; raises
+    :class:`~cyborgs.data.image_io.BadImageError` for an image the reader refuses.
+
+    A round passes its map's grid stride as ``multiple``: the feature map then tiles the
+    resized image exactly, cell (i, j) = pixels [i s, (i + 1) s) x [j s, (j + 1) s), so the
+    stored map stands for the whole image as the mask store's upsampling rule assumes. With
+    ceil(side / s) cells over a side that is not a multiple, the last cell reaches past the
+    image and every cell lands up to that overhang (~0.6 cell at 299 px) off its pixels. The
+    rounding changes the aspect ratio by at most s / 2 pixels per side."""
     img = read_image(dataset_dict["file_name"], max_aspect_ratio=max_aspect_ratio)
-    if input_size > 0:
-        h, w = img.shape[:2]
-        s = input_size / min(h, w)
-        nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        if (nh, nw) != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    h, w = img.shape[:2]
+    scale = input_size / min(h, w) if input_size > 0 else 1.0
+    m = max(1, int(multiple))
+    nh, nw = (max(m, round(v * scale / m) * m) for v in (h, w))
+    if (nh, nw) != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
     return np.array(img, dtype=np.uint8, order="C")  # writable: torch.from_numpy needs it
 
 
@@ -196,10 +207,15 @@ class _ImageList(torch.utils.data.Dataset):
     """``(image_id, image, None)``, or ``(image_id, None, "file: reason")`` for a bad image."""
 
     def __init__(
-        self, dicts: Sequence[dict], indices: np.ndarray, input_size: int, max_aspect_ratio: float
+        self,
+        dicts: Sequence[dict],
+        indices: np.ndarray,
+        input_size: int,
+        max_aspect_ratio: float,
+        multiple: int,
     ):
         self.dicts, self.indices, self.input_size = dicts, indices, input_size
-        self.max_aspect_ratio = max_aspect_ratio
+        self.max_aspect_ratio, self.multiple = max_aspect_ratio, multiple
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -207,7 +223,7 @@ class _ImageList(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         d = self.dicts[int(self.indices[i])]
         try:
-            image = load_resized_image(d, self.input_size, self.max_aspect_ratio)
+            image = load_resized_image(d, self.input_size, self.max_aspect_ratio, self.multiple)
         except BadImageError as e:
             return d["image_id"], None, f"{e.path}: {e.reason}"
         return d["image_id"], image, None
@@ -259,6 +275,26 @@ def _pad_batch(
         t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)
         out[i, :, : im.shape[0], : im.shape[1]] = t
     return out.to(device, non_blocking=True)
+
+
+def _grid_stride(net: torch.nn.Module, features: Sequence[str], device: torch.device) -> int:
+    """Image pixels per cell of the bootstrap map (the stride of ``features``' fused grid),
+    measured on a blank canvas (in eval mode: BN statistics untouched), so any backbone and
+    dilation is right."""
+    size = 2 * _SIZE_DIVISIBILITY
+    x = torch.zeros(1, 3, size, size, device=device)
+    was_training = net.training
+    net.eval()
+    try:
+        h, w = extract_bootstrap_features(net, x, list(features)).shape[-2:]
+    finally:
+        net.train(was_training)
+    if h != w or size % h:
+        raise RuntimeError(
+            f"bootstrap features {list(features)} of a {size}x{size} image are {h}x{w}: "
+            f"expected a square grid whose stride divides {size}"
+        )
+    return size // h
 
 
 def _sync(device: torch.device) -> None:
@@ -356,9 +392,15 @@ def bootstrap_shard(
         else torch.zeros(3)
     )
 
+    stride = _grid_stride(net, s.features, device)
+    if s.border_pad % stride:
+        raise ValueError(
+            f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
+            f"feature stride {stride} of {list(s.features)}"
+        )
     indices = shard_indices(len(dataset_dicts), round_id, s.seed, world_size, rank)
     loader = torch.utils.data.DataLoader(
-        _ImageList(dataset_dicts, indices, s.input_size, s.max_aspect_ratio),
+        _ImageList(dataset_dicts, indices, s.input_size, s.max_aspect_ratio, stride),
         batch_size=None,
         collate_fn=_identity,  # keep numpy images (the default converts them to tensors)
         num_workers=s.num_workers,
@@ -379,17 +421,14 @@ def bootstrap_shard(
         feats = extract_bootstrap_features(net, x, list(s.features))
         _sync(device)
         tally.forward_s += time.perf_counter() - t0
-        stride = x.shape[-2] / feats.shape[-2]
-        o = s.border_pad / stride
-        if o != int(o):
-            raise ValueError(
-                f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
-                f"feature stride {stride:g} of {list(s.features)}"
+        if tuple(feats.shape[-2:]) != (x.shape[-2] // stride, x.shape[-1] // stride):
+            raise RuntimeError(
+                f"bootstrap features {list(s.features)} of a {tuple(x.shape[-2:])} canvas are "
+                f"{tuple(feats.shape[-2:])}, not the canvas / {stride} the round measured"
             )
-        o = int(o)
+        o = s.border_pad // stride
         for (image_id, im), f in zip(part, feats, strict=True):
-            fh = math.ceil(im.shape[0] / stride)
-            fw = math.ceil(im.shape[1] / stride)
+            fh, fw = im.shape[0] // stride, im.shape[1] // stride  # exact: sides are multiples
             pending.append((image_id, im, f[:, o : o + fh, o : o + fw]))
 
     def flush_batch() -> None:

@@ -144,8 +144,40 @@ def test_input_size_resizes_shorter_side(tmp_path, round_settings):
     settings = round_settings(group_size=2, k_min=2, k_max=2, backend="torch", input_size=32,
                               batch_size=2)  # fmt: skip
     run_bootstrap_round(_ColourNet(), settings, dicts, store, 0)
-    # 64x32 -> 64x32 -> 8x4 cells; 48x64 -> 32x43 -> 4x6 cells
-    assert store.read(0).shape == (8, 4) and store.read(1).shape == (4, 6)
+    # 64x32 -> 64x32 -> 8x4 cells; 48x64 -> 32x42.7, sides to multiples of the stride 8:
+    # 32x40 -> 4x5 cells (not ceil(42.7 / 8) = 6 cells, the last one mostly off the image)
+    assert store.read(0).shape == (8, 4) and store.read(1).shape == (4, 5)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (426, 640), (375, 500)])  # COCO's usual shapes
+def test_stored_map_lines_up_with_the_image(tmp_path, round_settings, hw):
+    """Map cell j of a stride-8 map over a side of W pixels stands for pixels [j W / w,
+    (j + 1) W / w) (the store's upsampling rule, column x -> cell floor(x w / W)). An image whose
+    colour changes exactly at such a cell edge must come back from the stored map with the
+    change there, give or take the resize's blur (2 px). At shorter side 224 a 480x640 image is
+    224x298.7 px; ceil(298.7 / 8) = 38 cells cover 304 px, so a map stretched over the image put
+    the change ~0.6 cell (10 px) off near the right edge."""
+    H, W = hw
+    w = round(W * 224 / min(H, W) / 8)  # cells across: the resized side rounded to 8 px
+    j = w - w // 8  # a cell edge near the right, where a stretched map is furthest off
+    cut = round(j * W / w)
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:] = _PALETTE[0]
+    img[:, cut:] = _PALETTE[1]
+    p = tmp_path / "img.png"
+    Image.fromarray(img).save(p)
+    d = {"file_name": str(p), "image_id": 0, "height": H, "width": W}
+    store = MaskStore(str(tmp_path / "s"))
+    settings = round_settings(group_size=1, k_min=2, k_max=2, backend="torch", input_size=224,
+                              batch_size=1)  # fmt: skip
+    run_bootstrap_round(_ColourNet(), settings, [d], store, 0)
+    m = store.read(0)
+    assert m.shape[1] == w
+    row = m[m.shape[0] // 2, (np.arange(W) * w) // W]  # the store's nearest rule
+    left_id, right_id = row[0], row[-1]
+    assert left_id != right_id
+    wrong = np.flatnonzero(row != np.where(np.arange(W) < cut, left_id, right_id))
+    assert wrong.size == 0 or np.abs(wrong - cut).max() <= 2, (wrong.min(), wrong.max(), cut)
 
 
 def test_k_drawn_uniformly_in_range_per_group(tmp_path, round_settings):
