@@ -49,7 +49,7 @@ from cyborgs.data.image_io import (
     BadImageError,
     read_image,
 )
-from cyborgs.masks.store import MaskStore
+from cyborgs.masks.store import MaskStore, check_unique_image_ids
 from cyborgs.utils.progress import Progress
 
 from .features import extract_bootstrap_features
@@ -377,6 +377,7 @@ def bootstrap_shard(
     padding), k_values (K per group, after the cap), bytes, bytes_per_image.
     """
     s = settings
+    check_unique_image_ids(dataset_dicts)  # every rank: the shards must not share a map
     if kmeans is None:
         from cyborgs.clustering import spherical_kmeans as kmeans
     if s.crf:

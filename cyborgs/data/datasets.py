@@ -47,6 +47,7 @@ from cyborgs.data.image_sizes import read_image_sizes, warn_unreadable
 from cyborgs.data.synthetic import THING_CLASSES
 from cyborgs.data.writers.coco import coco_category_ids
 from cyborgs.data.writers.coco_stuff import COCO_STUFF_171_CLASSES
+from cyborgs.masks.store import check_unique_image_ids
 
 __all__ = [
     "demo_root",
@@ -155,6 +156,7 @@ def load_unlabeled_images(image_root: str) -> list[dict]:
         )
     if len(bad) == len(out):
         raise FileNotFoundError(f"no readable image in {image_root}: {bad[0][0]}: {bad[0][1]}")
+    check_unique_image_ids(out)  # "5.jpg", "0005.jpg" and "5.png" would all be image 5
     warn_unreadable(image_root, bad)
     return out
 

@@ -30,7 +30,7 @@ from cyborgs.data.image_io import MAX_LISTED_SKIPPED, BadImageError
 from cyborgs.utils.progress import Progress
 
 from .registry import check_source_image
-from .store import MaskStore, store_root
+from .store import MaskStore, check_unique_image_ids, store_root
 
 __all__ = ["StoredMaskSource", "precompute_masks", "cached_mask_source", "params_tag"]
 
@@ -106,6 +106,7 @@ def precompute_masks(
     ``all_gather`` collects every rank's skipped files for the manifest). Items whose ``fn``
     raises ``BadImageError`` are skipped (see the module docstring)."""
     t0 = time.perf_counter()
+    check_unique_image_ids(items)
     if rank == 0:
         # recomputing on purpose: readers see no round meanwhile
         store.begin_round(0, replace_current=True)

@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ __all__ = [
     "CorruptPointerError",
     "MaskFileError",
     "MaskStore",
+    "check_unique_image_ids",
     "image_key",
     "store_root",
     "upsample_nearest",
@@ -83,6 +85,23 @@ def image_key(image_id: Any) -> str:
     if len(s) > 180:
         s = "h%" + hashlib.sha1(s.encode("utf-8")).hexdigest()
     return s
+
+
+def check_unique_image_ids(dicts: Iterable[dict]) -> None:
+    """Raise ``ValueError`` naming both files if two dataset dicts share a mask key
+    (:func:`image_key` of their ``image_id``): the store keeps one map per key, so they would
+    silently share one image's mask (e.g. ``5.jpg``, ``0005.jpg`` and ``5.png``, all id 5)."""
+    seen: dict[str, Any] = {}
+    for d in dicts:
+        key = image_key(d["image_id"])
+        name = d.get("file_name", d["image_id"])
+        if key in seen:
+            raise ValueError(
+                f"{seen[key]} and {name} have the same image_id {d['image_id']!r}: masks are "
+                "stored per image_id, so they would share one; rename one of the files (or give "
+                "the data set unique ids)"
+            )
+        seen[key] = name
 
 
 def upsample_nearest(label_map: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:

@@ -320,3 +320,15 @@ def test_nonfinite_features_stop_the_round_with_the_nonfinite_message(tmp_path, 
     store.begin_round(5)
     with pytest.raises(NonFiniteLossError, match=r"round 5 at iteration 40: .* 1 of 4 images"):
         bootstrap_shard(_DivergedNet(), settings, dicts, store, 5, iteration=40)
+
+
+def test_dicts_sharing_a_mask_key_are_refused_before_any_write(tmp_path, round_settings):
+    """int 1 and str "1" are one mask key (``image_key``): two images would share a map."""
+    dicts = _write_images(tmp_path, n=3)
+    dicts[2]["image_id"] = "1"
+    store = MaskStore(str(tmp_path / "s"))
+    settings = round_settings(group_size=3, k_min=2, k_max=2, backend="torch", input_size=0)
+    net = _ColourNet()
+    with pytest.raises(ValueError, match=r"img1\.png and .*img2\.png have the same image_id"):
+        run_bootstrap_round(net, settings, dicts, store, 0)
+    assert net.calls == 0 and store.rounds() == [] and store.current_round() is None

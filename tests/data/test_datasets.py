@@ -139,3 +139,14 @@ def test_registration_idempotent():
     ds.register_all()
     importlib.reload(ds)  # a second import registers nothing new and raises nothing
     assert sorted(DatasetCatalog.list()) == sorted(before)
+
+
+def test_unlabeled_images_sharing_an_id_are_refused(tmp_path):
+    """ "0005.png" and "5.jpg" are both image 5 (numeric stems become int ids, as COCO's file
+    names do): the mask store keeps one map per id, so registration must refuse them."""
+    for name in ("0005.png", "5.jpg", "7.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    with pytest.raises(ValueError, match=r"0005\.png and .*5\.jpg have the same image_id 5"):
+        ds.load_unlabeled_images(str(tmp_path))
+    (tmp_path / "0005.png").unlink()
+    assert [d["image_id"] for d in ds.load_unlabeled_images(str(tmp_path))] == [5, 7]
