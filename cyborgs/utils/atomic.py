@@ -15,7 +15,7 @@ _TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 def _umask_by_flipping() -> int:
     # os.umask can only be read by setting it, and the mask is process-global: another thread
-    # creating a file in between would get mode 0666. Done once, at import (normally
+    # creating a file in between would get the stand-in mask. Done once, at import (normally
     # single-threaded), and only where /proc does not report the mask.
     old = os.umask(0o022)
     os.umask(old)
@@ -23,6 +23,8 @@ def _umask_by_flipping() -> int:
 
 
 def _umask_from_proc() -> int | None:
+    # Linux >= 4.7 reports the mask read-only; one small read per new file, so a mask set after
+    # import (e.g. by a launcher) is honoured.
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -39,8 +41,8 @@ if _IMPORT_UMASK is None:
 
 
 def _current_umask() -> int:
-    """The process umask, read without changing it where /proc allows (so a mask set after
-    import, e.g. by a launcher, is honoured); else the one at import."""
+    """The process umask, read without changing it where /proc allows; else the one at
+    import."""
     mask = _umask_from_proc()
     return _IMPORT_UMASK if mask is None else mask
 
