@@ -69,6 +69,18 @@ def _load_cache(cache_file: str, root: str) -> dict[str, list[int]]:
     return {}
 
 
+def _is_entry(hit: object) -> bool:
+    """Whether a cache entry is ``[byte size, mtime_ns, width, height]``, all ints (not bools)
+    and the size positive: anything else in a cache file that parses is a miss, not an error."""
+    return (
+        type(hit) is list
+        and len(hit) == 4
+        and all(type(v) is int for v in hit)
+        and hit[2] > 0
+        and hit[3] > 0
+    )
+
+
 def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
     """``(width, height)`` of each image ``root/rel_path``, or the error text of an unreadable
     one (unreadable images are not cached, so a fixed file is read next time)."""
@@ -78,6 +90,7 @@ def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
     out: list[Size | str | None] = [None] * len(rel_paths)
     stats: dict[str, tuple[int, int]] = {}
     todo: list[int] = []
+    malformed = 0
     for i, rel in enumerate(rel_paths):
         try:
             st = os.stat(os.path.join(root, rel))
@@ -86,10 +99,18 @@ def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
             continue
         stats[rel] = (st.st_size, st.st_mtime_ns)
         hit = cached.get(rel)
-        if hit is not None and len(hit) == 4 and (hit[0], hit[1]) == stats[rel]:
-            out[i] = (int(hit[2]), int(hit[3]))
+        if rel in cached and not _is_entry(hit):
+            malformed += 1  # a miss: re-read, and rewritten with the cache below
+            hit = None
+        if hit is not None and (hit[0], hit[1]) == stats[rel]:
+            out[i] = (hit[2], hit[3])
         else:
             todo.append(i)
+    if malformed:
+        logger.warning(
+            f"Ignoring {malformed} malformed entries of the image-size cache {cache_file}; "
+            "those headers are re-read"
+        )
 
     if todo:
         t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import collections
 import logging
 import os
 import re
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -109,13 +110,17 @@ class RunInfo:
         self.loaded = dict(state)
 
 
-# Periodic checkpoints are model_0000039.pth; model_final.pth is newer than all of them.
+# Periodic checkpoints are model_0000039.pth, the end of a run model_final.pth.
 _CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
 
 
-def _checkpoint_order(basename: str) -> float:
-    it = _CHECKPOINT_NAME.match(basename).group(1)  # type: ignore[union-attr]
-    return float("inf") if it == "final" else int(it)
+def _held_iteration(data: dict[str, Any]) -> int:
+    """The iteration a loaded checkpoint holds: the hooks' ``iteration``, else the trainer's;
+    -1 (the trainer then starts at 0) if neither is an int."""
+    it = data.get("iteration")
+    if type(it) is not int and isinstance(data.get("trainer"), dict):
+        it = data["trainer"].get("iteration")
+    return it if type(it) is int else -1
 
 
 class SafeCheckpointer(DetectionCheckpointer):
@@ -169,15 +174,34 @@ class SafeCheckpointer(DetectionCheckpointer):
             )
         return os.path.join(self.save_dir, name)
 
-    def complete_checkpoints(self) -> list[str]:
-        """``model_*.pth`` files in ``save_dir``, newest first (by iteration, final first).
+    def complete_checkpoints(self, skip: Collection[str] = ()) -> list[str]:
+        """``model_*.pth`` files in ``save_dir`` (except ``skip``), newest first by the
+        iteration they hold.
 
-        Only their names are checked here; :meth:`resume_or_load` finds out which load.
+        A periodic checkpoint holds the iteration its name says: the hooks (detectron2's and
+        ours) save ``model_{iteration:07d}`` with that iteration. ``model_final`` holds the last
+        iteration of the run that wrote it, which a run extended afterwards (more epochs) has
+        passed, so its iteration is read from the file (one extra read, on this fallback path
+        only). A ``model_final`` that cannot be read is left out with a warning; one refused as
+        unsafe raises (:meth:`resume_or_load` never skips those). Ties go to ``model_final``,
+        written after the periodic checkpoint of the same iteration.
         """
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        names = [n for n in os.listdir(self.save_dir) if _CHECKPOINT_NAME.match(n)]
-        return [os.path.join(self.save_dir, n) for n in sorted(names, key=_checkpoint_order)][::-1]
+        ranked: list[tuple[int, bool, str]] = []
+        for name in os.listdir(self.save_dir):
+            m = _CHECKPOINT_NAME.match(name)
+            path = os.path.join(self.save_dir, name)
+            if not m or path in skip:
+                continue
+            if m.group(1) != "final":
+                ranked.append((int(m.group(1)), False, path))
+                continue
+            try:
+                ranked.append((_held_iteration(self._load_file(path)), True, path))
+            except (NotACheckpointError, FileNotFoundError) as e:
+                logger.warning(f"Cannot resume from {path} either: {e}")
+        return [path for *_, path in sorted(ranked, reverse=True)]
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """detectron2's contract, plus: a latest checkpoint that is truncated, corrupt or gone
@@ -193,11 +217,7 @@ class SafeCheckpointer(DetectionCheckpointer):
             return self._load_existing(latest)
         except (NotACheckpointError, FileNotFoundError) as e:
             problem = e
-        tried = [latest]
-        for older in self.complete_checkpoints():
-            if older in tried:
-                continue
-            tried.append(older)
+        for older in self.complete_checkpoints(skip=[latest]):
             try:
                 ret = self._load_existing(older)
             except (NotACheckpointError, FileNotFoundError) as e:

@@ -4,12 +4,56 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
 # What atomic_write's mkstemp names look like: ".<basename>.<random>.tmp".
 _TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _umask_by_flipping() -> int:
+    # os.umask can only be read by setting it, and the mask is process-global: another thread
+    # creating a file in between would get the stand-in mask. Done once, at import (normally
+    # single-threaded), and only where /proc does not report the mask.
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _umask_from_proc() -> int | None:
+    # Linux >= 4.7 reports the mask read-only; one small read per new file, so a mask set after
+    # import (e.g. by a launcher) is honoured.
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None  # not Linux, or a kernel older than 4.7
+
+
+_IMPORT_UMASK = _umask_from_proc()
+if _IMPORT_UMASK is None:
+    _IMPORT_UMASK = _umask_by_flipping()
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where /proc allows; else the one at
+    import."""
+    mask = _umask_from_proc()
+    return _IMPORT_UMASK if mask is None else mask
+
+
+def _mode_for(path: str) -> int:
+    """The permission bits a plain ``open(path, "wb")`` would leave: an existing file keeps its
+    own (it is truncated, not recreated), a new one gets ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_current_umask()
 
 
 def atomic_write(
@@ -21,6 +65,11 @@ def atomic_write(
     file system) and is removed if ``write`` fails, leaving any previous ``path`` untouched.
     ``fsync=False`` skips flushing to disk: still atomic against a crashed process, cheaper for
     many small files whose completeness a later fsynced manifest vouches for.
+
+    The file gets the permissions a plain ``open()`` would give it (``mkstemp``'s are 0600,
+    which would hide checkpoints, masks and caches from the rest of a team): an existing
+    ``path``'s mode is kept, a new one gets ``0o666 & ~umask``. Owner and group are not
+    copied: the new file is the writer's, as when a new file is created.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -28,6 +77,7 @@ def atomic_write(
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _mode_for(path))
             write(f)
             if fsync:
                 f.flush()

@@ -85,6 +85,49 @@ def test_corrupt_or_unwritable_cache_only_costs_speed(root, tmp_path, monkeypatc
     assert "Could not write the image-size cache" in caplog.text
 
 
+def _stat_key(path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+# Malformed cache entries, given the file's [byte size, mtime_ns] (which a valid hit matches).
+_MALFORMED = {
+    "null width": lambda key: [*key, None, 10],
+    "a number": lambda key: 7,
+    "null": lambda key: None,
+    "a string": lambda key: "abcd",
+    "a dict": lambda key: {"0": key[0], "1": key[1], "2": 40, "3": 30},
+    "empty": lambda key: [],
+    "3 items": lambda key: [*key, 40],
+    "5 items": lambda key: [*key, 40, 30, 1],
+    "strings": lambda key: [*key, "40", "30"],
+    "floats": lambda key: [*key, 40.0, 30.0],
+    "bools": lambda key: [*key, True, True],
+    "zero width": lambda key: [*key, 0, 30],
+    "nested": lambda key: [*key, [40], 30],
+}
+
+
+@pytest.mark.parametrize("kind", list(_MALFORMED))
+def test_malformed_cache_entries_are_misses(root, monkeypatch, caplog, kind) -> None:
+    # A cache that parses but holds nonsense costs speed, never correctness (nor a crash).
+    bad, good = "000000000001.jpg", "000000000002.png"
+    cache = cache_file_for(str(root))
+    os.makedirs(os.path.dirname(cache))
+    entries = {
+        bad: _MALFORMED[kind](_stat_key(root / bad)),
+        good: [*_stat_key(root / good), 17, 23],
+    }
+    with open(cache, "w") as f:
+        json.dump({"version": image_sizes._CACHE_VERSION, "root": str(root), "entries": entries}, f)
+    opened = _count_opens(monkeypatch)
+    assert read_image_sizes(str(root), [bad, good]) == [(40, 30), (17, 23)]
+    assert opened == [bad]  # the malformed entry is re-read, the valid one still a hit
+    assert "1 malformed entries" in caplog.text and cache in caplog.text
+    rewritten = json.loads(open(cache).read())["entries"]
+    assert rewritten == {bad: [*_stat_key(root / bad), 40, 30], good: entries[good]}
+
+
 def test_unlabeled_loader_keeps_bad_files_and_names_them_all(root, caplog) -> None:
     dicts = load_unlabeled_images(str(root))
     assert [(d["image_id"], d["width"], d["height"]) for d in dicts] == [(1, 40, 30), (2, 17, 23)]

@@ -171,6 +171,56 @@ def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_lo
     assert str(tmp_path / f"model_{good:07d}.pth") in warning and str(bad) in warning
 
 
+def _extended_run(tmp_path, final_at: int) -> dict[int, dict]:
+    """A run that ended (model_final at ``final_at``), was extended and wrote 2499 and 2999."""
+    m = _model()
+    ck = SafeCheckpointer(m, str(tmp_path), save_to_disk=True)
+    states = {}
+    for name, it in (("model_0001999", 1999), ("model_final", final_at), ("model_0002499", 2499)):
+        with torch.no_grad():
+            m[0].weight.fill_(float(it if name != "model_final" else -it))
+        ck.save(name, iteration=it)
+        states[name] = {k: v.clone() for k, v in m.state_dict().items()}
+    ck.save("model_0002999", iteration=2999)
+    return states
+
+
+def test_resume_of_an_extended_run_prefers_the_newer_periodic_checkpoint(tmp_path, checkpoint_log):
+    # model_final (iteration 1999) must not win over model_0002499 just by its name.
+    states = _extended_run(tmp_path, final_at=1999)
+    truncated = tmp_path / "model_0002999.pth"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    m2 = _model()
+    ret = SafeCheckpointer(m2, str(tmp_path)).resume_or_load("", resume=True)
+    assert ret["iteration"] == 2499
+    for k, v in states["model_0002499"].items():
+        assert torch.equal(m2.state_dict()[k], v), k
+    warning = [r.getMessage() for r in checkpoint_log.records if r.levelname == "WARNING"][-1]
+    assert str(tmp_path / "model_0002499.pth") in warning and str(truncated) in warning
+
+
+def test_resume_falls_back_to_model_final_when_it_holds_the_newest_iteration(tmp_path):
+    # A final newer than every loadable periodic one (and a tie goes to it, written later).
+    for final_at in (2749, 2499):
+        states = _extended_run(tmp_path / str(final_at), final_at=final_at)
+        truncated = tmp_path / str(final_at) / "model_0002999.pth"
+        truncated.write_bytes(b"")
+        m2 = _model()
+        ck = SafeCheckpointer(m2, str(tmp_path / str(final_at)))
+        assert ck.resume_or_load("", resume=True)["iteration"] == final_at
+        for k, v in states["model_final"].items():
+            assert torch.equal(m2.state_dict()[k], v), k
+
+
+def test_unreadable_model_final_is_skipped_in_the_fallback(tmp_path, checkpoint_log):
+    _extended_run(tmp_path, final_at=2749)
+    (tmp_path / "model_final.pth").write_bytes(b"\x00" * 10)
+    (tmp_path / "model_0002999.pth").unlink()
+    ret = SafeCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
+    assert ret["iteration"] == 2499
+    assert f"Cannot resume from {tmp_path / 'model_final.pth'} either" in checkpoint_log.text
+
+
 def test_resume_with_no_complete_checkpoint_says_so(tmp_path) -> None:
     _saved_run(tmp_path, (4,))
     (tmp_path / "model_0000004.pth").write_text("not a checkpoint")
