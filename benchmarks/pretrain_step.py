@@ -7,8 +7,10 @@
 
 For each setting (R18 at 64 px; R50 at 224 px with ``--full`` or on CUDA) it builds the real
 ``CYBORGS`` model and LARS, feeds synthetic two-view batches in the mapper's format (uint8
-images, 8 blocky mask ids per view, overlapping crop boxes, one flipped view; the data path is
-measured by ``dataloader.py``), and times after ``--warmup`` steps:
+images, 8 blocky mask ids per view, overlapping crop boxes, one flipped view; with
+CYBORGS.AUG.DEVICE on -- "auto" on CUDA, or ``--aug-device on`` -- each view also carries its
+seeded drawn photometric record, so the step includes the batched device photometric ops; the
+data path is measured by ``dataloader.py``), and times after ``--warmup`` steps:
 
 * ``step``: forward (both losses active: contrastive + vMF, the most expensive phase), backward,
   LARS step, EMA update of the target; ``contrastive_only`` repeats it without the vMF term,
@@ -18,7 +20,8 @@ measured by ``dataloader.py``), and times after ``--warmup`` steps:
 
 The two are timed alternately, rep by rep; ``overhead_fraction = 1 - backbone / step`` (from the
 fastest repetition of each) is everything beyond the backbone (heads, mask
-pooling, losses, per-step k-means, optimizer, EMA). Target: <= 0.15. Peak memory:
+pooling, losses, per-step k-means, optimizer, EMA; with ``device_augment`` true also the
+batched photometric ops). Target: <= 0.15. Peak memory:
 ``torch.cuda.max_memory_allocated`` on CUDA, the growth of the process's peak RSS
 (``getrusage``) on CPU -- an upper bound that includes allocator caching.
 
@@ -40,9 +43,11 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
 
+from cyborgs.data.augment import TwoViewAugment, device_augment_enabled
 from cyborgs.engine.setup import setup_pretrain_cfg
 
 TARGET_OVERHEAD = 0.15
@@ -55,8 +60,9 @@ BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.4),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
-    ("H200", 989.4),
-    ("GH200", 989.4),
+    ("GH200", 989.4),  # before "H200", which it contains (same peak)
+    ("H200 NVL", 835.0),  # before "H200", which it contains
+    ("H200", 989.4),  # SXM (e.g. "NVIDIA H200")
     ("A100", 312.0),
     ("L40S", 362.1),
     ("L4", 121.0),
@@ -109,17 +115,26 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def make_cfg(depth: int, size: int, device: str) -> CfgNode:
+def make_cfg(depth: int, size: int, device: str, aug_device: str | None = None) -> CfgNode:
     """The pretraining config of the run (cyborgs.engine.setup) at ``size`` px on ``device``;
-    no training schedule (synthetic batches, no data set)."""
+    no training schedule (synthetic batches, no data set). ``aug_device`` sets
+    CYBORGS.AUG.DEVICE (None: the config's own value, "auto" = on with CUDA)."""
     base = "pretrain_configs/demo_R18.yaml" if depth == 18 else "pretrain_configs/Base-CYBORGS.yaml"
     # one process: SyncBN == BN (and SyncBN has no CPU kernel)
     opts = ["MODEL.DEVICE", device, "MODEL.RESNETS.NORM", "BN", "CYBORGS.AUG.CROP_SIZE", size]
+    if aug_device is not None:
+        opts += ["CYBORGS.AUG.DEVICE", aug_device]
     cfg, _ = setup_pretrain_cfg(base, opts, world_size=1, schedule=False)
     return cfg
 
 
-def synthetic_batch(batch: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
+def synthetic_batch(
+    batch: int, size: int, seed: int = 0, augment: TwoViewAugment | None = None
+) -> list[dict[str, Any]]:
+    """Two-view samples in the mapper's format. With ``augment`` (CYBORGS.AUG.DEVICE on) each
+    view also carries its drawn ``"photometric"`` record (seeded, per sample and view, by the
+    view's own ``ViewAugment.draw_photometric`` as the mapper does) and a uint8 mask, so the
+    step applies the batched device photometric ops as a real run does."""
     g = torch.Generator().manual_seed(seed)
     full = int(size * 1.25)
     out = []
@@ -129,14 +144,17 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> list[dict[str, Any]
             cells = torch.randint(0, 8, (1, 1, 4, 4), generator=g).float()
             mask = torch.nn.functional.interpolate(cells, size=(size, size), mode="nearest")
             off = 0.0 if v == 0 else full - size
-            views.append(
-                {
-                    "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g),
-                    "mask": mask[0, 0].long(),
-                    "box": torch.tensor([off, off, off + size, off + size], dtype=torch.float32),
-                    "flip": bool(v),
-                }
-            )
+            view = {
+                "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g),
+                "mask": mask[0, 0].long(),
+                "box": torch.tensor([off, off, off + size, off + size], dtype=torch.float32),
+                "flip": bool(v),
+            }
+            if augment is not None:
+                view["mask"] = view["mask"].to(torch.uint8)
+                rng = np.random.default_rng([seed, i, v])
+                view["photometric"] = augment.views[v].draw_photometric(rng)
+            views.append(view)
         out.append({"image_id": i, "height": full, "width": full, "views": views})
     return out
 
@@ -175,12 +193,13 @@ def bench(
     reps: int,
     warmup: int,
     peak_tflops: float | None = None,
+    aug_device: str | None = None,
 ) -> dict:
     from detectron2.modeling import build_model
 
     from cyborgs.solver import build_lars_optimizer
 
-    cfg = make_cfg(depth, size, device)
+    cfg = make_cfg(depth, size, device, aug_device)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
@@ -190,7 +209,10 @@ def bench(
     model.contrastive_weight = float(cfg.CYBORGS.CONTRASTIVE_WEIGHT)
     model.vmf_weight = float(cfg.CYBORGS.VMF.LAMBDA)
     model.vmf_num_clusters = int(cfg.CYBORGS.VMF.K)
-    data = synthetic_batch(batch, size)
+    on_device = device_augment_enabled(cfg)
+    data = synthetic_batch(
+        batch, size, augment=TwoViewAugment.from_config(cfg) if on_device else None
+    )
 
     def step() -> None:
         losses = model(data)
@@ -258,6 +280,9 @@ def bench(
             "bf16_autocast": bool(model.uses_bf16),
             "channels_last": bool(model.uses_channels_last),
         },
+        # CYBORGS.AUG.DEVICE resolved: the batched photometric ops are part of the step (and of
+        # overhead_fraction), not of the backbone work
+        "device_augment": on_device,
         "step_s": {"min": s, "median": statistics.median(step_t), "all": step_t},
         "backbone_s": {"min": b, "median": statistics.median(bb_t), "all": bb_t},
         "images_per_s": batch / s,
@@ -302,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the device's peak TFLOP/s for peak_fraction (default: bf16 table of known GPUs)",
     )
+    p.add_argument(
+        "--aug-device",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="CYBORGS.AUG.DEVICE (default: the config's, auto = on with CUDA): the batched "
+        "photometric ops in the step",
+    )
     p.add_argument("--out", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -313,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = [(18, 64), (50, 224)] if (cuda or args.full) else [(18, 64)]
     if args.only:
         settings = [(18, 64)] if args.only == "r18" else [(50, 224)]
-    results = [bench(d, s, batch, args.device, reps, warmup, args.peak_tflops) for d, s in settings]
+    results = [
+        bench(d, s, batch, args.device, reps, warmup, args.peak_tflops, args.aug_device)
+        for d, s in settings
+    ]
     report = {
         "benchmark": "pretrain_step",
         "target": f"overhead_fraction <= {TARGET_OVERHEAD} (everything beyond the backbone)",

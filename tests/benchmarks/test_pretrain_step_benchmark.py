@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,7 @@ def test_pretrain_step_benchmark_reports_both_phases(tmp_path):
         assert 0.0 <= phase["overhead_fraction"] < 1.0
         assert phase["meets_target"] == (phase["overhead_fraction"] <= 0.15)
     assert r18["images_per_s"] == 2 / r18["step_s"]["min"]
+    assert r18["device_augment"] is False  # CYBORGS.AUG.DEVICE auto on a CPU model: off
     assert isinstance(r18["peak_memory_mb"], float) and r18["peak_memory_mb"] >= 0
     # GPU targets are reported with their values but judged only on CUDA
     t = r18["targets"]
@@ -108,6 +111,81 @@ def _check_flops(r) -> None:
     assert r["peak_source"] == "--peak-tflops"
     assert r["peak_fraction"] == r["step_backbone_tflops_per_s"] / 2.0
     assert r["precision"] == {"bf16_autocast": False, "channels_last": False}  # CPU defaults
-    assert pretrain_step.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
-    assert pretrain_step.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert pretrain_step.bf16_peak_tflops("Quadro K600") is None
+
+
+def _bench_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pretrain_step
+
+    return pretrain_step
+
+
+def test_bf16_peak_lookup_prefers_the_specific_variant():
+    peak = _bench_module().bf16_peak_tflops
+    # vendor data sheets, dense bf16: H100 SXM 989.4, PCIe 756, NVL 835; H200 SXM 989.4,
+    # H200 NVL 835 (the NVL names contain "H100" / "H200" and must not get the SXM peak)
+    assert peak("NVIDIA H100 80GB HBM3") == 989.4
+    assert peak("NVIDIA H100 PCIe") == 756.0
+    assert peak("NVIDIA H100 NVL") == 835.0
+    assert peak("NVIDIA H200") == 989.4
+    assert peak("NVIDIA H200 NVL") == 835.0
+    assert peak("NVIDIA GH200 480GB") == 989.4
+    assert peak("Quadro K600") is None
+
+
+def test_synthetic_views_carry_seeded_photometric_records_when_device_aug_is_on():
+    from cyborgs.data.augment import TwoViewAugment
+    from cyborgs.data.device_augment import PHOTOMETRIC_KEYS
+
+    pretrain_step = _bench_module()
+    cfg = pretrain_step.make_cfg(18, 64, "cpu", aug_device="on")
+    aug = TwoViewAugment.from_config(cfg)
+    assert aug.photometric_on_device
+    batch = pretrain_step.synthetic_batch(16, 64, seed=1, augment=aug)
+    again = pretrain_step.synthetic_batch(16, 64, seed=1, augment=aug)
+    other = pretrain_step.synthetic_batch(16, 64, seed=2, augment=aug)
+    recs = [[d["views"][v]["photometric"] for d in batch] for v in range(2)]
+    for v in range(2):
+        for d in batch:
+            view = d["views"][v]
+            assert set(view["photometric"]) == set(PHOTOMETRIC_KEYS)
+            assert view["image"].dtype == torch.uint8 and view["mask"].dtype == torch.uint8
+    # seeded: the same seed draws the same records, another seed others; images differ per view
+    assert recs == [[d["views"][v]["photometric"] for d in again] for v in range(2)]
+    assert recs != [[d["views"][v]["photometric"] for d in other] for v in range(2)]
+    assert len({tuple(r["factors"]) for r in recs[0] + recs[1]}) == 32
+    # each view draws with its own BYOL probabilities (config: blur 1.0 / 0.1, solarize 0 / 0.2)
+    assert all(r["blur_sigma"] > 0 for r in recs[0]) and not any(r["solarize"] for r in recs[0])
+    assert sum(r["blur_sigma"] > 0 for r in recs[1]) < 16
+    assert all(r["blur_kernel"] == 2 * int(0.05 * 64) + 1 for r in recs[0] + recs[1])
+    # off: the plain geometric batch, no records
+    plain = pretrain_step.synthetic_batch(2, 64, seed=1)
+    assert not any("photometric" in v for d in plain for v in d["views"])
+
+
+def test_timed_step_applies_the_device_photometric_ops_when_on(monkeypatch):
+    """CYBORGS.AUG.DEVICE on (CPU): every timed step runs the batched photometric chain on
+    both views (counted at the model's call of it), and the JSON says device augmentation
+    was on; off: never."""
+    import cyborgs.modeling.meta_arch as meta_arch
+
+    pretrain_step = _bench_module()
+    calls: list[tuple] = []
+    real = meta_arch.apply_photometric
+
+    def counted(images, params):
+        out = real(images, params)
+        calls.append((images.dtype, images.shape[0], torch.equal(out, images.float())))
+        return out
+
+    monkeypatch.setattr(meta_arch, "apply_photometric", counted)
+    r = pretrain_step.bench(18, 64, 2, "cpu", reps=1, warmup=1, aug_device="on")
+    assert r["device_augment"] is True
+    # steps: 1 warm-up (peak memory) + 1 timed vMF phase + 1 warm + 1 timed contrastive-only,
+    # two views each (the backbone-only reference takes no photometric ops)
+    assert len(calls) == 2 * 4
+    assert all(dtype == torch.uint8 and b == 2 for dtype, b, _ in calls)
+    assert not all(same for *_, same in calls)  # the drawn ops changed the images
+    calls.clear()
+    r = pretrain_step.bench(18, 64, 2, "cpu", reps=1, warmup=1, aug_device="off")
+    assert r["device_augment"] is False and calls == []

@@ -6,6 +6,13 @@ DDP path. Here a one-process NCCL group is initialised and the trainer's own DDP
 (``_create_ddp_model``: broadcast_buffers=False, find_unused_parameters=True) is made to wrap
 even at world size 1; everything else is the real ``CyborgsTrainer`` (R18, two-view loader,
 bf16 + channels_last by default on CUDA, LARS, EMA, hooks, checkpoint) on the tiny data.
+
+Two norms: SyncBN (Base-CYBORGS.yaml's default for GPU runs: torch's SyncBatchNorm in the
+backbone and the projector/predictor heads) and plain BN (the demo configs'). At world size 1
+SyncBatchNorm takes its local path (torch reduces across processes only when the group has more
+than one), so this covers the SyncBN modules under DDP, bf16 and channels_last, not the
+cross-process reduction. CYBORGS.AUG.DEVICE stays "auto" (on with CUDA): the step must apply
+the batched photometric ops on the GPU.
 """
 
 from __future__ import annotations
@@ -23,10 +30,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.gpu
-def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("norm", ["SyncBN", "BN"])
+def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, monkeypatch, norm):
     import cyborgs.data.datasets  # noqa: F401  (registers the demo_* sets)
     import cyborgs.engine.trainer as trainer_mod
+    import cyborgs.modeling.meta_arch as meta_arch
     from cyborgs.config import add_cyborgs_config
+    from cyborgs.data.augment import device_augment_enabled
     from cyborgs.engine.launch import find_free_port
     from cyborgs.engine.setup import finalize_pretrain_cfg
 
@@ -35,7 +45,7 @@ def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, mo
     cfg.merge_from_list(
         [
             "MODEL.DEVICE", "cuda",
-            "MODEL.RESNETS.NORM", "BN",
+            "MODEL.RESNETS.NORM", norm,
             "DATASETS.TRAIN", ("demo_coco_2017_train_unlabeled",),
             "DATALOADER.NUM_WORKERS", 0,
             "SOLVER.IMS_PER_BATCH", 8,
@@ -51,7 +61,17 @@ def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, mo
         ]
     )  # fmt: skip
     finalize_pretrain_cfg(cfg, world_size=1)
+    assert cfg.MODEL.RESNETS.NORM == norm and cfg.CYBORGS.AUG.DEVICE == "auto"
+    assert device_augment_enabled(cfg)
 
+    photometric: list[tuple] = []  # (device type, dtype, batch size) of each device-ops call
+    real_apply = meta_arch.apply_photometric
+
+    def counted_apply(images, params):
+        photometric.append((images.device.type, images.dtype, images.shape[0]))
+        return real_apply(images, params)
+
+    monkeypatch.setattr(meta_arch, "apply_photometric", counted_apply)
     wrapped: list[DistributedDataParallel] = []
 
     def ddp_even_at_world_size_one(model, **kwargs):
@@ -76,6 +96,15 @@ def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, mo
         dist.destroy_process_group()
     assert len(wrapped) == 1 and trainer.model is wrapped[0]
     assert next(model.parameters()).is_cuda and model.uses_bf16 and model.uses_channels_last
+    sync = [n for n, m in model.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    if norm == "SyncBN":
+        assert any(n.startswith("backbone.") for n in sync), "backbone has no SyncBatchNorm"
+        assert any(n.startswith("projector.") for n in sync), "heads have no SyncBatchNorm"
+    else:
+        assert not sync
+    # the device augmentation path ran in every step: both views of each batch of 8, the loader
+    # sent the geometric uint8 views with their drawn records and the ops ran on the GPU
+    assert photometric == [("cuda", torch.uint8, 8)] * (2 * trainer.max_iter)
     after = model.backbone.state_dict()
     changed = [
         k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])

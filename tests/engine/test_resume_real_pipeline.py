@@ -34,7 +34,7 @@ _N = 6
 _HALF = 3
 
 
-def _cfg(out_dir: Path, workers: int) -> CfgNode:
+def _cfg(out_dir: Path, workers: int, aug_device: str = "auto") -> CfgNode:
     import cyborgs.data.datasets  # noqa: F401  (registers the demo_* sets)
 
     cfg = add_cyborgs_config(get_cfg())
@@ -58,6 +58,7 @@ def _cfg(out_dir: Path, workers: int) -> CfgNode:
             "CYBORGS.EMA.BASE_MOMENTUM", 0.9,  # the target moves visibly in 6 steps
             "CYBORGS.WARMUP_EPOCHS", 1,
             "CYBORGS.VMF.PERIOD_EPOCHS", 1,  # vMF term also on in epoch 1 (k-means draws)
+            "CYBORGS.AUG.DEVICE", aug_device,  # auto = off on this CPU model
             "OUTPUT_DIR", str(out_dir),
             "SEED", 5,
         ]
@@ -110,24 +111,44 @@ def _assert_same(a: Any, b: Any, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def test_resume_real_pipeline_is_bit_exact(tiny_data_root, tmp_path) -> None:
+@pytest.mark.parametrize("aug_device", ["auto", "on"])
+def test_resume_real_pipeline_is_bit_exact(tiny_data_root, tmp_path, monkeypatch, aug_device):
     # The straight run loads data in the main process, the crashed and the resumed runs with
     # 2 workers: equality then also proves the batches do not depend on the worker count
     # (and costs one training run less than checking both counts separately).
-    straight = _trainer(_cfg(tmp_path / "straight", workers=0), resume=False)
+    # aug_device "on": the loader only draws the photometric parameters and the model applies
+    # them batched (CYBORGS.AUG.DEVICE); "auto" resolves off on this CPU model.
+    import cyborgs.modeling.meta_arch as meta_arch
+
+    device_ops: list[int] = []  # batch size of each batched photometric call (model side)
+    real_apply = meta_arch.apply_photometric
+
+    def counted_apply(images, params):
+        device_ops.append(images.shape[0])
+        return real_apply(images, params)
+
+    monkeypatch.setattr(meta_arch, "apply_photometric", counted_apply)
+
+    def cfg(name: str, workers: int) -> CfgNode:
+        return _cfg(tmp_path / name, workers, aug_device)
+
+    straight = _trainer(cfg("straight", workers=0), resume=False)
     assert straight.iters_per_epoch == 3 and straight.max_iter == _N
     straight.train()
 
-    crashed = _trainer(_cfg(tmp_path / "split", workers=2), resume=False, crash_after=_HALF - 1)
+    crashed = _trainer(cfg("split", workers=2), resume=False, crash_after=_HALF - 1)
     with pytest.raises(_Crash):
         crashed.train()
     assert (tmp_path / "split" / "last_checkpoint").read_text() == f"model_{_HALF - 1:07d}.pth"
     del crashed  # a real crash leaves nothing behind in the new process either
 
-    resumed = _trainer(_cfg(tmp_path / "split", workers=2), resume=True)
+    resumed = _trainer(cfg("split", workers=2), resume=True)
     assert resumed.start_iter == _HALF
     resumed.train()
     assert resumed.iter == straight.iter == _N  # detectron2 leaves iter = max_iter
+    # both views of every step of the three runs (6 + 3 + 3 steps) went through the device
+    # ops when on, none when off
+    assert device_ops == ([8] * 2 * (_N + _HALF + _HALF) if aug_device == "on" else [])
 
     # Live state: every online/target parameter and BN buffer, and the optimizer state.
     sa, sb = straight.model.state_dict(), resumed.model.state_dict()
@@ -135,7 +156,7 @@ def test_resume_real_pipeline_is_bit_exact(tiny_data_root, tmp_path) -> None:
     _assert_same(sa, sb, "model")
     _assert_same(straight.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")
     # The run really trained: the online net left its (shared) init and the target followed.
-    init = _trainer(_cfg(tmp_path / "init", workers=0), resume=False).model.state_dict()
+    init = _trainer(cfg("init", workers=0), resume=False).model.state_dict()
     w = "backbone.stem.conv1.weight"
     assert not torch.equal(sa[w], init[w])
     assert not torch.equal(sa[w], sa[f"target_{w}"])
@@ -169,6 +190,7 @@ def _assert_same_batches(a: list[list[dict]], b: list[list[dict]]) -> None:
                 for key in ("image", "mask", "box"):
                     assert torch.equal(va[key], vb[key]), (i, da["image_id"], key)
                 assert va["flip"] == vb["flip"]
+                assert va.get("photometric") == vb.get("photometric")
 
 
 def test_batch_stream_is_independent_of_workers_and_restarts(tiny_data_root, tmp_path) -> None:
