@@ -221,7 +221,9 @@ class BootstrapHook(HookBase):
                     if current is not None:
                         store.set_current(None)
                     continue
-            if current != latest:
+            # A missing pointer is written too (even at no round): the mask source treats a
+            # missing one beside completed rounds as a deleted pointer and stops.
+            if current != latest or not os.path.exists(store.pointer_path):
                 store.set_current(latest)
         return damaged
 
