@@ -55,8 +55,12 @@ class BootstrapRoundError(RuntimeError):
     """A bootstrapping round failed; raised on every rank, naming the cause."""
 
 
-def _visibility_problem(store: MaskStore, round_id: int | None) -> str | None:
-    """Why this process does not see ``round_id`` as the store's complete current round."""
+def _visibility_problem(store: MaskStore, round_id: int | None, begun: bool = False) -> str | None:
+    """Why this process does not see ``round_id`` as the store's complete current round (or,
+    ``begun``, the directory rank 0 began for it)."""
+    if begun:
+        d = store.round_dir(round_id)
+        return None if os.path.isdir(d) else f"{d} does not exist"
     try:
         current = store.current_round()
         if current != round_id:
@@ -257,6 +261,9 @@ class BootstrapHook(HookBase):
                 lambda store=store: store.begin_round(round_id, replace_current=True),
                 f"bootstrap round {round_id} of {name!r}: starting it",
             )
+            # Before the costly part: a rank whose disk does not show the new directory could
+            # not write its shard (the same check as after the round, caught early).
+            self._check_visible(name, store, round_id, begun=True)
             stats = self._call_round_fn(dicts, store, round_id, iteration)
             keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files")
             all_stats = comm.all_gather({k: stats[k] for k in keys if k in stats})
@@ -327,18 +334,21 @@ class BootstrapHook(HookBase):
             return None
         return float(res["miou"])
 
-    def _check_visible(self, name: str, store: MaskStore, round_id: int | None) -> None:
+    def _check_visible(
+        self, name: str, store: MaskStore, round_id: int | None, begun: bool = False
+    ) -> None:
         """Every rank must see the round rank 0 made current: a rank that cannot (a store on
         a node-local disk, ``current.json`` deleted) would read no round and silently train
-        with whole-image masks. Each rank checks; the verdicts are shared so that every rank
-        stops together instead of the healthy ones hanging in the next collective."""
-        problem = _visibility_problem(store, round_id)
+        with whole-image masks (``begun``: the directory rank 0 began, checked before the
+        round). Each rank checks; the verdicts are shared so that every rank stops together
+        instead of the healthy ones hanging in the next collective."""
+        problem = _visibility_problem(store, round_id, begun)
         deadline = time.monotonic() + VISIBILITY_WAIT_S
         # A network file system may show another node's fresh write only after its attribute
         # cache expires (seconds): look again before calling it invisible.
         while problem is not None and time.monotonic() < deadline:
             time.sleep(1.0)
-            problem = _visibility_problem(store, round_id)
+            problem = _visibility_problem(store, round_id, begun)
         problems = comm.all_gather(problem)
         bad = [(r, p) for r, p in enumerate(problems) if p is not None]
         if bad:
