@@ -7,9 +7,13 @@ round. No round at the very last iteration (nothing would train on it). The roun
 epoch (``round_0100``).
 
 Distributed protocol: rank 0 begins the round (wipes any partial directory of that id),
-barrier, every rank bootstraps its shard, barrier, rank 0 writes the manifest and moves the
-``current`` pointer, barrier. The "bootstrap" mask source re-reads the pointer whenever it
-changes, so every rank and data-loader worker switches without restarting.
+barrier, every rank checks it sees the directory, bootstraps its shard, barrier, rank 0 writes
+the manifest and moves the ``current`` pointer, barrier, every rank checks it sees the round as
+current. The store must therefore be on a file system shared by all ranks. Rank 0's steps share
+their outcome (``all_gather``) and the checks their verdicts, so a failure stops every rank with
+:class:`BootstrapRoundError` naming it instead of leaving the others in a barrier until the
+process-group timeout. The "bootstrap" mask source re-reads the pointer whenever it changes, so
+every rank and data-loader worker switches without restarting.
 
 Resume: ``state_dict`` records the completed rounds. ``before_train`` (i) points ``current`` at
 the latest completed round of the checkpoint (or at none), so masks match the checkpoint even
