@@ -7,9 +7,13 @@ round. No round at the very last iteration (nothing would train on it). The roun
 epoch (``round_0100``).
 
 Distributed protocol: rank 0 begins the round (wipes any partial directory of that id),
-barrier, every rank bootstraps its shard, barrier, rank 0 writes the manifest and moves the
-``current`` pointer, barrier. The "bootstrap" mask source re-reads the pointer whenever it
-changes, so every rank and data-loader worker switches without restarting.
+barrier, every rank checks it sees the directory, bootstraps its shard, barrier, rank 0 writes
+the manifest and moves the ``current`` pointer, barrier, every rank checks it sees the round as
+current. The store must therefore be on a file system shared by all ranks. Rank 0's steps share
+their outcome (``all_gather``) and the checks their verdicts, so a failure stops every rank with
+:class:`BootstrapRoundError` naming it instead of leaving the others in a barrier until the
+process-group timeout. The "bootstrap" mask source re-reads the pointer whenever it changes, so
+every rank and data-loader worker switches without restarting.
 
 Resume: ``state_dict`` records the completed rounds. ``before_train`` (i) points ``current`` at
 the latest completed round of the checkpoint (or at none), so masks match the checkpoint even
@@ -37,14 +41,40 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from cyborgs.engine.nonfinite import NonFiniteLossError
-from cyborgs.masks.store import MaskStore
+from cyborgs.masks.store import CorruptPointerError, MaskStore
 
 from .quality import QualityFn, ground_truth_quality
 from .round import RoundSettings, bootstrap_shard, round_manifest
 
-__all__ = ["BootstrapHook", "due_epochs", "round_epochs"]
+__all__ = ["BootstrapHook", "BootstrapRoundError", "due_epochs", "round_epochs"]
 
 logger = logging.getLogger(__name__)
+
+# How long a rank keeps looking for a round it cannot see before it fails the run (only the
+# failure path waits).
+VISIBILITY_WAIT_S = 30.0
+
+
+class BootstrapRoundError(RuntimeError):
+    """A bootstrapping round failed; raised on every rank, naming the cause."""
+
+
+def _visibility_problem(store: MaskStore, round_id: int | None, begun: bool = False) -> str | None:
+    """Why this process does not see ``round_id`` as the store's complete current round (or,
+    ``begun``, the directory rank 0 began for it)."""
+    if begun:
+        d = store.round_dir(round_id)
+        return None if os.path.isdir(d) else f"{d} does not exist"
+    try:
+        current = store.current_round()
+        if current != round_id:
+            return f"{store.pointer_path} names round {current}, not {round_id}"
+        if round_id is not None:
+            store.manifest(round_id)
+    except (CorruptPointerError, OSError, ValueError) as e:  # missing/unreadable manifest
+        return f"{type(e).__name__}: {e}"
+    return None
+
 
 # round_fn(model, settings, dataset_dicts, store, round_id, *, iteration, world_size, rank)
 #   -> this rank's stats with "k_values", "time_s", "images" (``bootstrap_shard``'s contract)
@@ -160,6 +190,9 @@ class BootstrapHook(HookBase):
             self._run_round(latest)
             self._restart_loader(int(self.trainer.iter))
         comm.synchronize()
+        if latest is not None:  # a resumed rank must see the checkpoint's round as well
+            for name, _, store in self.datasets:
+                self._check_visible(name, store, latest)
         # (ii) The latest round due at or before the start iteration, if not completed.
         start_epoch = int(self.trainer.iter) // self.iters_per_epoch
         due = self.scheduled_epochs()
@@ -196,7 +229,9 @@ class BootstrapHook(HookBase):
                     if current is not None:
                         store.set_current(None)
                     continue
-            if current != latest:
+            # A missing pointer is written too (even at no round): the mask source treats a
+            # missing one beside completed rounds as a deleted pointer and stops.
+            if current != latest or not os.path.exists(store.pointer_path):
                 store.set_current(latest)
         return damaged
 
@@ -225,19 +260,25 @@ class BootstrapHook(HookBase):
         rank = comm.get_rank()
         metrics: dict[str, list[float]] = {}
         for name, dicts, store in self.datasets:
-            if rank == 0:
-                # replace: a stale pointer from an aborted run may name this round
-                store.begin_round(round_id, replace_current=True)
-            comm.synchronize()
+            # replace: a stale pointer from an aborted run may name this round
+            self._on_main(
+                lambda store=store: store.begin_round(round_id, replace_current=True),
+                f"bootstrap round {round_id} of {name!r}: starting it",
+            )
+            # Before the costly part: a rank whose disk does not show the new directory could
+            # not write its shard (the same check as after the round, caught early).
+            self._check_visible(name, store, round_id, begun=True)
             stats = self._call_round_fn(dicts, store, round_id, iteration)
             keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files")
             all_stats = comm.all_gather({k: stats[k] for k in keys if k in stats})
-            comm.synchronize()
-            if rank == 0:
-                man = store.finish_round(
+            man = self._on_main(
+                lambda store=store, all_stats=all_stats: store.finish_round(
                     round_id,
                     round_manifest(all_stats, self.settings, epoch=epoch, iteration=iteration),
-                )
+                ),
+                f"bootstrap round {round_id} of {name!r}: finishing it",
+            )
+            if rank == 0:
                 n = sum(s["images"] for s in all_stats)
                 t = max(s["time_s"] for s in all_stats)
                 m = {
@@ -246,16 +287,15 @@ class BootstrapHook(HookBase):
                     "bytes_per_image": man["bytes_per_image"],
                     "k_mean": man["k_mean"],
                 }
-                q = self.quality_fns.get(name)
-                if q is not None:
-                    res = q(store, round_id)
-                    if res is not None and np.isfinite(res["miou"]):
-                        m["mask_miou"] = res["miou"]
+                miou = self._quality(name, store, round_id)
+                if miou is not None:
+                    m["mask_miou"] = miou
                 for k, v in m.items():
                     metrics.setdefault(k, []).append(float(v))
                 logger.info("bootstrap round %d of %s: %s", round_id, name, m)
                 self._put_visuals(name, dicts, store, round_id, man)
             comm.synchronize()
+            self._check_visible(name, store, round_id)
         self.completed = sorted(set(self.completed) | {round_id})
         self.round_seconds.append(time.perf_counter() - t_round)
         storage = getattr(self.trainer, "storage", None)
@@ -264,6 +304,66 @@ class BootstrapHook(HookBase):
                 storage.put_scalar(f"bootstrap/{k}", float(np.mean(vals)), smoothing_hint=False)
             # The round id (= epoch) lets plots label rounds correctly across resumes.
             storage.put_scalar("bootstrap/round", float(round_id), smoothing_hint=False)
+
+    def _on_main(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()`` on rank 0, its result returned on every rank. If it raises, every rank
+        raises :class:`BootstrapRoundError` naming the cause: the other ranks would otherwise
+        wait in the next barrier until the process-group timeout and fail with an unrelated
+        error."""
+        outcome: tuple[Any, str | None] = (None, None)
+        error: Exception | None = None
+        if comm.is_main_process():
+            try:
+                outcome = (fn(), None)
+            except Exception as e:  # noqa: BLE001 - re-raised below on every rank
+                error, outcome = e, (None, f"{type(e).__name__}: {e}")
+        result, message = comm.all_gather(outcome)[0]  # also the barrier after rank 0's work
+        if message is not None:
+            where = "" if comm.is_main_process() else " (on rank 0; see its log)"
+            raise BootstrapRoundError(f"{what} failed{where}: {message}") from error
+        return result
+
+    def _quality(self, name: str, store: MaskStore, round_id: int) -> float | None:
+        """The round's mask mIoU against the labeled twin, or None. Rank 0 only: a metric
+        failure (e.g. a damaged map) is logged and must not stop training."""
+        q = self.quality_fns.get(name)
+        if q is None:
+            return None
+        try:
+            res = q(store, round_id)
+        except Exception as e:  # noqa: BLE001
+            logger.warning(f"bootstrap round {round_id} of {name!r}: no mask_miou ({e})")
+            return None
+        if res is None or not np.isfinite(res["miou"]):
+            return None
+        return float(res["miou"])
+
+    def _check_visible(
+        self, name: str, store: MaskStore, round_id: int | None, begun: bool = False
+    ) -> None:
+        """Every rank must see the round rank 0 made current: a rank that cannot (a store on
+        a node-local disk, ``current.json`` deleted) would read no round and silently train
+        with whole-image masks (``begun``: the directory rank 0 began, checked before the
+        round). Each rank checks; the verdicts are shared so that every rank stops together
+        instead of the healthy ones hanging in the next collective."""
+        problem = _visibility_problem(store, round_id, begun)
+        deadline = time.monotonic() + VISIBILITY_WAIT_S
+        # A network file system may show another node's fresh write only after its attribute
+        # cache expires (seconds): look again before calling it invisible.
+        while problem is not None and time.monotonic() < deadline:
+            time.sleep(1.0)
+            problem = _visibility_problem(store, round_id, begun)
+        problems = comm.all_gather(problem)
+        bad = [(r, p) for r, p in enumerate(problems) if p is not None]
+        if bad:
+            detail = "; ".join(f"rank {r}: {p}" for r, p in bad)
+            raise BootstrapRoundError(
+                f"bootstrap round {round_id} of {name!r} is not visible to rank(s) "
+                f"{', '.join(str(r) for r, _ in bad)} ({detail}). The mask store {store.root} "
+                "(CYBORGS.MASKS.STORE_DIR, default OUTPUT_DIR/masks) must be on a file system "
+                "shared by all ranks, and its current.json left alone; otherwise those ranks "
+                "would train with whole-image masks"
+            )
 
     def _put_visuals(self, name: str, dicts, store: MaskStore, round_id: int, man: dict) -> None:
         """The round's mask grid (same images every round) and K histogram for TensorBoard."""

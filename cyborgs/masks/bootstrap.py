@@ -7,6 +7,11 @@ images. Rounds switch without restarting data-loader workers: every call stats t
 pointer file (one ``os.stat``, microseconds) and re-reads it only when its inode, mtime or size
 changed (the pointer is replaced atomically, so each new round gives a new inode). Batches that
 workers prefetched before the switch still use the previous round.
+
+Once rounds exist, a missing pointer is an error (:class:`MissingRoundError`), not whole-image
+masks: ``BootstrapHook`` never deletes it (it points it at no round while it redoes one), so it
+was deleted, or the store is not on a file system this process shares with rank 0, and
+training on would silently fall back to image-level learning.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import numpy as np
 from .registry import MASK_SOURCE_REGISTRY, check_source_image
 from .store import MaskStore, store_root
 
-__all__ = ["BootstrapMaskSource"]
+__all__ = ["BootstrapMaskSource", "MissingRoundError"]
+
+
+class MissingRoundError(RuntimeError):
+    """The store's ``current.json`` is gone although rounds were completed."""
 
 
 class BootstrapMaskSource:
     def __init__(self, root: str):
         self.store = MaskStore(root)
-        self._pointer_stat: tuple | None = None
+        self._pointer_stat: Any = ...  # never a stat key: the first call reads the pointer
         self._round: int | None = None
 
     @classmethod
@@ -41,9 +50,25 @@ class BootstrapMaskSource:
         except FileNotFoundError:
             key = None
         if key != self._pointer_stat:
-            self._round = self.store.current_round() if key is not None else None
+            if key is None:
+                self._check_no_rounds()
+                self._round = None
+            else:
+                self._round = self.store.current_round()
             self._pointer_stat = key
         return self._round
+
+    def _check_no_rounds(self) -> None:
+        """No pointer means "before the first round" only while no round exists (module
+        docstring); checked once per pointer change, so it costs nothing per image."""
+        seen = [self._round] if self._round is not None else self.store.rounds()
+        if seen:
+            raise MissingRoundError(
+                f"{self.store.pointer_path} is missing although bootstrap round(s) {seen} were "
+                f"completed (pid {os.getpid()}): it was deleted, or {self.store.root} is not on a "
+                "file system shared by all ranks (CYBORGS.MASKS.STORE_DIR). Refusing to go on "
+                "with whole-image masks; resuming from the last checkpoint rewrites the pointer"
+            )
 
     def __call__(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
         check_source_image(image, "bootstrap")

@@ -279,3 +279,15 @@ def test_nonfinite_round_names_the_last_good_checkpoint(tmp_path):
         _train(hook, trainer, 0, 13)
     assert e.value.iteration == 6  # the round after epoch 2 precedes step 6
     assert f"Last good checkpoint: {out / 'model_0000002.pth'}" in str(e.value)
+
+
+def test_resume_before_the_first_round_beside_later_rounds_writes_the_pointer(tmp_path):
+    # A missing pointer beside completed rounds makes the mask source stop (it reads as a
+    # deleted pointer); a resume from a warm-up checkpoint writes one at no round instead.
+    store, rounds = _two_rounds(tmp_path)
+    os.remove(store.pointer_path)
+    hook = _hook(store, rounds)
+    hook.load_state_dict({"completed": []})
+    _train(hook, _Trainer(3 * 13), 3, 4)  # epoch 1: still in the warm-up
+    assert os.path.exists(store.pointer_path) and store.current_round() is None
+    assert not BootstrapMaskSource(str(tmp_path))({"image_id": 1}, np.zeros((4, 4, 3))).any()

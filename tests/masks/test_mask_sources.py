@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyborgs.masks.bootstrap import BootstrapMaskSource
+from cyborgs.masks.bootstrap import BootstrapMaskSource, MissingRoundError
 from cyborgs.masks.felzenszwalb import cap_ids_by_size, felzenszwalb_mask
 from cyborgs.masks.ground_truth import instance_map, semantic_map
 from cyborgs.masks.precompute import StoredMaskSource, precompute_masks
@@ -115,8 +115,19 @@ def test_bootstrap_source_switches_rounds(tmp_path):
         assert out.shape == (16, 24) and (out == v).all() and src.current_round() == r
     store.set_current(0)
     assert (src(d, img) == 1).all()
-    os.remove(store.pointer_path)
+    # The hook points 'current' at no round while it redoes one: whole-image masks meanwhile.
+    store.set_current(None)
     assert not src(d, img).any()
+    store.set_current(1)
+    assert (src(d, img) == 2).all()
+    # A deleted pointer after rounds were completed is not the warm-up: no silent zero masks,
+    # neither in this source (it read round 1) nor in a fresh one (a restarted loader worker).
+    os.remove(store.pointer_path)
+    for s in (src, BootstrapMaskSource(str(tmp_path / "bs"))):
+        with pytest.raises(MissingRoundError, match="current.json is missing"):
+            s(d, img)
+        with pytest.raises(MissingRoundError, match=r"round\(s\) \[(1|0, 1)\]"):
+            s.label_map(d, (16, 24))
 
 
 def test_build_mask_source_rejects_unknown_name():
