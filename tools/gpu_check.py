@@ -17,9 +17,11 @@ within ``BUDGET_S`` (8 minutes on one H100/H200):
 
 Writes ``RESULTS_DIR/<check>.json`` (status, seconds, the benchmark's own JSON under
 ``result``), ``<check>.log`` and ``summary.json``. Exit status: 0 when every check passed,
-1 when one failed or timed out, 2 for bad arguments, a bundle that is not one, or no CUDA.
-Missed performance targets are reported (``summary.json`` ``targets``), not failures: the
-checks prove the CUDA path runs. Stdlib only: it runs before the bundle is installed.
+1 when one failed or timed out, 2 for bad arguments, a bundle that is not one, or no CUDA,
+128 + the signal number on SIGINT/SIGTERM (the running check's process group is killed and
+``summary.json`` still written, marking it ``interrupted`` and the rest not run). Missed
+performance targets are reported (``summary.json`` ``targets``), not failures: the checks
+prove the CUDA path runs. Stdlib only: it runs before the bundle is installed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ IMPORT_NAMES += ["scipy.optimize", "pytest", "cyborgs.modeling", "cyborgs.engine
 
 class UsageError(Exception):
     """Bad arguments, a folder that is not a bundle, or no CUDA: exit status 2."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM to the driver. A BaseException so that ``except Exception`` (a check
+    whose output cannot be judged) does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass
@@ -141,6 +152,12 @@ def run_command(cmd: list[str], timeout_s: float, log: Path, env: dict) -> tuple
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             rc = None
+        except BaseException:
+            # Interrupted: its own session does not get the driver's signal, so without this
+            # it would keep running (and holding the GPU) after the driver is gone.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
     return rc, time.perf_counter() - start
 
 
@@ -255,47 +272,122 @@ def targets_of(records: dict[str, dict]) -> dict:
     return out
 
 
+def _interrupt(signum: int, frame) -> None:
+    # A second signal while the driver cleans up must not cut the summary short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def new_record(check: Check) -> dict:
+    return {"check": check.name, "command": check.command, "log": f"{check.name}.log",
+            "timeout_s": check.timeout_s, "returncode": None, "seconds": 0.0,
+            "result": None}  # fmt: skip
+
+
+def run_check(check: Check, rec: dict, left: float, results: Path, env: dict) -> None:
+    check.timeout_s = min(check.timeout_s, left)
+    rec["timeout_s"] = check.timeout_s
+    print(f"[gpu_check] {check.name} (timeout {check.timeout_s:.0f} s)", flush=True)
+    log = results / f"{check.name}.log"
+    rc, seconds = run_command(check.command, check.timeout_s, log, env)
+    try:
+        status, error, result = judge(check, rc, log)
+    except Exception as e:  # e.g. a benchmark JSON without a key judge reads
+        what = check.raw_json.name if check.raw_json is not None else f"{check.name}.log"
+        status, result = "failed", None
+        error = f"cannot judge {what} (malformed output?): {type(e).__name__}: {e}"
+        try:  # keep what the benchmark wrote: the record shows what is wrong with it
+            result = json.loads(check.raw_json.read_text()) if check.raw_json else None
+        except (OSError, ValueError):
+            pass
+    rec.update(status=status, error=error, returncode=rc, seconds=seconds, result=result)
+
+
 def run(bundle: Path, results: Path, python: str) -> int:
+    deadline = time.monotonic() + BUDGET_S
     meta = read_manifest(bundle)
     info = check_python(python, meta)
     results.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + BUDGET_S
     records: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="cyborgs-gpu-check-") as tmp:
-        work = Path(tmp)
-        site = work / "site"
-        records["install"] = install_bundle(python, bundle, meta, site, results)
-        write_json(results / "install.json", records["install"])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
-        env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
-        for check in build_checks(python, results, work, meta):
-            left = deadline - time.monotonic()
-            rec = {"check": check.name, "command": check.command, "log": f"{check.name}.log",
-                   "timeout_s": check.timeout_s, "returncode": None, "seconds": 0.0,
-                   "result": None}  # fmt: skip
-            if records["install"]["status"] != "passed":
-                rec.update(status="failed", error="not run: the bundle did not install")
-            elif check.precondition:
-                rec.update(status="failed", error=check.precondition)
-            elif left < 5:
-                rec.update(status="failed", error=f"not run: the {BUDGET_S:.0f} s budget is spent")
-            else:
-                check.timeout_s = min(check.timeout_s, left)
-                rec["timeout_s"] = check.timeout_s
-                print(f"[gpu_check] {check.name} (timeout {check.timeout_s:.0f} s)", flush=True)
-                log = results / f"{check.name}.log"
-                rc, seconds = run_command(check.command, check.timeout_s, log, env)
-                status, error, result = judge(check, rc, log)
-                rec.update(status=status, error=error, returncode=rc, seconds=seconds,
-                           result=result)  # fmt: skip
-            records[check.name] = rec
-            write_json(results / f"{check.name}.json", rec)
-            print(f"[gpu_check] {check.name}: {rec['status']}"
-                  + (f" -- {rec['error'][:300]}" if rec.get("error") else ""), flush=True)  # fmt: skip
-    passed = all(r["status"] == "passed" for r in records.values())
+    checks: list[Check] = []
+    current: str | None = None  # the step running when a signal comes
+    started = 0.0
+    interrupted: int | None = None
+    old_handlers = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="cyborgs-gpu-check-") as tmp:
+            work = Path(tmp)
+            site = work / "site"
+            checks = build_checks(python, results, work, meta)
+            current, started = "install", time.monotonic()
+            records["install"] = install_bundle(python, bundle, meta, site, results)
+            write_json(results / "install.json", records["install"])
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
+            env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+            for check in checks:
+                current, started = check.name, time.monotonic()
+                left = deadline - time.monotonic()
+                rec = new_record(check)
+                if records["install"]["status"] != "passed":
+                    rec.update(status="failed", error="not run: the bundle did not install")
+                elif check.precondition:
+                    rec.update(status="failed", error=check.precondition)
+                elif left < 5:
+                    rec.update(status="failed", error=f"not run: the {BUDGET_S:.0f} s budget is spent")  # fmt: skip
+                else:
+                    run_check(check, rec, left, results, env)
+                records[check.name] = rec
+                write_json(results / f"{check.name}.json", rec)
+                print(f"[gpu_check] {check.name}: {rec['status']}"
+                      + (f" -- {rec['error'][:300]}" if rec.get("error") else ""), flush=True)  # fmt: skip
+            current = None
+    except Interrupted as e:
+        interrupted = e.signum
+    finally:
+        # On a signal and on a driver error alike: summary.json is always written, with the
+        # step that was running and the ones never reached.
+        if current is not None:
+            why = (
+                f"interrupted by {signal.Signals(interrupted).name}"
+                if interrupted
+                else "the driver failed (see its traceback)"
+            )
+            seconds = time.monotonic() - started
+            for step in ["install", *(c.name for c in checks)]:
+                if step in records:
+                    continue
+                check = next((c for c in checks if c.name == step), Check(step, 0, []))
+                rec = new_record(check)
+                if step == current:
+                    rec.update(status="interrupted", seconds=seconds,
+                               error=f"{why} after {seconds:.0f} s; its processes were killed")  # fmt: skip
+                else:
+                    rec.update(status="failed", error=f"not run: {why}")
+                records[step] = rec
+                write_json(results / f"{step}.json", rec)
+        summary = write_summary(records, info, bundle, results, interrupted)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    passed = summary["passed"]
+    print(
+        f"[gpu_check] {'all checks passed' if passed else 'FAILED: ' + ', '.join(summary['failed'])}"
+    )
+    print(f"[gpu_check] results in {results.resolve()} (summary.json, one JSON + log per check)")
+    if interrupted:
+        return 128 + interrupted
+    return 0 if passed else 1
+
+
+def write_summary(records: dict, info: dict, bundle: Path, results: Path, interrupted) -> dict:
+    try:
+        targets = targets_of(records)
+    except Exception as e:  # a malformed benchmark JSON (its check has failed already)
+        targets = {"error": f"{type(e).__name__}: {e}"}
     summary = {
-        "passed": passed,
+        "passed": not interrupted and all(r["status"] == "passed" for r in records.values()),
+        "interrupted": signal.Signals(interrupted).name if interrupted else None,
         "device": (records.get("imports", {}).get("result") or {}).get("device"),
         "torch": info["torch"],
         "python": platform.python_version(),
@@ -305,15 +397,11 @@ def run(bundle: Path, results: Path, python: str) -> int:
             k: {"status": r["status"], "seconds": round(r["seconds"], 1), "error": r.get("error")}
             for k, r in records.items()
         },  # fmt: skip
-        "targets": targets_of(records),
+        "targets": targets,
         "failed": [k for k, r in records.items() if r["status"] != "passed"],
     }
     write_json(results / "summary.json", summary)
-    print(
-        f"[gpu_check] {'all checks passed' if passed else 'FAILED: ' + ', '.join(summary['failed'])}"
-    )
-    print(f"[gpu_check] results in {results.resolve()} (summary.json, one JSON + log per check)")
-    return 0 if passed else 1
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     python = os.environ.get("PYTHON", sys.executable)
     try:
-        return run(Path(argv[0]), Path(argv[1]), python)
+        # Absolute: the checks run with the checkout as their working directory.
+        if os.sep in python:
+            python = os.path.abspath(python)
+        return run(Path(argv[0]).resolve(), Path(argv[1]).resolve(), python)
     except UsageError as e:
         print(f"[gpu_check] error: {e}", file=sys.stderr)
         return 2
