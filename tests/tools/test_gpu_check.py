@@ -272,3 +272,34 @@ def test_a_signal_kills_the_running_check_and_still_writes_the_summary(tmp_path,
     assert summary["checks"]["ddp_nccl"]["error"].startswith(f"interrupted by {sig.name}")
     rec = json.loads((tmp_path / "results" / "pretrain_step.json").read_text())
     assert rec["error"] == f"not run: interrupted by {sig.name}"
+
+
+def test_a_hung_torch_probe_is_a_clear_error(tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu_check, "PROBE_TIMEOUT_S", 1.0)
+    start = time.monotonic()
+    with pytest.raises(gpu_check.UsageError, match="took over 1 s to import torch"):
+        gpu_check.check_python(str(fake), {"python": PY_VER})
+    assert time.monotonic() - start < 20
+
+
+def test_check_order_and_timeouts_fit_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    checks = gpu_check.build_checks(
+        sys.executable, tmp_path / "r", tmp_path / "w", {"expected": []}
+    )
+    names = [c.name for c in checks]
+    # NCCL right after the other pass/fail tests: the benchmarks come last.
+    assert names == ["imports", "gpu_tests", "ddp_nccl", "pretrain_step", "bootstrap", "dataloader"]
+    total = gpu_check.PROBE_TIMEOUT_S + gpu_check.INSTALL_TIMEOUT_S
+    assert total + sum(c.timeout_s for c in checks) <= gpu_check.BUDGET_S
+    boot = checks[names.index("bootstrap")].command
+    assert boot[boot.index("--preset") + 1] == "demo"  # 400 images, not tiny's 24
+    loader = checks[names.index("dataloader")].command
+    assert loader[loader.index("--workers") + 1] == "1,16"
+    # more batches of 4 than the 2 per worker in flight, so the 16-worker rate is a steady one
+    assert int(loader[loader.index("--num-images") + 1]) > (2 * 16 + 1) * 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert gpu_check.loader_workers() == [1]
