@@ -3,11 +3,11 @@
 #   tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR
 # BUNDLE_DIR comes from `tools/offline_bundle.py --python X.Y --out BUNDLE_DIR` (built where the
 # package index is reachable). Installs it into a temporary prefix (no network, no build), runs
-# the gpu-marked tests, the step / bootstrap / data-loader benchmarks on CUDA and one NCCL DDP
-# step of the trainer, each with its own timeout, within 8 minutes; writes one JSON per check
+# the gpu-marked tests, one NCCL DDP step of the trainer, then the step / bootstrap / data-loader
+# benchmarks on CUDA, each with its own timeout, within 8 minutes; writes one JSON per check
 # and summary.json into RESULTS_DIR. Exit status: 0 all passed, 1 a check failed, 2 bad usage,
-# not a bundle, or no CUDA. PYTHON selects the interpreter (default: python3). The checks
-# themselves are in tools/gpu_check.py.
+# not a bundle, or no CUDA, 130/143 on SIGINT/SIGTERM (summary.json still written). PYTHON
+# selects the interpreter (default: python3). The checks themselves are in tools/gpu_check.py.
 set -euo pipefail
 usage="usage: tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR"
 if [ "$#" -eq 1 ] && { [ "$1" = "-h" ] || [ "$1" = "--help" ]; }; then

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -159,3 +160,146 @@ def test_gpu_test_files_are_the_ones_with_gpu_marks():
     assert "tests/modeling/test_meta_arch.py" in files
     assert "tests/clustering/test_kmeans.py" in files
     assert gpu_check.NCCL_TEST not in files and (ROOT / gpu_check.NCCL_TEST).is_file()
+
+
+def test_relative_paths_work_from_any_working_directory(tmp_path, monkeypatch):
+    """The checks run in the checkout; BUNDLE_DIR and RESULTS_DIR given relative to another
+    directory must still name the same folders there."""
+    py = sys.executable
+    _bundle(tmp_path, python=PY_VER)
+    writer = "import json, sys, tinypkg; open(sys.argv[1], 'w').write(json.dumps({'results': []}))"
+
+    def checks(python, results, work, meta):
+        out = results / "raw" / "pretrain_step.json"
+        out.parent.mkdir(parents=True)
+        return [gpu_check.Check("pretrain_step", 60, [py, "-c", writer, str(out)], out)]
+
+    monkeypatch.setattr(gpu_check, "check_python", _cuda_python)
+    monkeypatch.setattr(gpu_check, "build_checks", checks)
+    monkeypatch.setenv("PYTHON", py)
+    monkeypatch.chdir(tmp_path)
+    assert gpu_check.main(["bundle", "results"]) == 0
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["passed"] is True and summary["bundle"] == str(tmp_path / "bundle")
+    assert (tmp_path / "results" / "raw" / "pretrain_step.json").is_file()
+
+
+def test_malformed_check_output_fails_that_check_and_the_rest_still_run(tmp_path, monkeypatch):
+    py = sys.executable
+    bundle = _bundle(tmp_path, python=PY_VER)
+    results = tmp_path / "results"
+    raw = results / "raw"
+    raw.mkdir(parents=True)
+    step = json.dumps({"results": [{"setting": "r50"}]})  # no "precision", no "batch"
+    boot = json.dumps({"targets": {"outside_forward_share": {"pass": True}}})
+    write = "import sys; open(sys.argv[1], 'w').write(sys.argv[2])"
+    checks = [
+        # exit 1 with a JSON line that lacks "missing"
+        gpu_check.Check("imports", 60, [py, "-c", "print('{\"cuda\": true}'); exit(1)"]),
+        gpu_check.Check(
+            "pretrain_step", 60, [py, "-c", write, str(raw / "step.json"), step], raw / "step.json"
+        ),
+        gpu_check.Check(
+            "bootstrap", 60, [py, "-c", write, str(raw / "boot.json"), boot], raw / "boot.json"
+        ),
+    ]
+    monkeypatch.setattr(gpu_check, "check_python", _cuda_python)
+    monkeypatch.setattr(gpu_check, "build_checks", lambda *a: checks)
+    assert gpu_check.run(bundle, results, py) == 1
+    summary = json.loads((results / "summary.json").read_text())
+    status = {k: v["status"] for k, v in summary["checks"].items()}
+    assert status == {"install": "passed", "imports": "failed", "pretrain_step": "failed",
+                      "bootstrap": "passed"}  # fmt: skip
+    err = summary["checks"]["pretrain_step"]["error"]
+    assert err.startswith("cannot judge step.json") and "KeyError: 'precision'" in err
+    assert "KeyError: 'missing'" in summary["checks"]["imports"]["error"]
+    rec = json.loads((results / "pretrain_step.json").read_text())
+    assert rec["result"] == json.loads(step)  # kept, to show what is wrong with it
+    assert "KeyError" in summary["targets"]["error"]
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an unreaped one is dead all the same)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import gpu_check
+py, pids = sys.executable, sys.argv[4]
+sleeper = f"sleep 120 & echo $$ $! > {pids}.tmp && mv {pids}.tmp {pids}; wait"
+gpu_check.check_python = lambda python, meta: {"py": meta["python"], "torch": "x", "cuda": True}
+gpu_check.build_checks = lambda *a: [
+    gpu_check.Check("gpu_tests", 60, [py, "-c", "print('1 passed')"]),
+    gpu_check.Check("ddp_nccl", 60, ["bash", "-c", sleeper]),
+    gpu_check.Check("pretrain_step", 60, [py, "-c", "pass"]),
+]
+sys.exit(gpu_check.main(sys.argv[2:4]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_kills_the_running_check_and_still_writes_the_summary(tmp_path, sig):
+    _bundle(tmp_path, python=PY_VER)
+    pids = tmp_path / "pids"
+    env = {**os.environ, "PYTHON": sys.executable}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(ROOT / "tools"), "bundle", "results", str(pids)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not pids.exists() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pids.exists(), driver.communicate(timeout=30)[0] if driver.poll() else "no check"
+        check_pids = [int(p) for p in pids.read_text().split()]
+        driver.send_signal(sig)
+        out = driver.communicate(timeout=30)[0]
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + sig, out
+    assert not any(_alive(p) for p in check_pids), "the interrupted check kept running"
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["passed"] is False and summary["interrupted"] == sig.name
+    status = {k: v["status"] for k, v in summary["checks"].items()}
+    assert status == {"install": "passed", "gpu_tests": "passed", "ddp_nccl": "interrupted",
+                      "pretrain_step": "failed"}  # fmt: skip
+    assert summary["checks"]["ddp_nccl"]["error"].startswith(f"interrupted by {sig.name}")
+    rec = json.loads((tmp_path / "results" / "pretrain_step.json").read_text())
+    assert rec["error"] == f"not run: interrupted by {sig.name}"
+
+
+def test_a_hung_torch_probe_is_a_clear_error(tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu_check, "PROBE_TIMEOUT_S", 1.0)
+    start = time.monotonic()
+    with pytest.raises(gpu_check.UsageError, match="took over 1 s to import torch"):
+        gpu_check.check_python(str(fake), {"python": PY_VER})
+    assert time.monotonic() - start < 20
+
+
+def test_check_order_and_timeouts_fit_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    checks = gpu_check.build_checks(
+        sys.executable, tmp_path / "r", tmp_path / "w", {"expected": []}
+    )
+    names = [c.name for c in checks]
+    # NCCL right after the other pass/fail tests: the benchmarks come last.
+    assert names == ["imports", "gpu_tests", "ddp_nccl", "pretrain_step", "bootstrap", "dataloader"]
+    total = gpu_check.PROBE_TIMEOUT_S + gpu_check.INSTALL_TIMEOUT_S
+    assert total + sum(c.timeout_s for c in checks) <= gpu_check.BUDGET_S
+    boot = checks[names.index("bootstrap")].command
+    assert boot[boot.index("--preset") + 1] == "demo"  # 400 images, not tiny's 24
+    loader = checks[names.index("dataloader")].command
+    assert loader[loader.index("--workers") + 1] == "1,16"
+    # more batches of 4 than the 2 per worker in flight, so the 16-worker rate is a steady one
+    assert int(loader[loader.index("--num-images") + 1]) > (2 * 16 + 1) * 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert gpu_check.loader_workers() == [1]
