@@ -381,10 +381,13 @@ class BootstrapHook(HookBase):
             logger.warning(f"bootstrap round {round_id} of {name!r}: no TensorBoard visuals ({e})")
 
     def _call_round_fn(self, dicts, store: MaskStore, round_id: int, iteration: int):
-        """``round_fn`` on this rank's shard; a non-finite stop on any rank stops every rank
-        (the others would wait in the next collective) and names the last good checkpoint."""
+        """``round_fn`` on this rank's shard. A failure on any rank stops every rank (the
+        others would wait in the next collective until the process-group timeout): a
+        non-finite stop as :class:`NonFiniteLossError` naming the last good checkpoint, any
+        other error (say, out of memory on one GPU) as itself on its rank and as
+        :class:`BootstrapRoundError` naming that rank on the others."""
         world, rank = comm.get_world_size(), comm.get_rank()
-        error: NonFiniteLossError | None = None
+        error: Exception | None = None
         try:
             stats = self.round_fn(
                 self.trainer.model,
@@ -396,17 +399,29 @@ class BootstrapHook(HookBase):
                 world_size=world,
                 rank=rank,
             )
-        except NonFiniteLossError as e:
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, re-raised below
             error, stats = e, None
-        if world > 1 and not all(comm.all_gather(error is None)) and error is None:
-            error = NonFiniteLossError(
-                f"Non-finite bootstrap features on another rank in round {round_id} at "
-                f"iteration {iteration} (see its log)",
-                iteration,
-            )
-        if error is not None:
+        if world > 1:
+            mine = None
+            if error is not None:
+                mine = (isinstance(error, NonFiniteLossError), f"{type(error).__name__}: {error}")
+            failed = [(r, o) for r, o in enumerate(comm.all_gather(mine)) if o is not None]
+            if error is None and failed:
+                r, (nonfinite, message) = failed[0]
+                if not nonfinite:
+                    raise BootstrapRoundError(
+                        f"bootstrap round {round_id}: rank {r} failed ({message}; see its log)"
+                    )
+                error = NonFiniteLossError(
+                    f"Non-finite bootstrap features on another rank in round {round_id} at "
+                    f"iteration {iteration} (see its log)",
+                    iteration,
+                )
+        if isinstance(error, NonFiniteLossError):
             cfg = getattr(self.trainer, "cfg", None)
             raise error.with_output_dir(getattr(cfg, "OUTPUT_DIR", None)) from None
+        if error is not None:
+            raise error
         return stats
 
     # ---- checkpointing ----

@@ -35,6 +35,14 @@ def _write_shard(model, settings, dicts, store, round_id, *, iteration, world_si
     return {"k_values": [3], "time_s": 0.1, "images": len(dicts[rank::world_size])}
 
 
+def _out_of_memory_on_rank_1(model, settings, dicts, store, round_id, *, iteration,
+                             world_size, rank):  # fmt: skip
+    if rank == 1:
+        raise RuntimeError("CUDA out of memory (simulated)")
+    return _write_shard(model, settings, dicts, store, round_id, iteration=iteration,
+                        world_size=world_size, rank=rank)  # fmt: skip
+
+
 def _write_nothing(model, settings, dicts, store, round_id, *, iteration, world_size, rank):
     return {"k_values": [3], "time_s": 0.1, "images": 0}
 
@@ -89,6 +97,8 @@ def _worker(tmp: str) -> None:
         "blind_pointer": _run(os.path.join(tmp, "blind"), _write_shard, blind),
         # a failing quality metric is logged; the round completes on every rank
         "bad_quality": _run(os.path.join(tmp, "quality"), _write_shard, quality=_broken_quality),
+        # one rank's shard fails (out of memory): it raises its error, the other names it
+        "oom_rank_1": _run(os.path.join(tmp, "oom"), _out_of_memory_on_rank_1),
     }
     with open(os.path.join(tmp, f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
@@ -113,3 +123,12 @@ def test_round_failures_stop_every_rank_with_the_cause(tmp_path) -> None:
     assert str(tmp_path / "local_0") in r0["local_disk"]["message"]
     assert MaskStore(str(tmp_path / "quality")).current_round() == 2
     assert not r0["bad_quality"]["miou"]
+    assert r1["oom_rank_1"] == {
+        "error": "RuntimeError",
+        "message": "CUDA out of memory (simulated)",
+    }
+    assert r0["oom_rank_1"]["error"] == "BootstrapRoundError"
+    assert (
+        "rank 1 failed (RuntimeError: CUDA out of memory (simulated)" in r0["oom_rank_1"]["message"]
+    )
+    assert MaskStore(str(tmp_path / "oom")).current_round() is None  # the round never finished
