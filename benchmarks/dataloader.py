@@ -335,12 +335,12 @@ def measure_in_process(
 
     The paths take turns ``chunk`` samples at a time (and which goes first rotates), so on a
     machine whose load drifts all see the same load and their ratios stay meaningful, while
-    each path still runs back to back as in a loader worker: alternating sample by sample put
-    a 100 ms CPU-path sample between every two device-path ones, and the device path's 4-7 ms
-    were then timed on caches the other path had just flushed (measured: 7.1 ms/sample that
-    way, 4.3 back to back, on the same idle cores). Wall time and this thread's CPU time are
-    both recorded (CPU time is what a worker costs whatever the machine's load). Path
-    ``device_before`` (``--before``) is :func:`legacy_device_map`.
+    each path still runs back to back as in a loader worker instead of a ~70 ms CPU-path
+    sample flushing the caches between every two ~4.5 ms device-path ones (chunk 1; two idle
+    runs gave 4.65 ms with chunk 1 and 4.27 with 16, a gap within their run-to-run noise).
+    Wall time and this thread's CPU time are both recorded (CPU time is what a worker costs
+    whatever the machine's load). Path ``device_before`` (``--before``) is
+    :func:`legacy_device_map`.
     """
 
     def call(path: str, d: dict, rng) -> tuple:

@@ -23,9 +23,9 @@ eats the time of the ones after it.
 
 Writes ``RESULTS_DIR/<check>.json`` (status, seconds, the benchmark's own JSON under
 ``result``), ``<check>.log`` and ``summary.json``. Exit status: 0 when every check passed,
-1 when one failed or timed out, 2 for bad arguments, a bundle that is not one, or no CUDA,
-128 + the signal number on SIGINT/SIGTERM (the running check's process group is killed and
-``summary.json`` still written, marking it ``interrupted`` and the rest not run). Missed
+1 when one failed or timed out, 2 for bad arguments, a bundle that is not one, no CUDA or a
+hung torch/CUDA probe, 128 + the signal number on SIGINT/SIGTERM (the running check's process
+group is killed and ``summary.json`` still written, marking it ``interrupted`` and the rest not run). Missed
 performance targets are reported (``summary.json`` ``targets``), not failures: the checks
 prove the CUDA path runs. Stdlib only: it runs before the bundle is installed.
 """
@@ -75,7 +75,8 @@ IMPORT_NAMES += ["scipy.optimize", "pytest", "cyborgs.modeling", "cyborgs.engine
 
 
 class UsageError(Exception):
-    """Bad arguments, a folder that is not a bundle, or no CUDA: exit status 2."""
+    """Bad arguments, a folder that is not a bundle, no CUDA, or a torch/CUDA probe that hangs:
+    exit status 2 (before anything is written to the results folder)."""
 
 
 class Interrupted(BaseException):

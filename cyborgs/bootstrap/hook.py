@@ -172,15 +172,9 @@ class BootstrapHook(HookBase):
         # manifest, redone from the checkpoint's weights if damaged), or none.
         latest = max(self.completed) if self.completed else None
         # Rank 0 checks; its verdict (or its error) reaches every rank, so none waits alone.
-        verdict: tuple[list[str], str | None] = ([], None)
-        if comm.is_main_process():
-            try:
-                verdict = (self._repair_pointers(latest), None)
-            except FileNotFoundError as e:
-                verdict = ([], str(e))
-        damaged, error = comm.all_gather(verdict)[0]
-        if error is not None:
-            raise FileNotFoundError(error)
+        damaged = self._on_main(
+            lambda: self._repair_pointers(latest), "bootstrap: checking the mask store on resume"
+        )
         if damaged:
             logger.warning(
                 f"bootstrap round {latest}, recorded as complete in the checkpoint, is damaged "

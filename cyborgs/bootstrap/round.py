@@ -326,6 +326,7 @@ def run_bootstrap_round(
         the stats of :func:`bootstrap_shard` plus "manifest" (what :func:`round_manifest`
         and ``MaskStore.finish_round`` wrote).
     """
+    check_unique_image_ids(dataset_dicts)  # before begin_round may drop the current round
     store.begin_round(round_id, replace_current=replace_current)
     stats = bootstrap_shard(
         model, settings, dataset_dicts, store, round_id, iteration=iteration, kmeans=kmeans

@@ -71,7 +71,7 @@ def _load_cache(cache_file: str, root: str) -> dict[str, list[int]]:
 
 def _is_entry(hit: object) -> bool:
     """Whether a cache entry is ``[byte size, mtime_ns, width, height]``, all ints (not bools)
-    and the size positive: anything else in a cache file that parses is a miss, not an error."""
+    and width and height positive: anything else in a cache file that parses is a miss, not an error."""
     return (
         type(hit) is list
         and len(hit) == 4

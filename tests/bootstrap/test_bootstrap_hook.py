@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from detectron2.utils.events import EventStorage
 
-from cyborgs.bootstrap.hook import BootstrapHook, due_epochs
+from cyborgs.bootstrap.hook import BootstrapHook, BootstrapRoundError, due_epochs
 from cyborgs.bootstrap.round import RoundSettings
 from cyborgs.masks.bootstrap import BootstrapMaskSource
 from cyborgs.masks.store import MaskStore
@@ -169,7 +169,7 @@ def test_resume_restores_checkpoint_round_after_later_round_finished(tmp_path):
     # A checkpoint that records a round missing on disk is a clear error.
     hook3 = _hook(MaskStore(str(tmp_path / "other")), rounds)
     hook3.load_state_dict({"completed": [2]})
-    with pytest.raises(FileNotFoundError, match="recorded as complete"):
+    with pytest.raises(BootstrapRoundError, match="FileNotFoundError: .*recorded as complete"):
         _train(hook3, _Trainer(30), 9, 10)
 
 

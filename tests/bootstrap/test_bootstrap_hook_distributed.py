@@ -54,6 +54,13 @@ class _BlindStore(MaskStore):
         return None
 
 
+class _ReadOnlyPointerStore(MaskStore):
+    """A store whose pointer cannot be written (a read-only or full file system)."""
+
+    def set_current(self, round_id):
+        raise PermissionError(f"{self.pointer_path}: read-only file system (simulated)")
+
+
 def _broken_quality(store, round_id):
     raise ValueError("simulated broken quality metric")
 
@@ -63,7 +70,7 @@ class _Trainer:
         self.iter, self.max_iter, self.model = 0, 30, None
 
 
-def _run(root: str, round_fn, store_cls=MaskStore, quality=None) -> dict:
+def _hook(root: str, round_fn, store_cls=MaskStore, quality=None) -> BootstrapHook:
     hook = BootstrapHook(
         settings=SETTINGS,
         round_fn=round_fn,
@@ -74,6 +81,11 @@ def _run(root: str, round_fn, store_cls=MaskStore, quality=None) -> dict:
         quality_fns={"demo": quality} if quality else None,
     )
     hook.trainer = _Trainer()
+    return hook
+
+
+def _run(root: str, round_fn, store_cls=MaskStore, quality=None) -> dict:
+    hook = _hook(root, round_fn, store_cls, quality)
     try:
         with EventStorage(0) as storage:
             hook.trainer.storage = storage
@@ -82,6 +94,18 @@ def _run(root: str, round_fn, store_cls=MaskStore, quality=None) -> dict:
     except Exception as e:  # noqa: BLE001 - the outcome is what the test checks
         return {"error": type(e).__name__, "message": str(e)}
     return {"error": None, "completed": hook.completed, "miou": miou}
+
+
+def _start(root: str, store_cls) -> dict:
+    """``before_train`` of a fresh run (it writes the store's pointer on rank 0)."""
+    hook = _hook(root, _write_shard, store_cls)
+    try:
+        with EventStorage(0) as storage:
+            hook.trainer.storage = storage
+            hook.before_train()
+    except Exception as e:  # noqa: BLE001 - the outcome is what the test checks
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"error": None}
 
 
 def _worker(tmp: str) -> None:
@@ -99,6 +123,8 @@ def _worker(tmp: str) -> None:
         "bad_quality": _run(os.path.join(tmp, "quality"), _write_shard, quality=_broken_quality),
         # one rank's shard fails (out of memory): it raises its error, the other names it
         "oom_rank_1": _run(os.path.join(tmp, "oom"), _out_of_memory_on_rank_1),
+        # rank 0 cannot write the pointer when the run starts: every rank stops, none waits
+        "read_only_start": _start(os.path.join(tmp, "ro"), _ReadOnlyPointerStore),
     }
     with open(os.path.join(tmp, f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
@@ -132,3 +158,7 @@ def test_round_failures_stop_every_rank_with_the_cause(tmp_path) -> None:
         "rank 1 failed (RuntimeError: CUDA out of memory (simulated)" in r0["oom_rank_1"]["message"]
     )
     assert MaskStore(str(tmp_path / "oom")).current_round() is None  # the round never finished
+    for r in (r0, r1):
+        assert r["read_only_start"]["error"] == "BootstrapRoundError", r["read_only_start"]
+        assert "PermissionError" in r["read_only_start"]["message"]
+        assert "read-only file system (simulated)" in r["read_only_start"]["message"]

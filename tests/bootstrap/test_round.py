@@ -151,28 +151,31 @@ def test_input_size_resizes_shorter_side(tmp_path, round_settings):
 
 @pytest.mark.parametrize("hw", [(480, 640), (426, 640), (375, 500)])  # COCO's usual shapes
 def test_stored_map_lines_up_with_the_image(tmp_path, round_settings, hw):
-    """Map cell j of a stride-8 map over a side of W pixels stands for pixels [j W / w,
-    (j + 1) W / w) (the store's upsampling rule, column x -> cell floor(x w / W)). An image whose
+    """Map cell j of a map w cells wide over a side of W pixels stands for pixels [j W / w,
+    (j + 1) W / w) (the store's upsampling rule: column x -> cell floor(x w / W)). An image whose
     colour changes exactly at such a cell edge must come back from the stored map with the
     change there, give or take the resize's blur (2 px). At shorter side 224 a 480x640 image is
     224x298.7 px; ceil(298.7 / 8) = 38 cells cover 304 px, so a map stretched over the image put
     the change ~0.6 cell (10 px) off near the right edge."""
     H, W = hw
-    w = round(W * 224 / min(H, W) / 8)  # cells across: the resized side rounded to 8 px
-    j = w - w // 8  # a cell edge near the right, where a stretched map is furthest off
-    cut = round(j * W / w)
-    img = np.zeros((H, W, 3), np.uint8)
-    img[:] = _PALETTE[0]
-    img[:, cut:] = _PALETTE[1]
-    p = tmp_path / "img.png"
-    Image.fromarray(img).save(p)
-    d = {"file_name": str(p), "image_id": 0, "height": H, "width": W}
-    store = MaskStore(str(tmp_path / "s"))
+    d = {"file_name": str(tmp_path / "img.png"), "image_id": 0, "height": H, "width": W}
     settings = round_settings(group_size=1, k_min=2, k_max=2, backend="torch", input_size=224,
                               batch_size=1)  # fmt: skip
-    run_bootstrap_round(_ColourNet(), settings, [d], store, 0)
-    m = store.read(0)
-    assert m.shape[1] == w
+
+    def stored_map(cut: int) -> np.ndarray:
+        img = np.zeros((H, W, 3), np.uint8)
+        img[:] = _PALETTE[0]
+        img[:, cut:] = _PALETTE[1]
+        Image.fromarray(img).save(d["file_name"])
+        store = MaskStore(str(tmp_path / f"s{cut}"))
+        run_bootstrap_round(_ColourNet(), settings, [d], store, 0)
+        return store.read(0)
+
+    w = stored_map(W // 2).shape[1]  # the map's width, whatever the rounding
+    # the resized side is 224 W / H within half a stride (8 px), and cells tile it exactly
+    assert abs(8 * w - W * 224 / min(H, W)) <= 4
+    cut = round((w - w // 8) * W / w)  # a cell edge near the right, where a stretched map is
+    m = stored_map(cut)  # furthest off
     row = m[m.shape[0] // 2, (np.arange(W) * w) // W]  # the store's nearest rule
     left_id, right_id = row[0], row[-1]
     assert left_id != right_id
@@ -323,12 +326,19 @@ def test_nonfinite_features_stop_the_round_with_the_nonfinite_message(tmp_path, 
 
 
 def test_dicts_sharing_a_mask_key_are_refused_before_any_write(tmp_path, round_settings):
-    """int 1 and str "1" are one mask key (``image_key``): two images would share a map."""
+    """int 1 and str "1" are one mask key (``image_key``): two images would share a map. The
+    refusal comes before anything is touched, even when rerunning the current round (which
+    first drops it)."""
     dicts = _write_images(tmp_path, n=3)
-    dicts[2]["image_id"] = "1"
     store = MaskStore(str(tmp_path / "s"))
     settings = round_settings(group_size=3, k_min=2, k_max=2, backend="torch", input_size=0)
+    run_bootstrap_round(_ColourNet(), settings, dicts, store, 0)
+    before = {d["image_id"]: store.read(d["image_id"]) for d in dicts}
+    dicts[2]["image_id"] = "1"
     net = _ColourNet()
-    with pytest.raises(ValueError, match=r"img1\.png and .*img2\.png have the same image_id"):
-        run_bootstrap_round(net, settings, dicts, store, 0)
-    assert net.calls == 0 and store.rounds() == [] and store.current_round() is None
+    for replace_current in (False, True):
+        with pytest.raises(ValueError, match=r"img1\.png and .*img2\.png have the same image_id"):
+            run_bootstrap_round(net, settings, dicts, store, 0, replace_current=replace_current)
+    assert net.calls == 0 and store.rounds() == [0] and store.current_round() == 0
+    for image_id, m in before.items():
+        np.testing.assert_array_equal(store.read(image_id), m)
