@@ -440,9 +440,13 @@ def res2_out_channels(depth: int) -> int:
     return 64 if depth in (18, 34) else 256
 
 
+# detectron2's norms (``get_norm``) that synchronise batch statistics across processes.
+SYNC_NORMS = ("SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
+
+
 def fall_back_to_cpu(cfg: CN) -> list[str]:
-    """Without CUDA, run on the CPU: ``MODEL.DEVICE`` -> ``cpu`` and every ``SyncBN`` norm of the
-    backbone and heads -> ``BN``, in place on an unfrozen ``cfg``. Returns one note per change.
+    """Without CUDA, run on the CPU: ``MODEL.DEVICE`` -> ``cpu`` and every synchronised norm
+    (:data:`SYNC_NORMS`) of the backbone and heads -> ``BN``, in place on an unfrozen ``cfg``. Returns one note per change.
 
     torch's SyncBatchNorm refuses CPU tensors once a process group exists, and in one process it
     is plain BN anyway (same parameters and buffers, so checkpoints are interchangeable). With
@@ -457,8 +461,8 @@ def fall_back_to_cpu(cfg: CN) -> list[str]:
         cfg.MODEL.DEVICE = "cpu"
     for name in ("RESNETS", "FPN", "SEM_SEG_HEAD", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
         node = cfg.MODEL.get(name)
-        if node is not None and node.get("NORM") == "SyncBN":
-            notes.append(f"CUDA is not available: MODEL.{name}.NORM SyncBN -> BN")
+        if node is not None and node.get("NORM") in SYNC_NORMS:
+            notes.append(f"CUDA is not available: MODEL.{name}.NORM {node.NORM} -> BN")
             node.NORM = "BN"
     return notes
 

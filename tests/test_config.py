@@ -190,3 +190,7 @@ def test_fall_back_to_cpu_without_cuda(monkeypatch) -> None:
     assert (cfg.MODEL.DEVICE, cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM) == ("cpu", "BN", "BN")
     assert len(notes) == 3 and all("CUDA is not available" in n for n in notes)
     assert fall_back_to_cpu(cfg) == []  # nothing left to change
+    for norm in ("nnSyncBN", "naiveSyncBN", "naiveSyncBN_N"):  # detectron2's other sync norms
+        cfg.MODEL.RESNETS.NORM = norm
+        assert fall_back_to_cpu(cfg) == [f"CUDA is not available: MODEL.RESNETS.NORM {norm} -> BN"]
+        assert cfg.MODEL.RESNETS.NORM == "BN"

@@ -37,7 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..config import mask_id_width
+from ..config import SYNC_NORMS, mask_id_width
 from ..data.device_augment import apply_photometric, stack_photometric
 from .backbone_taps import forward_taps, tap_channels, validate_taps
 from .fusion import fuse_features, fused_channels
@@ -115,8 +115,9 @@ class CYBORGS(nn.Module):
             vmf_weight: initial weight of the vMF term (the schedule hook sets it).
             channels_last, bf16: "auto" (on iff the model is on CUDA), "on", "off"
                 (CYBORGS.GPU.CHANNELS_LAST / CYBORGS.GPU.BF16).
-            head_norm: "BN" or "SyncBN" in the projector/predictor (from_config: the backbone's
-                MODEL.RESNETS.NORM, as BYOL synchronises its heads when the backbone is).
+            head_norm: "BN" or "SyncBN" in the projector/predictor (from_config: "SyncBN" when
+                MODEL.RESNETS.NORM is any of detectron2's synchronised norms, as BYOL
+                synchronises its heads when the backbone is).
             Other args: see ``cyborgs/config.py`` (same names).
         """
         super().__init__()
@@ -232,7 +233,7 @@ class CYBORGS(nn.Module):
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "channels_last": c.GPU.CHANNELS_LAST,
             "bf16": c.GPU.BF16,
-            "head_norm": "SyncBN" if cfg.MODEL.RESNETS.NORM == "SyncBN" else "BN",
+            "head_norm": "SyncBN" if cfg.MODEL.RESNETS.NORM in SYNC_NORMS else "BN",
         }
 
     @property

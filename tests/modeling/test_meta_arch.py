@@ -71,6 +71,17 @@ def test_builds_from_cfg_with_pretraining_backbone_settings(model):
     assert model.vmf_num_clusters == 8
 
 
+@pytest.mark.parametrize("norm", ["SyncBN", "nnSyncBN", "naiveSyncBN", "BN"])
+def test_heads_synchronise_when_the_backbone_does(norm):
+    """BYOL synchronises its heads' BN when the backbone's is: any of detectron2's synchronised
+    norms (get_norm) must give SyncBatchNorm in projector and predictor, plain BN gives BN."""
+    cfg = tiny_cfg()
+    cfg.MODEL.RESNETS.NORM = norm
+    kw = CYBORGS.from_config(cfg)
+    sync = norm != "BN"
+    assert kw["head_norm"] == ("SyncBN" if sync else "BN")
+
+
 def test_builds_from_kwargs_and_validates_taps(model):
     kw = dict(
         fusion_features=["res5"],
