@@ -143,19 +143,25 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
     keeps the one that lowers the potential most; plain k-means++ too often drops two seeds in
     one well-separated cluster. A point at distance 0 is never drawn, so the seeds are distinct,
     and seeding stops once every point coincides with a seed: min(k, distinct points) seeds.
+
+    No host sync inside the loop (the vMF loss seeds up to 256 clusters per view every step on
+    the GPU): once no distinct point is left, the remaining draws are made uniformly and
+    dropped at the end, in the one sync, instead of breaking out on a host-side test.
     """
     N = x.shape[0]
     trials = 2 + int(math.log(k)) if k > 1 else 1
     first = torch.randint(N, (1,), generator=gen, device=x.device)
-    chosen = [first]
-    closest = _chordal(x, x[first[0]])
+    chosen, fresh = [first], [torch.ones(1, dtype=torch.bool, device=x.device)]
+    closest = _chordal(x, x[first])[0]
+    uniform = torch.ones_like(closest)
     for _ in range(1, k):
         total = closest.sum()
-        if total <= 0:  # every point coincides with a seed: no distinct point is left
-            break
-        cand = torch.multinomial(closest / total, trials, replacement=True, generator=gen)
+        left = total > 0  # False once every point coincides with a seed
+        weights = torch.where(left, closest / total, uniform)
+        cand = torch.multinomial(weights, trials, replacement=True, generator=gen)
         dist = torch.minimum(closest[None], _chordal(x, x[cand]))
-        best = dist.sum(dim=1).argmin()
-        chosen.append(cand[best : best + 1])
-        closest = dist[best]
-    return x[torch.cat(chosen)]
+        best = dist.sum(dim=1).argmin().view(1)
+        chosen.append(cand.index_select(0, best))
+        fresh.append(left.view(1))
+        closest = dist.index_select(0, best)[0]
+    return x[torch.cat(chosen)[torch.cat(fresh)]]
