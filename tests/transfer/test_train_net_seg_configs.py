@@ -78,11 +78,10 @@ def test_dilated_backbone_output_stride_8(depth):
     trainable = {k: p.requires_grad for k, p in backbone.named_parameters()}
     assert trainable == {k: p.requires_grad for k, p in plain_backbone.named_parameters()}
     assert not trainable["res2.0.conv1.weight"] and trainable["res3.0.conv1.weight"]
-    assert (
-        backbone.res5[1].conv2.dilation == (4, 4)
-        if depth == 18
-        else (backbone.res5[1].conv2.dilation == (4, 4))
-    )
+    # mmseg: only the block's first 3x3 conv is dilated (BasicBlock conv1, Bottleneck conv2);
+    # per-block values in test_dilated_resnet_contract_dilation.py.
+    first_3x3 = backbone.res5[1].conv1 if depth == 18 else backbone.res5[1].conv2
+    assert first_3x3.dilation == (4, 4)
     assert backbone.res4[0].conv1.stride == (1, 1) and backbone.res4[0].shortcut.stride == (1, 1)
 
 
