@@ -23,6 +23,19 @@ from cyborgs.transfer.results import METRICS_FILE, write_metrics
 from cyborgs.transfer.voc07_svm import extract_features, voc07_svm_map
 
 
+def check_classification_sets(sets: dict[str, str]) -> None:
+    """Refuse, before any feature is extracted, a set without per-image class labels (e.g. the
+    detection set voc_2007_trainval where voc_2007_cls_trainval was meant)."""
+    for flag, name in sets.items():
+        kind = MetadataCatalog.get(name).get("evaluator_type", None)
+        if kind != "voc_cls":
+            raise ValueError(
+                f"{flag} {name} is not a VOC classification set (evaluator_type {kind!r}, "
+                "expected 'voc_cls'): the SVMs need per-image labels; use voc_2007_cls_trainval "
+                "/ voc_2007_cls_test (demo: demo_voc_2007_cls_trainval / demo_voc_2007_cls_test)"
+            )
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--weights", required=True, help="converted backbone .pkl")
@@ -45,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--weights {args.weights} not found: run tools/convert_to_detectron2.py"
         )
     check_datasets([args.train, args.test])
+    check_classification_sets({"--train": args.train, "--test": args.test})
     model = build_pretrained_resnet(args.weights, args.depth).to(args.device)
     names = list(MetadataCatalog.get(args.train).thing_classes)
     feats, labels, difficult = {}, {}, {}

@@ -46,7 +46,13 @@ class ImageList(Dataset):
 
 
 def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> ResNet:
-    """detectron2 ResNet (BN, up to res5) holding the converted weights; every tensor checked."""
+    """detectron2 ResNet (BN, up to res5) holding the converted weights; every tensor checked.
+
+    Nothing is frozen (``MODEL.BACKBONE.FREEZE_AT`` 0; detectron2's default 2 would turn the stem
+    and res2 into FrozenBatchNorm2d with ``requires_grad`` False): the semi-supervised protocol
+    fine-tunes the whole trunk (SPEC §6). The VOC07 SVM features are unaffected: they are taken
+    in eval mode, where BatchNorm2d and FrozenBatchNorm2d both apply the loaded running stats.
+    """
     state = None
     if weights:
         data = load_weights(weights, expect="pkl", purpose="a classification protocol's --weights")
@@ -59,6 +65,7 @@ def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> Re
             raise ValueError(f"{weights}: --depth {depth} but the weights are a ResNet-{found}")
         depth = found
     cfg = get_cfg()
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.RESNETS.DEPTH = depth or 50
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if cfg.MODEL.RESNETS.DEPTH in (18, 34) else 256
     cfg.MODEL.RESNETS.NORM = "BN"

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -51,8 +52,21 @@ class ResNetClassifier(nn.Module):
 
 
 def build_optimizer(model: ResNetClassifier, sched: FinetuneSchedule, lr_scale: float = 1.0):
+    """SGD over every backbone parameter (base LR) and the head (x ``head_lr_mult``).
+
+    The protocol fine-tunes the whole trunk, so a frozen parameter or a FrozenBatchNorm2d in the
+    backbone is an error rather than something silently left out of the optimizer.
+    """
+    frozen = [n for n, p in model.backbone.named_parameters() if not p.requires_grad]
+    frozen += [n for n, m in model.backbone.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    if frozen:
+        raise ValueError(
+            f"semi-supervised fine-tuning trains the whole backbone, but {len(frozen)} of its "
+            f"parameters / norm layers are frozen (e.g. {frozen[:3]}): build it with "
+            "MODEL.BACKBONE.FREEZE_AT 0 (build_pretrained_resnet does)"
+        )
     groups = [
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad],
+        {"params": list(model.backbone.parameters()),
          "lr": sched.base_lr * lr_scale},
         {"params": list(model.head.parameters()), "lr": sched.base_lr * lr_scale * sched.head_lr_mult},
     ]  # fmt: skip

@@ -65,9 +65,14 @@ def train_test_class(
     keep_test: np.ndarray,
     costs=COSTS,
     folds: int = 3,
-    seed: int = 0,
 ) -> tuple[float, float]:
-    """(test AP, chosen cost) for one class; y in {0, 1}; ``keep_test`` drops difficult."""
+    """(test AP, chosen cost) for one class; y in {0, 1}; ``keep_test`` drops difficult.
+
+    The cost is chosen as VirTex's scripts/clf_voc07.py does: ``cross_val_score(..., cv=3,
+    scoring="average_precision")``, i.e. sklearn's unshuffled ``StratifiedKFold(3)`` (contiguous
+    folds in image order, deterministic, so no seed); fewer folds only when a class has fewer
+    than 3 positives (or negatives).
+    """
     y = np.where(y_train > 0, 1, -1)
     n_pos, n_neg = int((y == 1).sum()), int((y == -1).sum())
     if n_pos == 0 or y_test[keep_test].sum() == 0:
@@ -79,7 +84,7 @@ def train_test_class(
             C=cost, class_weight={1: 2, -1: 1}, loss="squared_hinge", penalty="l2", max_iter=2000
         )
         if k >= 2:
-            cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+            cv = StratifiedKFold(n_splits=k)  # unshuffled, as cross_val_score(cv=3) builds
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 ap = cross_val_score(clf, x_train, y, cv=cv, scoring="average_precision").mean()
