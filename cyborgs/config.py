@@ -14,6 +14,8 @@ Every key carries the paper / SPEC reference and the default. Layer names follow
 
 from __future__ import annotations
 
+import re
+
 from detectron2.config import CfgNode as CN
 
 from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO
@@ -453,6 +455,10 @@ def fall_back_to_cpu(cfg: CN) -> list[str]:
     CUDA available nothing changes."""
     import torch
 
+    device = str(cfg.MODEL.DEVICE)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        # checked first: a typo ("cpuu") must not be "fixed" to the CPU without CUDA
+        raise ConfigError(f"MODEL.DEVICE = {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
     if torch.cuda.is_available():
         return []
     notes: list[str] = []

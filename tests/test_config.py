@@ -190,6 +190,12 @@ def test_fall_back_to_cpu_without_cuda(monkeypatch) -> None:
     assert (cfg.MODEL.DEVICE, cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM) == ("cpu", "BN", "BN")
     assert len(notes) == 3 and all("CUDA is not available" in n for n in notes)
     assert fall_back_to_cpu(cfg) == []  # nothing left to change
+    for bad in ("cpuu", "gpu", "cuda:x", ""):  # a typo is not turned into the CPU
+        cfg.MODEL.DEVICE = bad
+        with pytest.raises(ConfigError, match=f"MODEL.DEVICE = '{bad}': expected 'cpu', 'cuda'"):
+            fall_back_to_cpu(cfg)
+    cfg.MODEL.DEVICE = "cuda:1"
+    assert fall_back_to_cpu(cfg) == ["CUDA is not available: MODEL.DEVICE cuda:1 -> cpu"]
     for norm in ("nnSyncBN", "naiveSyncBN", "naiveSyncBN_N"):  # detectron2's other sync norms
         cfg.MODEL.RESNETS.NORM = norm
         assert fall_back_to_cpu(cfg) == [f"CUDA is not available: MODEL.RESNETS.NORM {norm} -> BN"]
