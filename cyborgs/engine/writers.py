@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from detectron2.engine import hooks
-from detectron2.utils.events import CommonMetricPrinter, EventWriter
+from detectron2.utils.events import CommonMetricPrinter, EventWriter, get_event_storage
 
 from cyborgs.utils.progress import format_eta
 
@@ -34,11 +34,35 @@ def rounds_eta_text(base_s: float, rounds_left: int, round_s: float | None) -> s
 
 
 class RoundAwareMetricPrinter(CommonMetricPrinter):
-    """``CommonMetricPrinter`` whose ETA adds the bootstrap rounds still to come."""
+    """``CommonMetricPrinter`` whose ETA adds the bootstrap rounds still to come, and whose loss
+    terms are those of the current step.
+
+    A term the model computes only in some phases (``loss_vmf``: the vMF epochs) keeps its
+    last value in the event storage; detectron2 would print that stale median in every later
+    line (``metrics.json`` is right: it writes each iteration's own values)."""
 
     def __init__(self, max_iter: int, pending_rounds: PendingRounds | None = None, **kwargs):
         super().__init__(max_iter, **kwargs)
         self._pending_rounds = pending_rounds
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        everything = storage.histories
+
+        def current() -> dict:
+            return {
+                k: h
+                for k, h in everything().items()
+                if "loss" not in k or h.values()[-1][1] == storage.iter
+            }
+
+        # detectron2 v0.6 builds the loss list inline from storage.histories(): shown the
+        # current terms only, for this call, through the public method's name
+        storage.histories = current
+        try:
+            super().write()
+        finally:
+            del storage.histories
 
     def _get_eta(self, storage) -> str | None:  # detectron2 v0.6's hook for the ETA string
         base = super()._get_eta(storage)

@@ -67,6 +67,21 @@ def test_pending_rounds_and_printed_eta(tmp_path, caplog) -> None:
         assert hook.pending_rounds(5)[0] == 0
 
 
+def test_console_shows_only_the_loss_terms_of_the_current_step(caplog) -> None:
+    """loss_vmf is computed in vMF epochs only: a later line must not repeat its old value."""
+    printer = RoundAwareMetricPrinter(10)
+    with EventStorage(0) as storage:
+        storage.put_scalars(loss_vmf=6.005, loss_contrastive=3.0, time=1.0)
+        storage.step()
+        storage.put_scalars(loss_contrastive=2.5, time=1.0)  # iteration 1: no vMF term
+        with caplog.at_level(logging.INFO, logger="detectron2.utils.events"):
+            printer.write()
+        line = caplog.records[-1].getMessage()
+        assert "loss_contrastive: 2.75" in line and "loss_vmf" not in line  # median of 3, 2.5
+        assert "lr: N/A" in line
+        assert "loss_vmf" in storage.histories()  # the storage itself is left as it was
+
+
 def test_writer_writes_every_period_and_on_a_timer(monkeypatch) -> None:
     from detectron2.utils.events import EventWriter
 
