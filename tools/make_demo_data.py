@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.preset} data (seed {args.seed}) ready in {root} ({time.perf_counter() - start:.1f}s)"
     )
+    # the data sets are found through this variable (default datasets/demo, relative to the
+    # working directory): say how to point at this root
+    print(f"use it with: export CYBORGS_DEMO_DATASETS={os.path.abspath(root)}")
     return 0
 
 
