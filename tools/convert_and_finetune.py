@@ -2,19 +2,27 @@
 """Convert a CYBORGS checkpoint once, run the chosen transfer benchmarks, collect the table.
 
     tools/convert_and_finetune.py CKPT OUTDIR [BENCHMARK ...] [--demo] [--num-gpus N] [--runs N]
+                                  [--overwrite]
 
 BENCHMARK: voc07_svm in1pct in10pct voc_det coco_inst (Table 1, the default) and lvis
 cityscapes coco_stuff_fcn coco_stuff_probe (appendix); "all" = every one. --demo runs the
 demo_* twins (small configs, demo data under $CYBORGS_DEMO_DATASETS). --runs N repeats VOC
 detection N times (MoCo reports the mean of 5). The checkpoint and every data set are
 checked before anything trains. Results: OUTDIR/results.md and OUTDIR/results.json.
+Relative paths (CKPT, OUTDIR, $CYBORGS_DEMO_DATASETS, $DETECTRON2_DATASETS) are relative to the
+current directory, as for tools/pretrain_net.py. OUTDIR/source.json records the checkpoint (path
+and sha256): more benchmarks of the same checkpoint may be added to an OUTDIR later; results of
+another checkpoint are refused (use a new OUTDIR, or --overwrite to delete the old results).
 The benchmarks, their configs and data sets: cyborgs.transfer.benchmarks.BENCHMARKS.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +31,9 @@ from pathlib import Path
 from repo_paths import REPO_ROOT, TRANSFER_CONFIGS
 
 from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, Benchmark, config, datasets
+from cyborgs.transfer.results import SOURCE_FILE, read_source
 from cyborgs.transfer.verify import depth_opts
+from cyborgs.utils.atomic import atomic_write_bytes
 from cyborgs.utils.progress import format_eta
 
 TOOLS = REPO_ROOT / "tools"
@@ -46,6 +56,10 @@ class CommandFailed(RuntimeError):
         self.returncode = returncode
 
 
+class OutdirInUse(ValueError):
+    """OUTDIR holds results of another checkpoint (or of an unrecorded one)."""
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -63,6 +77,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="run the demo_* twins")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per train_net run")
     p.add_argument("--runs", type=int, default=1, help="VOC detection runs (MoCo: mean of 5)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if OUTDIR holds another checkpoint's results, delete them (the benchmark folders, "
+        "backbone.pkl, results.*) instead of refusing",
+    )
     return p
 
 
@@ -125,14 +145,68 @@ def commands(
     if b.name == "voc_det" and runs > 1:
         dirs = [os.path.join(out, f"run{r}") for r in range(1, runs + 1)]
     cfg = TRANSFER_CONFIGS / config(b.name, demo)
-    # Relative to the working directory where it can be (the .sh wrapper runs from the repo
-    # root): metrics_final.json and results.md record the config as given.
+    # Relative to the working directory where it can be (run from the repository root):
+    # metrics_final.json and results.md record the config as given.
     cfg = cfg.relative_to(Path.cwd()) if cfg.is_relative_to(Path.cwd()) else cfg
     return [
         tool("train_net.py", "--config-file", str(cfg), "--num-gpus", str(num_gpus))
         + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", d, *map(str, depth_opts(depth)), *extra]
         for d in dirs
     ]
+
+
+def make_paths_absolute(args: argparse.Namespace) -> None:
+    """Relative paths mean the caller's working directory (as for tools/pretrain_net.py, which
+    reads the same variables): pin CKPT, OUTDIR and the data roots before anything runs, so the
+    tools started later, and every message, see absolute paths. An unset data root gets its
+    default (relative to the current directory) pinned the same way."""
+    from cyborgs.data.datasets import demo_root, real_root
+
+    absolute = lambda p: os.path.abspath(os.path.expanduser(p))  # noqa: E731
+    args.checkpoint, args.outdir = absolute(args.checkpoint), absolute(args.outdir)
+    for var, root in (("CYBORGS_DEMO_DATASETS", demo_root), ("DETECTRON2_DATASETS", real_root)):
+        os.environ[var] = absolute(root())
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# What this tool writes into OUTDIR besides source.json; --overwrite deletes only these.
+OUTPUTS = ("backbone.pkl", "results.md", "results.json", *BENCHMARKS)
+
+
+def claim_outdir(outdir: str, checkpoint: str, overwrite: bool) -> None:
+    """Record ``checkpoint`` in OUTDIR/source.json. Another checkpoint's results there (or
+    results of an unrecorded one) are refused, or deleted with ``overwrite``: the table's "this
+    run" row would otherwise mix two checkpoints' numbers."""
+    new = {"checkpoint": checkpoint, "sha256": sha256_of(checkpoint)}
+    old = read_source(outdir)
+    present = [n for n in OUTPUTS if os.path.exists(os.path.join(outdir, n))]
+    if old is not None and old.get("sha256") != new["sha256"]:
+        what = f"checkpoint {old.get('checkpoint')} (sha256 {str(old.get('sha256'))[:12]})"
+    elif old is None and present:
+        what = f"an unrecorded checkpoint (no {SOURCE_FILE}; found {', '.join(present)})"
+    else:
+        what = ""
+    if what and not overwrite:
+        raise OutdirInUse(
+            f"{outdir} holds results of {what}, not of {checkpoint} (sha256 "
+            f"{new['sha256'][:12]}): choose a new OUTDIR, or pass --overwrite to delete them"
+        )
+    if what:
+        print(f"{TAG} --overwrite: deleting {', '.join(present)} in {outdir}", flush=True)
+        for name in present:
+            path = os.path.join(outdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    atomic_write_bytes(os.path.join(outdir, SOURCE_FILE), json.dumps(new, indent=2).encode())
 
 
 def check_inputs(checkpoint: str, names: list[str], demo: bool) -> None:
@@ -150,16 +224,17 @@ def check_inputs(checkpoint: str, names: list[str], demo: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    make_paths_absolute(args)
     try:
         check_inputs(args.checkpoint, args.benchmarks, args.demo)
-    except (FileNotFoundError, KeyError) as e:
+        claim_outdir(args.outdir, args.checkpoint, args.overwrite)
+    except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
 
     from cyborgs.engine.checkpoint import safe_load_pickle
     from cyborgs.transfer.convert import infer_depth
 
-    os.makedirs(args.outdir, exist_ok=True)
     weights = os.path.join(args.outdir, "backbone.pkl")
     try:
         run(tool("convert_to_detectron2.py", args.checkpoint, weights, "--check", "c4,fpn"))

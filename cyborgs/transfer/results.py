@@ -14,6 +14,9 @@ from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, columns
 from cyborgs.utils.atomic import atomic_write_bytes
 
 METRICS_FILE = "metrics_final.json"
+# The checkpoint an output directory's benchmarks were run from ({"checkpoint": absolute path,
+# "sha256": of the file}), written by tools/convert_and_finetune.py: the table names it.
+SOURCE_FILE = "source.json"
 
 # The published CYBORGS row of Table 1: (benchmark, task, metric) -> value.
 PAPER_ROW: dict[tuple[str, str, str], float] = {
@@ -152,13 +155,28 @@ def _markdown_table(title: str, cells: list[dict], with_paper: bool) -> list[str
     return lines
 
 
+def read_source(outdir: str) -> dict | None:
+    """``outdir``'s :data:`SOURCE_FILE` record, or None where there is none."""
+    path = os.path.join(outdir, SOURCE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
 def collect(outdir: str) -> dict[str, Any]:
     """Write ``results.md`` and ``results.json`` under ``outdir``; return the JSON content."""
     if not os.path.isdir(outdir):
         raise FileNotFoundError(f"results directory not found: {outdir}")
     runs = load_runs(outdir)
     table1, appendix = summarize(runs, columns(TABLE1)), summarize(runs, columns(APPENDIX))
+    source = read_source(outdir)
     md = ["# CYBORGS transfer results", ""]
+    if source:
+        md += [f"Checkpoint: `{source['checkpoint']}` (sha256 {source['sha256'][:12]})", ""]
     if any(
         str(name).startswith("demo_")
         for recs in runs.values()
@@ -173,7 +191,12 @@ def collect(outdir: str) -> dict[str, Any]:
         ]
     md += _markdown_table("Table 1", table1, with_paper=True)
     md += _markdown_table("Appendix", appendix, with_paper=False)
-    data = {"table1": table1, "appendix": appendix, "outdir": os.path.abspath(outdir)}
+    data = {
+        "table1": table1,
+        "appendix": appendix,
+        "outdir": os.path.abspath(outdir),
+        "source": source,
+    }
     atomic_write_bytes(os.path.join(outdir, "results.md"), "\n".join(md).encode())
     write_metrics(os.path.join(outdir, "results.json"), data)
     return data

@@ -5,6 +5,8 @@ recorder (each tool has its own tests)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -29,7 +31,7 @@ def _opt(cmd: list[str], key: str) -> str:
 def test_arguments() -> None:
     a = caf.parse_args(["c.pth", "out"])
     assert a.benchmarks == ["voc07_svm", "in1pct", "in10pct", "voc_det", "coco_inst"]
-    assert (a.demo, a.num_gpus, a.runs) == (False, 1, 1)
+    assert (a.demo, a.num_gpus, a.runs, a.overwrite) == (False, 1, 1, False)
     a = caf.parse_args(["c.pth", "out", "all", "--demo", "--num-gpus", "8", "--runs", "5"])
     assert len(a.benchmarks) == 9 and a.benchmarks[-1] == "coco_stuff_probe"
     assert (a.demo, a.num_gpus, a.runs) == (True, 8, 5)
@@ -56,7 +58,7 @@ def test_commands_of_each_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     (semi_full,) = cmds("in1pct", demo=False)
     assert _opt(semi_full, "--subset") == "1percent" and "--prefix" not in semi_full
 
-    monkeypatch.chdir(ROOT)  # as the .sh wrapper: configs given relative to the repo root
+    monkeypatch.chdir(ROOT)  # run from the repository root: configs given relative to it
     (det,) = cmds("voc_det")
     assert _opt(det, "--config-file") == "transfer_configs/demo_voc_det_C4.yaml"
     monkeypatch.chdir("/")
@@ -157,7 +159,8 @@ def test_checks_before_any_work(
     assert recorded == [] and not out.exists()
 
 
-def test_shell_wrapper_forwards_arguments(tmp_path: Path) -> None:
+def test_shell_wrapper_forwards_arguments_from_the_callers_directory(tmp_path: Path) -> None:
+    # No cd: relative arguments keep meaning the caller's directory (as for pretrain_net.py).
     stub = tmp_path / "py"
     stub.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"; printf "arg=%s\\n" "$@"\n')
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
@@ -167,8 +170,90 @@ def test_shell_wrapper_forwards_arguments(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
-        f"cwd={ROOT}", "arg=tools/convert_and_finetune.py", "arg=a b.pth", "arg=out", "arg=--demo",
+        f"cwd={tmp_path}", f"arg={ROOT / 'tools' / 'convert_and_finetune.py'}", "arg=a b.pth",
+        "arg=out", "arg=--demo",
     ]  # fmt: skip
+
+
+def test_relative_paths_mean_the_callers_directory(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    """CKPT, OUTDIR and the data roots, given relative, are resolved against the current
+    directory (not the repository) and handed on absolute."""
+    work = tmp_path / "journey"
+    (work / "run2").mkdir(parents=True)
+    os.symlink(tiny_data_root, work / "demo")
+    _r18_checkpoint(work / "run2" / "model_final.pth")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("CYBORGS_DEMO_DATASETS", "demo")
+    monkeypatch.setenv("DETECTRON2_DATASETS", "real")
+    assert caf.main(["run2/model_final.pth", "tx1", "voc07_svm", "--demo"]) == 0
+    assert recorded[0][2:4] == [
+        str(work / "run2" / "model_final.pth"),
+        str(work / "tx1" / "backbone.pkl"),
+    ]
+    assert _opt(recorded[1], "--output-dir") == str(work / "tx1" / "voc07_svm")
+    assert recorded[-1][2:] == [str(work / "tx1")]
+    # The tools started next inherit the data roots absolute.
+    assert os.environ["CYBORGS_DEMO_DATASETS"] == str(work / "demo")
+    assert os.environ["DETECTRON2_DATASETS"] == str(work / "real")
+    assert not (ROOT / "tx1").exists() and (work / "tx1" / "source.json").is_file()
+    capsys.readouterr()
+    # Errors name the absolute path.
+    assert caf.main(["run2/missing.pth", "tx1", "--demo"]) == 1
+    assert f"checkpoint not found: {work / 'run2' / 'missing.pth'}" in capsys.readouterr().err
+
+
+def test_outdir_records_its_checkpoint_and_refuses_another(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]], capsys: pytest.CaptureFixture
+) -> None:
+    a, b, out = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "out"
+    _r18_checkpoint(a)
+    b.write_bytes(a.read_bytes() + b"other")  # another file: a different sha256
+    assert caf.main([str(a), str(out), "voc07_svm", "--demo"]) == 0
+    source = json.loads((out / "source.json").read_text())
+    assert source == {"checkpoint": str(a), "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
+    (out / "voc07_svm").mkdir()
+    backbone = (out / "backbone.pkl").read_bytes()
+
+    # The same checkpoint adds benchmarks to its OUTDIR.
+    recorded.clear()
+    assert caf.main([str(a), str(out), "coco_stuff_probe", "--demo"]) == 0
+    assert [Path(c[1]).name for c in recorded][0] == "convert_to_detectron2.py"
+
+    # Another checkpoint is refused before converting anything, naming both.
+    recorded.clear()
+    capsys.readouterr()
+    assert caf.main([str(b), str(out), "coco_stuff_probe", "--demo"]) == 1
+    err = capsys.readouterr().err
+    assert str(a) in err and str(b) in err and "new OUTDIR" in err and "--overwrite" in err
+    assert recorded == [] and (out / "backbone.pkl").read_bytes() == backbone
+    assert json.loads((out / "source.json").read_text()) == source
+
+    # --overwrite deletes the old results (only what this tool writes), then runs.
+    (out / "notes.txt").write_text("mine")
+    assert caf.main([str(b), str(out), "coco_stuff_probe", "--demo", "--overwrite"]) == 0
+    assert not (out / "voc07_svm").exists() and (out / "notes.txt").exists()
+    assert json.loads((out / "source.json").read_text())["checkpoint"] == str(b)
+
+    # An OUTDIR with results but no record (older runs) is refused too: its checkpoint is unknown.
+    (out / "source.json").unlink()
+    assert caf.main([str(a), str(out), "voc07_svm", "--demo"]) == 1
+    assert "unrecorded checkpoint" in capsys.readouterr().err
+
+
+def test_results_name_the_checkpoint(tmp_path: Path) -> None:
+    from cyborgs.transfer.results import collect
+
+    (tmp_path / "source.json").write_text(
+        json.dumps({"checkpoint": "/x/c.pth", "sha256": "ab" * 32})
+    )
+    data = collect(str(tmp_path))
+    assert data["source"] == {"checkpoint": "/x/c.pth", "sha256": "ab" * 32}
+    assert "Checkpoint: `/x/c.pth` (sha256 abababababab)" in (tmp_path / "results.md").read_text()
+    (tmp_path / "source.json").unlink()
+    assert collect(str(tmp_path))["source"] is None
 
 
 def test_config_names_resolve_against_transfer_configs(tmp_path: Path) -> None:
