@@ -6,7 +6,8 @@
     tools/pretrain_net.py --config-file pretrain_configs/demo_R18.yaml     # CPU, minutes
 
 Writes OUTPUT_DIR/{config.yaml, args.json, log.txt, metrics.json, events.out.tfevents.*,
-model_*.pth, last_checkpoint, plan.json}. ``--resume`` continues exactly from last_checkpoint.
+model_*.pth, last_checkpoint, plan.json}. ``--resume`` continues exactly from last_checkpoint;
+without it an OUTPUT_DIR that already holds a run is refused.
 ``--plan-only`` prints what the config will do (phase per epoch, bootstrap rounds, iterations,
 checkpoints, disk), writes OUTPUT_DIR/plan.json and exits without training or allocating the model. Convert
 the result for transfer with tools/convert_to_detectron2.py.
@@ -14,16 +15,23 @@ the result for transfer with tools/convert_to_detectron2.py.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import difflib
+import glob
 import json
 import logging
 import os
+import re
 import sys
 
+import yaml
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from cyborgs.config import ConfigError
 from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
@@ -62,30 +70,154 @@ Examples:
 """
 
 
+class UsageError(Exception):
+    """A command line that cannot be run as asked; main prints it as one ``error:`` line."""
+
+
+def existing_run(output_dir: str) -> list[str]:
+    """The files in ``output_dir`` that show a run lives there (checkpoint pointer, weights)."""
+    weights = sorted(glob.glob(os.path.join(output_dir, "model_*.pth")))
+    found = [
+        p for p in [os.path.join(output_dir, "last_checkpoint"), *weights] if os.path.isfile(p)
+    ]
+    return [os.path.basename(p) for p in found]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _changed_keys(saved_yaml: str, cfg: CfgNode) -> list[str]:
+    """``KEY: old -> new`` for each key whose value differs from the saved config. OUTPUT_DIR
+    is ignored: a run directory may be moved or reached by another path."""
+    old, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(cfg.dump()))
+    keys = sorted((set(old) | set(new)) - {"OUTPUT_DIR"})
+    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
+            if old.get(k, "<absent>") != new.get(k, "<absent>")]  # fmt: skip
+
+
+def refuse_output_dir(out: str, resume: bool) -> None:
+    """Before anything is written: an empty OUTPUT_DIR, or a run's directory without --resume
+    (that would overwrite its checkpoints and mask rounds and append to its metrics.json)."""
+    if not out:
+        raise UsageError("OUTPUT_DIR is empty: a run needs a directory for its checkpoints")
+    held = existing_run(out)
+    if held and not resume:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UsageError(
+            f"OUTPUT_DIR {out} already holds a run ({shown}): pass --resume to continue it, "
+            "or choose a new OUTPUT_DIR"
+        )
+
+
+def keep_config_if_changed(cfg: CfgNode) -> list[str]:
+    """On --resume, before default_setup overwrites OUTPUT_DIR/config.yaml: if the new config
+    differs from the run's, rename the run's to config.before_resume_<checkpoint>.yaml and
+    return a warning listing the changed keys (logged once the logger exists)."""
+    out = cfg.OUTPUT_DIR
+    saved = os.path.join(out, "config.yaml")
+    pointer = os.path.join(out, "last_checkpoint")
+    if not (comm.is_main_process() and os.path.isfile(saved) and os.path.isfile(pointer)):
+        return []
+    with open(saved) as f:
+        changed = _changed_keys(f.read(), cfg)
+    if not changed:
+        return []
+    with open(pointer) as f:
+        # model_0000123.pth -> 0000123, model_final.pth -> final: the point resumed from
+        tag = re.sub(r"^model_|\.pth$", "", os.path.basename(f.read().strip())) or "unknown"
+    kept = os.path.join(out, f"config.before_resume_{tag}.yaml")
+    os.replace(saved, kept)
+    return [
+        f"--resume with a config that differs from the run's (kept as {kept}); "
+        f"{len(changed)} changed key(s):\n  " + "\n  ".join(changed)
+    ]
+
+
 def setup(args) -> CfgNode:
     """The run's frozen config (:func:`cyborgs.engine.setup.setup_pretrain_cfg`: merged,
-    checked, epochs -> iterations), then detectron2's ``default_setup`` (logger, env info,
-    OUTPUT_DIR/config.yaml, seeding), the cyborgs logger and OUTPUT_DIR/args.json."""
+    checked, epochs -> iterations), the OUTPUT_DIR checks (:func:`refuse_output_dir`,
+    :func:`keep_config_if_changed`), then
+    detectron2's ``default_setup`` (logger, env info, OUTPUT_DIR/config.yaml, seeding), the
+    cyborgs logger and OUTPUT_DIR/args.json."""
     cfg, notes = setup_pretrain_cfg(args.config_file, args.opts)
+    refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
+    if args.resume:
+        notes += keep_config_if_changed(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")
-    for n in notes:  # automatic changes (CPU fallback) and old key names mapped
+    for n in notes:  # automatic changes (CPU fallback), old key names mapped, config changes
         logger.warning(n)
+    if args.resume and not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        # a warning, not an error: tools/run_demo.sh and the study always pass --resume
+        logger.warning("--resume: nothing to resume in %s; starting a new run", cfg.OUTPUT_DIR)
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         with open(os.path.join(cfg.OUTPUT_DIR, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
     return cfg
 
 
+def _config_keys() -> list[str]:
+    from detectron2.config import get_cfg
+
+    from cyborgs.config import add_cyborgs_config
+
+    return list(_flat(yaml.safe_load(add_cyborgs_config(get_cfg()).dump())))
+
+
+def config_error_line(e: BaseException, args) -> str | None:
+    """One line for a config mistake (the suite's checks, yacs's unknown key or type mismatch,
+    a missing file); None for anything else, which is a bug and keeps its traceback."""
+    msg = str(e.args[0]) if e.args else str(e)
+    m = re.match(r"Non-existent (?:config )?key: (\S+)", msg)
+    if isinstance(e, (AssertionError, KeyError)) and m:
+        key = m.group(1)
+    elif isinstance(e, ValueError) and not isinstance(e, ConfigError) and "Type mismatch" in msg:
+        key = msg.rsplit("config key: ", 1)[-1]
+    elif isinstance(e, (ConfigError, FileNotFoundError, UsageError)):
+        return f"error: {msg}"
+    elif isinstance(e, AssertionError) and msg.startswith("Override list has odd length"):
+        return "error: the overrides after the options must be KEY VALUE pairs: " + msg
+    else:
+        return None
+    opts = [str(o) for o in args.opts[::2]]
+    where = "the command line" if key in opts else f"config file {args.config_file}"
+    line = f"error: {msg} (from {where})"
+    if m:
+        close = difflib.get_close_matches(key, _config_keys(), n=1)
+        if close:
+            line += f"; did you mean {close[0]}?"
+    return line
+
+
+@contextlib.contextmanager
+def _config_errors_as_one_line(args):
+    """Config mistakes raised inside: one ``error:`` line on stderr, exit status 2."""
+    try:
+        yield
+    except (AssertionError, KeyError, ValueError, OSError, UsageError) as e:
+        line = config_error_line(e, args)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(args) -> None:
-    cfg = setup(args)
-    if args.eval_only:
-        raise SystemExit(
-            "pretrain_net.py has no evaluation: convert the checkpoint with "
-            "tools/convert_to_detectron2.py and evaluate it with tools/train_net.py"
-        )
+    with _config_errors_as_one_line(args):
+        cfg = setup(args)
     trainer = CyborgsTrainer(cfg, args=vars(args))
     trainer.resume_or_load(resume=args.resume)
+    if args.resume and trainer.start_iter >= trainer.max_iter:
+        logger.info("run already complete (%d/%d iterations) in %s; nothing to train",
+                    trainer.start_iter, trainer.max_iter, cfg.OUTPUT_DIR)  # fmt: skip
+        return
     trainer.train()
 
 
@@ -111,7 +243,10 @@ def plan_only(args) -> int:
         logger.warning(n)
     plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts_from_config(cfg))
     print(format_plan(plan))
-    if cfg.OUTPUT_DIR:
+    if cfg.OUTPUT_DIR and existing_run(cfg.OUTPUT_DIR):
+        # the run's own plan.json describes the run; a what-if plan must not replace it
+        print(f"plan not written: OUTPUT_DIR {cfg.OUTPUT_DIR} holds a run")
+    elif cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         print(f"plan written to {write_plan(plan, cfg.OUTPUT_DIR)}")
     return 0
@@ -124,7 +259,8 @@ def get_parser():
         "--plan-only",
         action="store_true",
         help="print the plan (phases, rounds, iterations, checkpoints, disk), write "
-        "OUTPUT_DIR/plan.json and exit without training or allocating the model",
+        "OUTPUT_DIR/plan.json (not into an existing run) and exit without training or "
+        "allocating the model",
     )
     parser.add_argument(
         "--images",
@@ -133,12 +269,45 @@ def get_parser():
         help="with --plan-only: number of training images (default: count the data set; "
         "lets you plan a run whose data is not on this machine)",
     )
+    for action in parser._actions:  # detectron2's flag; pretraining has no evaluation
+        if action.dest == "eval_only":
+            action.help = argparse.SUPPRESS
     return parser
 
 
-if __name__ == "__main__":
-    args = get_parser().parse_args()
-    if args.plan_only:
-        sys.exit(plan_only(args))
+def check_args(args) -> str | None:
+    """What is wrong with the command line before any config is read; None if nothing."""
+    if args.eval_only:
+        return ("pretrain_net.py has no evaluation: convert the checkpoint with "
+                "tools/convert_to_detectron2.py and evaluate it with tools/train_net.py")  # fmt: skip
+    options = [o for o in args.opts if str(o).startswith("--")]
+    if options:
+        return (f"{options[0]} was read as a config key: options go before the KEY VALUE "
+                "overrides")  # fmt: skip
+    if not args.config_file and not args.plan_only:
+        # --plan-only may plan the built-in defaults (--config-file ""); a run may not
+        return "--config-file is required (e.g. pretrain_configs/demo_R18.yaml)"
+    return None
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    with _config_errors_as_one_line(args):
+        if args.plan_only:
+            return plan_only(args)
+        # Merge, validate and check OUTPUT_DIR in this process, before launch: a mistake is
+        # one line here, not one traceback per spawned process. The schedule (which counts
+        # the data set) is left to setup().
+        cfg, _ = setup_pretrain_cfg(args.config_file, args.opts, schedule=False,
+                                    world_size=args.num_gpus * args.num_machines)  # fmt: skip
+        refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
     launch_from_args(main, args)
-    sys.exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -80,9 +80,26 @@ def test_pretrain_writes_checkpoint_and_metrics(tiny_data_root, tmp_path) -> Non
     assert by_iter[2]["contrastive_weight"] == 0.0 and by_iter[2]["vmf_weight"] == 1.0
     assert by_iter[5]["contrastive_weight"] == 1.0
 
-    # --resume of a finished run trains nothing more and keeps the final checkpoint
+    # --resume of a finished run trains nothing more, says so and keeps the final checkpoint
     before = (out / "model_final.pth").stat().st_mtime_ns
-    _run(["--resume", *cfg, *_OPTS], tiny_data_root)
+    res = _run(["--resume", *cfg, *_OPTS], tiny_data_root)
+    assert "run already complete (6/6 iterations)" in res.stdout + res.stderr
+    assert (out / "model_final.pth").stat().st_mtime_ns == before
+    assert not list(out.glob("config.before_resume_*"))  # same config: nothing to keep
+
+    # ... with a changed config: the changed keys are listed, the run's config.yaml kept
+    res = _run(["--resume", *cfg, *_OPTS, "SOLVER.CHECKPOINT_PERIOD", "2"], tiny_data_root)
+    assert "SOLVER.CHECKPOINT_PERIOD: 1 -> 2" in res.stdout + res.stderr
+    assert "CHECKPOINT_PERIOD: 1" in (out / "config.before_resume_final.yaml").read_text()
+    assert "CHECKPOINT_PERIOD: 2" in (out / "config.yaml").read_text()
+
+    # rerunning into the run without --resume is refused before anything is written
+    metrics = (out / "metrics.json").read_text()
+    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tiny_data_root), OMP_NUM_THREADS="2")
+    res = subprocess.run([sys.executable, str(REPO / "tools" / "pretrain_net.py"), *cfg, *_OPTS],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "already holds a run" in res.stderr, res.stderr[-3000:]
+    assert (out / "metrics.json").read_text() == metrics
     assert (out / "model_final.pth").stat().st_mtime_ns == before
 
 

@@ -1,0 +1,141 @@
+"""tools/pretrain_net.py's command line: mistakes are refused with one ``error:`` line (exit 2)
+before anything is written; --resume and --plan-only leave an existing run intact.
+
+In-process (``cli``/``setup``), no training: each case stops before the trainer is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = str(REPO / "pretrain_configs" / "demo_R18.yaml")
+
+_spec = importlib.util.spec_from_file_location("pretrain_net_cli", REPO / "tools/pretrain_net.py")
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """Run the CLI; it must exit 2 with a single ``error:`` line on stderr, which is returned."""
+    try:
+        rc = tool.cli(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
+def _fake_run(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "model_final.pth").write_bytes(b"x")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    (out / "plan.json").write_text("{}")
+
+
+def test_rerun_into_a_run_without_resume_is_refused(tiny_data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    _fake_run(out)
+    line = _refused(["--config-file", DEMO, "OUTPUT_DIR", str(out)], capsys)
+    assert str(out) in line and "last_checkpoint" in line and "--resume" in line
+    assert sorted(p.name for p in out.iterdir()) == ["last_checkpoint", "model_final.pth",
+                                                     "plan.json"]  # fmt: skip
+    # setup() itself (the per-process path main() takes) refuses as well
+    args = tool.get_parser().parse_args(["--config-file", DEMO, "OUTPUT_DIR", str(out)])
+    with pytest.raises(tool.UsageError, match="already holds a run"):
+        tool.setup(args)
+    assert not (out / "config.yaml").exists()
+
+
+def test_plan_only_does_not_overwrite_a_runs_plan(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    _fake_run(out)
+    argv = ["--plan-only", "--images", "24", "--config-file", DEMO, "OUTPUT_DIR", str(out)]
+    assert tool.cli(argv) == 0
+    assert "plan not written" in capsys.readouterr().out
+    assert (out / "plan.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--eval-only", "--config-file", DEMO], "no evaluation"),
+        (["--config-file", DEMO, "OUTPUT_DIR", "/tmp/x", "--plan-only"], "options go before"),
+        (["OUTPUT_DIR", "/tmp/x"], "--config-file is required"),
+        (["--config-file", DEMO, "OUTPUT_DIR", ""], "OUTPUT_DIR is empty"),
+        (["--config-file", "/nonexistent.yaml"], "/nonexistent.yaml does not exist"),
+        (["--config-file", DEMO, "SOLVER.IMS_PER_BACH", "8"], "(from the command line); "
+                                                              "did you mean SOLVER.IMS_PER_BATCH?"),
+        (["--config-file", DEMO, "SOLVER.IMS_PER_BATCH", "x"], "Type mismatch"),
+        (["--config-file", DEMO, "CYBORGS.BOOTSTRAP.K_MIN", "20", "CYBORGS.BOOTSTRAP.K_MAX", "5"],
+         "K_MIN = 20"),
+        (["--plan-only", "--images", "9", "--config-file", DEMO, "SOLVER.IMS_PER_BACH", "8"],
+         "did you mean SOLVER.IMS_PER_BATCH?"),
+    ],
+)  # fmt: skip
+def test_command_line_mistakes_are_one_line(argv, words, tmp_path, capsys) -> None:
+    if "OUTPUT_DIR" not in argv:
+        argv = [*argv, "OUTPUT_DIR", str(tmp_path / "out")]
+    assert words in _refused(argv, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_in_the_config_file_names_the_file(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_BASE_: {DEMO}\nCYBORGS:\n  EMA:\n    BASE_MOMENTUMM: 0.99\n")
+    line = _refused(["--config-file", str(bad), "OUTPUT_DIR", str(tmp_path / "o")], capsys)
+    assert f"config file {bad}" in line and "did you mean CYBORGS.EMA.BASE_MOMENTUM?" in line
+
+
+def test_eval_only_is_not_advertised() -> None:
+    assert "--eval-only" not in tool.get_parser().format_help()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path) -> None:
+    def _bug(*a, **k):
+        raise ValueError("a genuine bug")
+
+    monkeypatch.setattr(tool, "setup_pretrain_cfg", _bug)
+    with pytest.raises(ValueError, match="genuine bug"):
+        tool.cli(["--config-file", DEMO, "OUTPUT_DIR", str(tmp_path / "o")])
+
+
+def test_resume_with_nothing_to_resume_warns(tiny_data_root, tmp_path) -> None:
+    out = tmp_path / "typo"
+    args = tool.get_parser().parse_args(
+        ["--resume", "--config-file", DEMO, "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "8"]
+    )
+    tool.setup(args)
+    assert (
+        f"--resume: nothing to resume in {out}; starting a new run" in (out / "log.txt").read_text()
+    )
+
+
+def test_resume_with_a_changed_config_keeps_the_old_one(tiny_data_root, tmp_path) -> None:
+    from cyborgs.engine.setup import setup_pretrain_cfg
+
+    out = tmp_path / "run"
+    old, _ = setup_pretrain_cfg(DEMO, ["OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "8"])
+    _fake_run(out)
+    (out / "last_checkpoint").write_text("model_0000005.pth")
+    (out / "config.yaml").write_text(old.dump())
+    new, _ = setup_pretrain_cfg(
+        DEMO, ["OUTPUT_DIR", str(out / ".." / "run"), "SOLVER.IMS_PER_BATCH", "8"]
+    )
+    assert tool.keep_config_if_changed(new) == []  # only OUTPUT_DIR's spelling differs
+    assert (out / "config.yaml").is_file()
+
+    new, _ = setup_pretrain_cfg(
+        DEMO, ["OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "8", "SOLVER.EPOCHS", "4"]
+    )
+    (warning,) = tool.keep_config_if_changed(new)
+    assert "SOLVER.EPOCHS: 6 -> 4" in warning and "SOLVER.MAX_ITER: 18 -> 12" in warning
+    kept = out / "config.before_resume_0000005.yaml"
+    assert str(kept) in warning and kept.read_text() == old.dump()
+    assert not (out / "config.yaml").exists()  # default_setup writes the new one next
