@@ -236,8 +236,9 @@ def plan_only(args) -> int:
     except FileNotFoundError as e:
         if args.images or (args.config_file and not os.path.isfile(args.config_file)):
             raise  # not the data set: the config file
-        print(f"{e}\n--plan-only needs the number of images: pass --images N (COCO "
-              "train2017: 118287)", file=sys.stderr)  # fmt: skip
+        print(f"{e}\n--plan-only counts the data set's images: fix the path above, or pass "
+              "--images N to plan without the data (COCO train2017: 118287)",
+              file=sys.stderr)  # fmt: skip
         return 2
     for n in notes:
         logger.warning(n)
