@@ -30,6 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
 from cyborgs.config import ConfigError
 from cyborgs.engine.launch import launch_from_args
@@ -108,11 +109,18 @@ def refuse_output_dir(out: str, resume: bool) -> None:
     if not out:
         raise UsageError("OUTPUT_DIR is empty: a run needs a directory for its checkpoints")
     held = existing_run(out)
+    shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
     if held and not resume:
-        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise UsageError(
             f"OUTPUT_DIR {out} already holds a run ({shown}): pass --resume to continue it, "
             "or choose a new OUTPUT_DIR"
+        )
+    if held and "last_checkpoint" not in held:
+        # --resume follows last_checkpoint only: it would start over and overwrite these
+        raise UsageError(
+            f"OUTPUT_DIR {out} holds checkpoints ({shown}) but no last_checkpoint file, so "
+            "--resume cannot continue from them: write the name of the one to continue from "
+            "into OUTPUT_DIR/last_checkpoint, or choose a new OUTPUT_DIR"
         )
 
 
@@ -133,6 +141,10 @@ def keep_config_if_changed(cfg: CfgNode) -> list[str]:
         # model_0000123.pth -> 0000123, model_final.pth -> final: the point resumed from
         tag = re.sub(r"^model_|\.pth$", "", os.path.basename(f.read().strip())) or "unknown"
     kept = os.path.join(out, f"config.before_resume_{tag}.yaml")
+    n = 1
+    while os.path.exists(kept):  # an earlier resume from the same checkpoint kept one already
+        kept = os.path.join(out, f"config.before_resume_{tag}.{n}.yaml")
+        n += 1
     os.replace(saved, kept)
     return [
         f"--resume with a config that differs from the run's (kept as {kept}); "
@@ -306,7 +318,15 @@ def cli(argv: list[str] | None = None) -> int:
         cfg, _ = setup_pretrain_cfg(args.config_file, args.opts, schedule=False,
                                     world_size=args.num_gpus * args.num_machines)  # fmt: skip
         refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
-    launch_from_args(main, args)
+    try:
+        launch_from_args(main, args)
+    except ProcessExitedException as e:
+        # A spawned process exited with a status after printing why (a config mistake found
+        # only there, e.g. a missing data set: one error line per process); the launcher's
+        # own traceback would bury that line. A process that raised still shows its traceback.
+        print(f"error: training process {e.error_index} exited with status {e.exit_code}",
+              file=sys.stderr)  # fmt: skip
+        return e.exit_code or 1
     return 0
 
 

@@ -9,7 +9,8 @@
 # place on a terminal; elsewhere at most one a minute) and the summary with stage timings. Each
 # stage's full output goes to OUTPUT_DIR/logs/<stage>.log, whose path is printed; a failing
 # stage prints the tail of its log. Re-running continues: pretraining resumes from its last
-# checkpoint. Environment: PYTHON (default .venv/bin/python), DEMO_BENCHMARKS (default "all"),
+# checkpoint; the transfer folder is the demo's own, so results of an earlier, different
+# checkpoint there are replaced (--overwrite; the same checkpoint's are kept). Environment: PYTHON (default .venv/bin/python), DEMO_BENCHMARKS (default "all"),
 # DEMO_PRETRAIN_OPTS (extra config options for pretraining, e.g. "SOLVER.EPOCHS 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +83,7 @@ run_stage 2 masks "rendering the bootstrapped masks of each round -> $out/masks"
 run_stage 3 plot "plotting loss terms and mask mIoU over training -> $out/training.png" \
   "$py" tools/plot_training.py "$pre/metrics.json" "$out/training.png"
 run_stage 4 transfer "converting the checkpoint and running the demo benchmarks (${benches[*]})" \
-  bash tools/convert_and_finetune.sh "$pre/model_final.pth" "$out/transfer" "${benches[@]}" --demo
+  bash tools/convert_and_finetune.sh "$pre/model_final.pth" "$out/transfer" "${benches[@]}" --demo --overwrite
 
 echo "[demo 5/5, $(( $(date +%s) - start ))s elapsed] done"
 echo

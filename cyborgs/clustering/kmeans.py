@@ -147,6 +147,7 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
     No host sync inside the loop (the vMF loss seeds up to 256 clusters per view every step on
     the GPU): once no distinct point is left, the remaining draws are made uniformly and
     dropped at the end, in the one sync, instead of breaking out on a host-side test.
+    Non-finite points raise ``ValueError``.
     """
     N = x.shape[0]
     trials = 2 + int(math.log(k)) if k > 1 else 1
@@ -164,4 +165,9 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
         chosen.append(cand.index_select(0, best))
         fresh.append(left.view(1))
         closest = dist.index_select(0, best)[0]
-    return x[torch.cat(chosen)[torch.cat(fresh)]]
+    # the one host sync: which seeds count, and whether every distance was finite (a NaN/inf
+    # point makes every later total fail "> 0", which would pass for "no distinct point left")
+    flags = torch.cat([*fresh, torch.isfinite(closest).all().view(1)]).cpu()
+    if not flags[-1]:
+        raise ValueError("k-means++ seeding: x holds non-finite values (NaN or inf)")
+    return x[torch.cat(chosen)[flags[:-1].to(x.device)]]

@@ -201,3 +201,15 @@ def test_registered_backend_is_looked_up_by_name(monkeypatch):
     assert labels.max() < 4
     with pytest.raises(ValueError, match=r"known: \['first_seeds'\]"):
         get_kmeans_backend("torch")
+
+
+def test_non_finite_points_are_refused_not_taken_for_duplicates():
+    """A NaN point makes every k-means++ weight total NaN: it must not pass for "every point
+    coincides with a seed" (which would quietly return fewer clusters)."""
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    x[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        spherical_kmeans(x, 5, iters=2, seed=0, backend="torch")
+    x[7, 3] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        spherical_kmeans(x, 5, iters=2, seed=0, backend="torch")

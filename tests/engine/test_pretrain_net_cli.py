@@ -139,3 +139,39 @@ def test_resume_with_a_changed_config_keeps_the_old_one(tiny_data_root, tmp_path
     kept = out / "config.before_resume_0000005.yaml"
     assert str(kept) in warning and kept.read_text() == old.dump()
     assert not (out / "config.yaml").exists()  # default_setup writes the new one next
+    # a second changed resume from the same checkpoint keeps the first kept config too
+    (out / "config.yaml").write_text(new.dump())
+    newer, _ = setup_pretrain_cfg(
+        DEMO, ["OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "8", "SOLVER.EPOCHS", "5"]
+    )
+    (warning,) = tool.keep_config_if_changed(newer)
+    assert kept.read_text() == old.dump()
+    assert (out / "config.before_resume_0000005.1.yaml").read_text() == new.dump()
+
+
+def test_weights_without_last_checkpoint_are_not_resumed_over(tmp_path, capsys) -> None:
+    """--resume follows last_checkpoint only: with weights but no pointer it would start over
+    and overwrite them, so it is refused like a rerun without --resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model_0000005.pth").write_bytes(b"x")
+    line = _refused(["--resume", "--config-file", DEMO, "OUTPUT_DIR", str(out)], capsys)
+    assert "no last_checkpoint" in line and "model_0000005.pth" in line
+    assert [p.name for p in out.iterdir()] == ["model_0000005.pth"]
+
+
+def test_a_mistake_found_in_the_spawned_processes_is_not_buried(tmp_path) -> None:
+    """With --num-gpus 2 (gloo on the CPU) a missing data set is found inside the processes:
+    their error lines and exit status 2 come through, without the launcher's traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CYBORGS_DEMO_DATASETS=str(tmp_path / "nowhere"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(REPO / "tools/pretrain_net.py"), "--config-file", DEMO,
+           "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: data set 'demo_coco_2017_train_unlabeled'" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: training process")

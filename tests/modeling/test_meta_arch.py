@@ -71,15 +71,18 @@ def test_builds_from_cfg_with_pretraining_backbone_settings(model):
     assert model.vmf_num_clusters == 8
 
 
-@pytest.mark.parametrize("norm", ["SyncBN", "nnSyncBN", "naiveSyncBN", "BN"])
+@pytest.mark.parametrize("norm", ["SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "BN"])
 def test_heads_synchronise_when_the_backbone_does(norm):
-    """BYOL synchronises its heads' BN when the backbone's is: any of detectron2's synchronised
-    norms (get_norm) must give SyncBatchNorm in projector and predictor, plain BN gives BN."""
+    """BYOL synchronises its heads' BN when the backbone's is: with any of detectron2's
+    synchronised norms (get_norm) the projector and predictor hold SyncBatchNorm, with BN they
+    hold BatchNorm1d (built on the CPU: construction only, nothing runs)."""
     cfg = tiny_cfg()
     cfg.MODEL.RESNETS.NORM = norm
-    kw = CYBORGS.from_config(cfg)
-    sync = norm != "BN"
-    assert kw["head_norm"] == ("SyncBN" if sync else "BN")
+    m = build_model(cfg)
+    heads = [*m.projector.modules(), *m.predictor.modules()]
+    sync = [h for h in heads if isinstance(h, torch.nn.SyncBatchNorm)]
+    plain = [h for h in heads if type(h) is torch.nn.BatchNorm1d]
+    assert (len(sync), len(plain)) == ((2, 0) if norm != "BN" else (0, 2))
 
 
 def test_builds_from_kwargs_and_validates_taps(model):

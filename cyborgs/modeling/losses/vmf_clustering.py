@@ -221,10 +221,10 @@ class VMFClusteringLoss(nn.Module):
             self._calls += 1
 
         target = tuple(t.detach() for t in target)
-        # k-means++ on NaN/inf features dies in torch.multinomial with no hint of the cause; a
+        # k-means++ refuses NaN/inf features with an error that does not name the step; a
         # NaN term instead reaches the trainer's finite-loss check before backward, which
         # stops every rank together and names the term, the step and the last good checkpoint.
-        # (One sync; the k-means++ seeding below syncs once per seed anyway.)
+        # (One host sync, like the one at the end of the k-means++ seeding.)
         if not bool(torch.stack([torch.isfinite(t).all() for t in target]).all()):
             logger.warning(
                 f"vMF loss: the target features are not finite before k-means (step seed "
