@@ -61,7 +61,8 @@ Schedules are in epochs (SOLVER.EPOCHS, SOLVER.LR_WARMUP_EPOCHS, SOLVER.STEP_EPO
   is derived (EPOCHS x iterations/epoch from the data set size): leave it unset; a config that
   sets it to another value is rejected.
   SOLVER.CHECKPOINT_PERIOD is in iterations (the log prints iterations/epoch).
-On a machine without CUDA, MODEL.DEVICE is set to cpu automatically and SyncBN becomes BN;
+On a machine without CUDA, MODEL.DEVICE is set to cpu automatically and SyncBN (any synchronised
+  norm) becomes BN;
   --num-gpus N then starts N CPU processes (gloo).
 
 Examples:
