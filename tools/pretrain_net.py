@@ -62,8 +62,7 @@ Schedules are in epochs (SOLVER.EPOCHS, SOLVER.LR_WARMUP_EPOCHS, SOLVER.STEP_EPO
   sets it to another value is rejected.
   SOLVER.CHECKPOINT_PERIOD is in iterations (the log prints iterations/epoch).
 On a machine without CUDA, MODEL.DEVICE is set to cpu automatically and SyncBN (any synchronised
-  norm) becomes BN;
-  --num-gpus N then starts N CPU processes (gloo).
+  norm) becomes BN; --num-gpus N then starts N CPU processes (gloo).
 
 Examples:
   tools/pretrain_net.py --config-file pretrain_configs/demo_R18.yaml SOLVER.EPOCHS 2
