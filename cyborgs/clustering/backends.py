@@ -19,7 +19,12 @@ __all__: list[str] = []  # use them through KMEANS_BACKEND_REGISTRY / spherical_
 @KMEANS_BACKEND_REGISTRY.register()
 def torch(x: Tensor, init: Tensor, iters: int) -> Tensor:
     """Lloyd iterations in torch on x's device; an empty cluster is re-seeded from the points
-    farthest from their own centroid. Stops early once the labels repeat."""
+    farthest from their own centroid. On the CPU it stops early once the labels repeat; on a
+    GPU it runs all ``iters`` without a host sync (:func:`lloyd_without_sync`: the vMF loss
+    clusters every step), which gives the same centroids, since an update after the labels
+    repeat reproduces them."""
+    if x.is_cuda:
+        return lloyd_without_sync(x, init, iters)
     centroids, k = init, init.shape[0]
     labels = None
     for _ in range(iters):
@@ -36,6 +41,24 @@ def torch(x: Tensor, init: Tensor, iters: int) -> Tensor:
         if empty.numel() == 0 and labels is not None and labels.equal(new_labels):
             break  # converged: the update above reproduced the same centroids
         labels = new_labels
+    return centroids
+
+
+def lloyd_without_sync(x: Tensor, init: Tensor, iters: int) -> Tensor:
+    """The "torch" backend's Lloyd iterations, all ``iters`` of them, with no value read back
+    to the host: counts by ``index_add_`` (CUDA ``bincount`` reads its maximum), and the i-th
+    empty cluster (by index) re-seeded from the i-th farthest point, as the loop does, through
+    a mask instead of a ``nonzero``."""
+    centroids, k = init, init.shape[0]
+    ones = x.new_ones(x.shape[0])
+    for _ in range(iters):
+        best_sim, labels = (x @ centroids.T).max(dim=1)
+        sums = centroids.new_zeros(centroids.shape).index_add_(0, labels, x)
+        empty = centroids.new_zeros(k).index_add_(0, labels, ones) == 0
+        rank = (empty.cumsum(0) - 1).clamp(min=0)  # of each empty cluster among the empty ones
+        far = best_sim.argsort()[rank]  # k <= N points: always in range
+        sums = x[far].where(empty[:, None], sums)
+        centroids = F.normalize(sums, dim=1)
     return centroids
 
 
