@@ -25,8 +25,8 @@ Writes ``RESULTS_DIR/<check>.json`` (status, seconds, the benchmark's own JSON u
 ``result``), ``<check>.log`` and ``summary.json``. Exit status: 0 when every check passed,
 1 when one failed or timed out, 2 for bad arguments, a bundle that is not one, no CUDA or a
 hung torch/CUDA probe, 128 + the signal number on SIGINT/SIGTERM (the running check's process
-group is killed and ``summary.json`` still written, marking it ``interrupted`` and the rest not run). Missed
-performance targets are reported (``summary.json`` ``targets``), not failures: the checks
+group is killed and ``summary.json`` still written, marking it ``interrupted`` and the rest not
+run). Missed performance targets are reported (``summary.json`` ``targets``), not failures: the checks
 prove the CUDA path runs. Stdlib only: it runs before the bundle is installed.
 """
 

@@ -41,7 +41,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from cyborgs.engine.nonfinite import NonFiniteLossError
-from cyborgs.masks.store import CorruptPointerError, MaskStore
+from cyborgs.masks.store import CorruptPointerError, MaskStore, check_unique_image_ids
 
 from .quality import QualityFn, ground_truth_quality
 from .round import RoundSettings, bootstrap_shard, round_manifest
@@ -133,6 +133,8 @@ class BootstrapHook(HookBase):
         self.settings = settings
         self.round_fn = round_fn or bootstrap_shard
         self.datasets = list(datasets)
+        for _, dicts, _ in self.datasets:  # once per run, not per round (the store's keys)
+            check_unique_image_ids(dicts)
         self._ipe = iters_per_epoch
         self.warmup_epochs = int(warmup_epochs)
         self.period_epochs = int(period_epochs)

@@ -326,7 +326,8 @@ def run_bootstrap_round(
         the stats of :func:`bootstrap_shard` plus "manifest" (what :func:`round_manifest`
         and ``MaskStore.finish_round`` wrote).
     """
-    check_unique_image_ids(dataset_dicts)  # before begin_round may drop the current round
+    # before begin_round may drop the current round (BootstrapHook checks its data sets once)
+    check_unique_image_ids(dataset_dicts)
     store.begin_round(round_id, replace_current=replace_current)
     stats = bootstrap_shard(
         model, settings, dataset_dicts, store, round_id, iteration=iteration, kmeans=kmeans
@@ -362,7 +363,8 @@ def bootstrap_shard(
     kmeans: Callable | None = None,
 ) -> dict[str, Any]:
     """Write this rank's shard of round ``round_id`` into ``store`` (module docstring). The
-    round must have been begun (``store.begin_round``); finishing it is the caller's.
+    round must have been begun (``store.begin_round``); finishing it is the caller's, and so
+    is refusing ids that share a mask key (``check_unique_image_ids``).
 
     ``settings.border_pad`` mirrors each image that far outwards before the forward and crops
     the features back to the image: the backbone's zero padding then falls on the mirrored
@@ -378,7 +380,6 @@ def bootstrap_shard(
     padding), k_values (K per group, after the cap), bytes, bytes_per_image.
     """
     s = settings
-    check_unique_image_ids(dataset_dicts)  # every rank: the shards must not share a map
     if kmeans is None:
         from cyborgs.clustering import spherical_kmeans as kmeans
     if s.crf:

@@ -291,3 +291,12 @@ def test_resume_before_the_first_round_beside_later_rounds_writes_the_pointer(tm
     _train(hook, _Trainer(3 * 13), 3, 4)  # epoch 1: still in the warm-up
     assert os.path.exists(store.pointer_path) and store.current_round() is None
     assert not BootstrapMaskSource(str(tmp_path))({"image_id": 1}, np.zeros((4, 4, 3))).any()
+
+
+def test_data_set_ids_sharing_a_mask_key_are_refused_up_front(tmp_path):
+    """Checked once when the hook is built, not in every round: int 3 and str "3" are one key."""
+    dicts = [*DICTS, {"image_id": "3", "file_name": "dup.png", "height": 16, "width": 16}]
+    with pytest.raises(ValueError, match=r"3\.png and dup\.png have the same image_id"):
+        BootstrapHook(settings=SETTINGS, round_fn=_FakeRounds(),
+                      datasets=[("demo", dicts, MaskStore(str(tmp_path)))],
+                      iters_per_epoch=3, warmup_epochs=2, period_epochs=4)  # fmt: skip

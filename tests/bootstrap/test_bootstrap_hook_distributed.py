@@ -10,21 +10,20 @@ from datetime import timedelta
 import numpy as np
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 import cyborgs.bootstrap.hook as hook_module
 from cyborgs.bootstrap.hook import BootstrapHook
 from cyborgs.bootstrap.round import RoundSettings
+from cyborgs.config import add_cyborgs_config
 from cyborgs.engine.launch import launch
 from cyborgs.masks.store import MaskStore
 
 DICTS = [{"image_id": i, "file_name": f"{i}.png", "height": 8, "width": 8} for i in range(4)]
-SETTINGS = RoundSettings(
-    features=("res3.2",), group_size=16, k_min=2, k_max=8, kmeans_iters=5, backend="torch",
-    input_size=0, border_pad=0, batch_size=4, seed=0, crf=False, num_workers=0,
-    max_aspect_ratio=10.0,
-)  # fmt: skip
+# The round functions below are stand-ins: the settings only reach the manifest.
+SETTINGS = RoundSettings.from_cfg(add_cyborgs_config(get_cfg()))
 # A hang shows up as a gloo timeout (a different message) within this, not after 30 minutes.
 TIMEOUT = timedelta(seconds=60)
 
