@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run one bootstrapping round offline from a checkpoint (paper §3.3, SPEC §3).
+"""Run one bootstrapping round offline from a checkpoint (paper §3.3, METHOD.md §3).
 
   tools/bootstrap_masks.py --config-file pretrain_configs/demo_R18.yaml \
       --weights output/demo_pretrain/model_final.pth [--round 100] [--dataset NAME] [KEY VALUE ...]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CYBORGS self-supervised pretraining (paper §3; SPEC §2-5).
+"""CYBORGS self-supervised pretraining (paper §3; METHOD.md §2-5).
 
     tools/pretrain_net.py --config-file pretrain_configs/cyborgs_R50_coco_800ep.yaml \
         --num-gpus 8 OUTPUT_DIR output/cyborgs_r50

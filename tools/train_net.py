@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from repo_paths import resolve_transfer_config
 
-from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (SPEC §7)
+from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (METHOD.md §7)
 from cyborgs.transfer.results import write_metrics_final
 from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer, build_checkpointer, check_backbone_loaded

@@ -1,4 +1,4 @@
-"""One bootstrapping round (paper §3.3, SPEC §3): features -> joint k-means per group -> store.
+"""One bootstrapping round (paper §3.3, METHOD.md §3): features -> joint k-means per group -> store.
 
 For this process's shard of the data set (``rank::world_size`` of a per-round permutation):
 resize each image (shorter side ``input_size``, aspect kept), run the online backbone, take the
@@ -75,7 +75,7 @@ _MAX_PAD_FACTOR = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class RoundSettings:
-    """How a bootstrapping round runs (paper §3.3, SPEC §3). Build it with :meth:`from_cfg`
+    """How a bootstrapping round runs (paper §3.3, METHOD.md §3). Build it with :meth:`from_cfg`
     (every value comes from the config; none is defaulted here) and vary it with
     ``dataclasses.replace``. The constructor checks the values a round cannot run with.
 

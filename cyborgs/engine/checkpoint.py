@@ -1,4 +1,4 @@
-"""Safe, atomic checkpoints for CYBORGS pretraining and transfer (SPEC §7).
+"""Safe, atomic checkpoints for CYBORGS pretraining and transfer (METHOD.md §7).
 
 Every checkpoint we write is *plain*: tensors, numbers, strings, ``None``, and lists/tuples/dicts
 of those. :func:`check_plain` enforces it when saving (naming the offending key). Every weight

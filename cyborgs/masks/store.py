@@ -1,4 +1,4 @@
-"""Versioned, atomic rounds of uint8 label maps on disk (SPEC §3).
+"""Versioned, atomic rounds of uint8 label maps on disk (METHOD.md §3).
 
 Layout under ``root``::
 

@@ -1,6 +1,6 @@
 """cyborgs.engine.plan and ``pretrain_net.py --plan-only``: the plan follows the config's schedule.
 
-Expected values are worked out from the config keys' definitions (SPEC §3-5): epoch e is a vMF
+Expected values are worked out from the config keys' definitions (METHOD.md §3-5): epoch e is a vMF
 warm-up epoch when e < CYBORGS.WARMUP_EPOCHS, else contrastive, with the vMF term when
 e % VMF.PERIOD_EPOCHS == 0; a bootstrap round runs at the start of epoch WARMUP_EPOCHS and of
 every later epoch that is a multiple of BOOTSTRAP.PERIOD_EPOCHS, never at the end of training.
