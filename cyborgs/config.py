@@ -18,7 +18,7 @@ import re
 
 from detectron2.config import CfgNode as CN
 
-from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO
+from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
 
 def add_cyborgs_config(cfg: CN) -> CN:
@@ -79,6 +79,11 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # in a warning, counted in data/num_skipped_images and the round manifests); 0: no limit.
     # See cyborgs/data/image_io.py.
     c.DATA.MAX_ASPECT_RATIO = DEFAULT_MAX_ASPECT_RATIO
+    # Images of more pixels (width x height, read from the header) are left out of image
+    # folders at registration and skipped unread by every reader, named in a warning; 0: no
+    # cap. The default (100 MP) is above the largest camera photos of real data sets; a tiny
+    # crafted PNG can otherwise decode to gigabytes in every loader worker.
+    c.DATA.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
     # ---- Mask source (METHOD.md §3; Table 2 / Fig. 5a ablations) ----
     c.MASKS = CN()
@@ -571,6 +576,7 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     # ---- augmentation ----
     a = c.AUG
     number("CYBORGS.AUG.CROP_SIZE", a.CROP_SIZE, lo=1, integer=True)
+    number("CYBORGS.DATA.MAX_IMAGE_PIXELS", c.DATA.MAX_IMAGE_PIXELS, lo=0, integer=True)
     lo, hi = pair("CYBORGS.AUG.CROP_SCALE", a.CROP_SCALE)
     if not (_is_num(lo) and _is_num(hi) and 0 < lo <= hi <= 1):
         fail("CYBORGS.AUG.CROP_SCALE", a.CROP_SCALE, "(lo, hi) with 0 < lo <= hi <= 1")
