@@ -9,8 +9,8 @@ What is left out, each kind named in one warning:
 
 * outputs of the suite: the run's ``OUTPUT_DIR`` and ``CYBORGS.MASKS.STORE_DIR`` when they lie
   inside the folder, and any directory that is recognisably another run or mask store (it holds
-  one of :data:`OUTPUT_MARKERS`, or is a mask round ``round_NNNN`` of 2-hex-digit shards or with
-  a ``manifest.json``). Skipped rather than refused: keeping runs beside the images is a
+  the files of one of :data:`OUTPUT_MARKERS`, or is a mask round ``round_NNNN`` of 2-hex-digit
+  shards or with a ``manifest.json``). Skipped rather than refused: keeping runs beside the images is a
   reasonable layout, and skipping keeps the image set of a resumed run equal to the first
   run's (a round's mask PNGs would otherwise become training images);
 * anything but a regular file (a FIFO, device or socket named ``*.jpg``), never opened.
@@ -45,10 +45,15 @@ logger = logging.getLogger(__name__)
 
 IMAGE_FOLDER_DATASET = "cyborgs_image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# Files a run or mask store of the suite writes at its top level: a directory holding one is an
-# output, never a source of images. ``last_checkpoint``: a training run (detectron2's pointer);
-# ``current.json``: a mask store (cyborgs.masks.store).
-OUTPUT_MARKERS = ("last_checkpoint", "current.json")
+# Files a run or mask store of the suite writes at its top level: a directory holding all the
+# files of one entry is an output, never a source of images. ``last_checkpoint``: a training
+# run (detectron2's pointer); ``current.json``: a mask store (cyborgs.masks.store);
+# ``config.yaml`` with ``args.json``: a pretraining run before its first checkpoint.
+OUTPUT_MARKERS: tuple[tuple[str, ...], ...] = (
+    ("last_checkpoint",),
+    ("current.json",),
+    ("config.yaml", "args.json"),
+)
 _ROUND_DIR = re.compile(r"^round_\d{4,}$")
 _SHARD_DIR = re.compile(r"^[0-9a-f]{2}$")
 
@@ -61,7 +66,8 @@ def _is_output_dir(path: str, name: str, excluded: set[str]) -> bool:
         entries = os.listdir(path)
     except OSError:
         return False  # os.walk reports nothing for it either
-    if any(m in entries for m in OUTPUT_MARKERS):
+    names = set(entries)
+    if any(names.issuperset(marker) for marker in OUTPUT_MARKERS):
         return True
     if _ROUND_DIR.match(name):  # a mask round: shards ab/<key>.png, manifest.json last
         return "manifest.json" in entries or (

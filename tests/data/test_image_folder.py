@@ -240,10 +240,12 @@ def test_image_above_the_pixel_cap_is_named_and_never_decoded(tmp_path, caplog, 
 
 
 def _run_outputs(run) -> None:
-    """What a pretraining run leaves in its OUTPUT_DIR: config, checkpoint and mask rounds."""
+    """What a pretraining run leaves in its OUTPUT_DIR: config, checkpoint, a figure, mask
+    rounds."""
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("CYBORGS: {}\n")
     (run / "last_checkpoint").write_text("model_0000009.pth")
+    _png(run / "plots" / "loss.png")
     store = MaskStore(str(run / "masks" / "bootstrap" / "cyborgs_image_folder"))
     store.begin_round(1)
     store.write(1, "a.png", np.zeros((6, 8), np.uint8))
@@ -257,9 +259,15 @@ def test_outputs_inside_the_image_folder_are_never_images(tmp_path, caplog):
     _png(root / "a.png")
     _png(root / "b.png", seed=1)
     _png(root / "round_0001" / "c.png", seed=2)  # a user's folder named like a round: kept
-    _run_outputs(root / "run")  # this run's OUTPUT_DIR
+    (root / "run").mkdir()  # this run's OUTPUT_DIR, before its first checkpoint and round
+    (root / "run" / "config.yaml").write_text("CYBORGS: {}\n")
+    _png(root / "run" / "plots" / "loss.png")
     _run_outputs(root / "old_run")  # another run's, recognised by its files
-    (root / "old_run" / "last_checkpoint").unlink()  # ... by its mask store alone
+    _run_outputs(root / "older_run")
+    (root / "older_run" / "last_checkpoint").unlink()  # a run before its first checkpoint
+    (root / "older_run" / "args.json").write_text("{}")
+    _png(root / "store_copy" / "round_0001" / "k.png")  # a mask store, by its pointer alone
+    (root / "store_copy" / "current.json").write_text('{"round": 1, "dir": "round_0001"}')
     store_dir = root / "stores"  # CYBORGS.MASKS.STORE_DIR
     _png(store_dir / "bootstrap" / "ds" / "round_0000" / "ab" / "k.png")
     _png(root / "masks_only" / "round_0003" / "0f" / "k.png")  # a partial round elsewhere
@@ -270,9 +278,12 @@ def test_outputs_inside_the_image_folder_are_never_images(tmp_path, caplog):
         assert register_image_folder_from_cfg(cfg) == IMAGE_FOLDER_DATASET
         ids = [d["image_id"] for d in DatasetCatalog.get(IMAGE_FOLDER_DATASET)]
     assert ids == ["a.png", "b.png", "round_0001/c.png"]
-    msg = " ".join(r.getMessage() for r in caplog.records)
-    for skipped in ("run", "old_run", "stores", os.path.join("masks_only", "round_0003")):
-        assert str(root / skipped) in msg, skipped
+    (warning,) = [r.getMessage() for r in caplog.records if "outputs of CYBORGS" in r.getMessage()]
+    named = set(warning.rsplit(": ", 1)[1].split(", "))
+    assert named == {
+        str(root / d)
+        for d in ("run", "old_run", "older_run", "store_copy", "stores", "masks_only/round_0003")
+    }
     # a resumed run registers the same images although the rounds are there now
     DatasetCatalog.remove(IMAGE_FOLDER_DATASET)
     MetadataCatalog.remove(IMAGE_FOLDER_DATASET)
