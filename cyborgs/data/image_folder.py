@@ -147,11 +147,14 @@ def load_image_folder(
     ``max_pixels`` pixels (0: no limit) count as unreadable (module docstring).
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"CYBORGS.DATA.IMAGE_FOLDER={root!r} is not a directory")
+        raise FileNotFoundError(
+            f"CYBORGS.DATA.IMAGE_FOLDER={display_path(root)!r} is not a directory"
+        )
     paths, pruned, duplicates, outputs, special = _walk_images(root, exclude)
+    shown = display_path(root)
     if pruned:
         logger.warning(
-            f"Image folder {root}: {len(pruned)} symlinked director(y/ies) lead back into "
+            f"Image folder {shown}: {len(pruned)} symlinked director(y/ies) lead back into "
             f"directories already walked (a symlink loop or a second link) and were not walked "
             f"again: {_named(pruned)}"
         )
@@ -160,18 +163,18 @@ def load_image_folder(
             f"{display_path(d)} (= {display_path(f)})" for d, f in duplicates[:MAX_NAMED]
         )
         logger.warning(
-            f"Image folder {root}: {len(duplicates)} file(s) reached through symlinks are the "
+            f"Image folder {shown}: {len(duplicates)} file(s) reached through symlinks are the "
             f"same file as another path and were left out: {named}"
         )
     if outputs:
         logger.warning(
-            f"Image folder {root}: {len(outputs)} director(y/ies) are outputs of CYBORGS runs "
+            f"Image folder {shown}: {len(outputs)} director(y/ies) are outputs of CYBORGS runs "
             f"(OUTPUT_DIR, a mask store, a run or mask round of another run) and were not "
             f"taken as training images: {_named(outputs)}"
         )
     if special:
         logger.warning(
-            f"Image folder {root}: {len(special)} file(s) are not regular files and were left "
+            f"Image folder {shown}: {len(special)} file(s) are not regular files and were left "
             "out unopened: "
             + "; ".join(f"{display_path(p)} ({k})" for p, k in special[:MAX_NAMED])
             + (f"; and {len(special) - MAX_NAMED} more" if len(special) > MAX_NAMED else "")
@@ -185,7 +188,7 @@ def load_image_folder(
         dicts.append({"file_name": path, "image_id": rel, "height": size[1], "width": size[0]})
     if len(bad) == len(dicts):
         raise FileNotFoundError(
-            f"CYBORGS.DATA.IMAGE_FOLDER={root!r} holds no readable image "
+            f"CYBORGS.DATA.IMAGE_FOLDER={display_path(root)!r} holds no readable image "
             f"({', '.join(IMAGE_EXTENSIONS)}) of at most CYBORGS.DATA.MAX_IMAGE_PIXELS="
             f"{max_pixels} pixels; {len(bad)} unreadable or too large, {len(special)} not "
             "regular files"

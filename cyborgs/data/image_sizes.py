@@ -50,7 +50,7 @@ Size = tuple[int, int]
 def cache_file_for(root: str) -> str:
     """Where the sizes of the images under ``root`` are cached."""
     base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cyborgs")
-    key = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:16]
+    key = hashlib.sha1(os.fsencode(os.path.abspath(root))).hexdigest()[:16]  # any name
     return os.path.join(base, "image_sizes", f"{key}.json")
 
 
@@ -125,7 +125,7 @@ def read_image_sizes(
     if todo:
         t0 = time.perf_counter()
         paths = [os.path.join(root, rel_paths[i]) for i in todo]
-        progress = Progress(len(todo), f"reading image headers under {root}", logger)
+        progress = Progress(len(todo), f"reading image headers under {display_path(root)}", logger)
         with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(todo))) as pool:
             for i, size in zip(
                 todo, pool.map(_read_size, paths, [max_pixels] * len(paths)), strict=True
@@ -134,7 +134,7 @@ def read_image_sizes(
                 progress.update()
         progress.close(summary=False)  # the summary line below
         logger.info(
-            f"Read {len(todo)} image header(s) under {root} in {time.perf_counter() - t0:.1f} s "
+            f"Read {len(todo)} image header(s) under {display_path(root)} in {time.perf_counter() - t0:.1f} s "
             f"({len(rel_paths) - len(todo)} from the cache {cache_file})"
         )
         entries = {
@@ -160,6 +160,6 @@ def warn_unreadable(where: str, bad: Sequence[tuple[str, str]]) -> None:
     named = "; ".join(f"{display_path(p)} ({r})" for p, r in bad[:MAX_NAMED])
     more = f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
     logger.warning(
-        f"{len(bad)} unreadable image(s) under {where}, skipped (and counted) when read: "
+        f"{len(bad)} unreadable image(s) under {display_path(where)}, skipped (and counted) when read: "
         f"{named}{more}"
     )

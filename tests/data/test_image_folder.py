@@ -152,7 +152,7 @@ def test_fifo_named_like_an_image_is_skipped_named_and_never_opened(tmp_path, ca
 
 
 def test_name_that_is_not_utf8_works_and_is_shown_with_replacement_chars(tmp_path, caplog):
-    root = tmp_path / "imgs"
+    root = tmp_path / os.fsdecode(b"imgs-\xe9")  # the folder's own name too
     _png(root / "a.png")
     raw = os.path.join(os.fsencode(root), b"caf\xe9-\xff.png")  # Latin-1 bytes: not UTF-8
     _png(root / "tmp.png", seed=1)
