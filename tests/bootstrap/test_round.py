@@ -97,6 +97,25 @@ def test_round_maps_shapes_k_range_and_reproducible(tmp_path, round_settings):
         np.testing.assert_array_equal(store_a.read(d["image_id"]), store_b.read(d["image_id"]))
 
 
+def test_loader_workers_give_the_maps_of_the_in_process_round(tmp_path, round_settings):
+    """Images loaded by 2 worker processes (the default config's path; every other test loads
+    in the test process) give the same stored maps, byte for byte, and the same manifest."""
+    dicts = _write_images(tmp_path, n=7, noise=True)  # no symmetry a loader bug could hide in
+    kw = dict(group_size=3, k_min=2, k_max=4, kmeans_iters=5, backend="torch", input_size=0,
+              batch_size=2, seed=3)  # fmt: skip
+    out = {}
+    for workers in (0, 2):
+        settings = round_settings(**kw, num_workers=workers)
+        store = MaskStore(str(tmp_path / f"w{workers}"))
+        out[workers] = run_bootstrap_round(_ColourNet().eval(), settings, dicts, store, 1)
+    assert out[2]["k_values"] == out[0]["k_values"] and out[2]["images"] == 7
+    for key in ("num_images", "k_per_group", "k_histogram", "bytes"):
+        assert out[2]["manifest"][key] == out[0]["manifest"][key], key
+    a, b = MaskStore(str(tmp_path / "w0")), MaskStore(str(tmp_path / "w2"))
+    for d in dicts:
+        np.testing.assert_array_equal(b.read(d["image_id"]), a.read(d["image_id"]))
+
+
 def test_settings_come_from_the_config():
     cfg = add_cyborgs_config(get_cfg())
     b = cfg.CYBORGS.BOOTSTRAP
