@@ -10,7 +10,8 @@ temporary directory; each mutation is applied there alone, the test files that c
 module run against the copy (``-x``: the first failure is enough), and the file is restored.
 A mutation is *killed* when pytest reports failing tests (exit 1), *survived* when the tests
 pass (exit 0), and *error* / *timeout* otherwise. Results are appended to a JSON-lines file
-as they come, so an interrupted run resumes where it stopped (``--fresh`` starts over).
+as they come, so an interrupted run resumes where it stopped (a mutation whose text changed
+since its result was recorded runs again; ``--fresh`` starts over).
 Exit status: 0 when every mutation was killed, 1 when any survived or errored, 2 on bad use.
 """
 
@@ -120,7 +121,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     # correspondence
     Mutation("corr-flip-ignored", CORR, "return torch.where(flip[:, None, None, None], out.flip(-1), "
              "out)", "return out", CORR_T, "flipped view's grid not mirrored back"),
-    Mutation("corr-unaligned", CORR, "start = start - 0.5  # aligned=True", "start = start",
+    Mutation("corr-unaligned", CORR, "start = start - 0.5  # aligned=True",
+             "start = start  # aligned=True",
              CORR_T, "RoIAlign without the half-cell offset"),
     Mutation("corr-box-mirror", CORR, "fx0, fx1 = torch.where(flip, w - fx1, fx0), "
              "torch.where(flip, w - fx0, fx1)", "fx0, fx1 = fx0, fx1", CORR_T,
@@ -269,18 +271,24 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             done["baseline"] = rec
         for m in chosen:
-            if m.id in done:
+            if m.id in done and done[m.id].get("change") == [m.old, m.new]:
                 print(f"{m.id:26s} {done[m.id]['status']} (earlier run)")
                 continue
             target = copy / m.path
             original = target.read_text()
-            target.write_text(original.replace(m.old, m.new, 1))
+            mutant = original.replace(m.old, m.new, 1)
+            try:
+                compile(mutant, m.path, "exec")
+            except SyntaxError as e:  # a mistake in the list, not a kill
+                print(f"error: mutation {m.id} does not compile: {e}", file=sys.stderr)
+                return 2
+            target.write_text(mutant)
             try:
                 status, secs, tail = run_tests(copy, m.tests, args.timeout)
             finally:
                 target.write_text(original)
-            rec = {"id": m.id, "path": m.path, "why": m.why, "status": status,
-                   "seconds": round(secs, 1), "pytest": tail}  # fmt: skip
+            rec = {"id": m.id, "path": m.path, "why": m.why, "change": [m.old, m.new],
+                   "status": status, "seconds": round(secs, 1), "pytest": tail}  # fmt: skip
             done[m.id] = rec
             with results.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
