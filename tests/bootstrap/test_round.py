@@ -116,6 +116,24 @@ def test_loader_workers_give_the_maps_of_the_in_process_round(tmp_path, round_se
         np.testing.assert_array_equal(b.read(d["image_id"]), a.read(d["image_id"]))
 
 
+def test_manifest_merges_the_ranks_stats(round_settings):
+    """Ranks work in parallel: the round took as long as its slowest rank (not the sum); groups
+    and skipped images add up over the ranks, in rank order; world size = ranks reporting."""
+    from cyborgs.bootstrap.round import round_manifest
+
+    stats = [
+        {"k_values": [3, 5], "time_s": 4.0, "skipped_images": 1, "skipped_files": ["a: bad"]},
+        {"k_values": [5], "time_s": 7.5, "skipped_images": 2, "skipped_files": ["b: x", "c: y"]},
+        {"k_values": [4, 4], "time_s": 1.0},
+    ]
+    man = round_manifest(stats, round_settings(), epoch=2, iteration=30)
+    assert man["time_s"] == 7.5 and man["world_size"] == 3
+    assert man["k_per_group"] == [3, 5, 5, 4, 4] and man["k_histogram"] == {"3": 1, "4": 2, "5": 2}
+    assert man["k_mean"] == pytest.approx(21 / 5)
+    assert man["skipped_images"] == 3 and man["skipped_files"] == ["a: bad", "b: x", "c: y"]
+    assert (man["epoch"], man["iteration"], man["source"]) == (2, 30, "bootstrap")
+
+
 def test_settings_come_from_the_config():
     cfg = add_cyborgs_config(get_cfg())
     b = cfg.CYBORGS.BOOTSTRAP
