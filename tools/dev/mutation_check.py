@@ -10,14 +10,15 @@ temporary directory; each mutation is applied there alone, the test files that c
 module run against the copy (``-x``: the first failure is enough), and the file is restored.
 A mutation is *killed* when pytest reports failing tests (exit 1), *survived* when the tests
 pass (exit 0), and *error* / *timeout* otherwise. Results are appended to a JSON-lines file
-as they come, so an interrupted run resumes where it stopped (a mutation whose text changed
-since its result was recorded runs again; ``--fresh`` starts over).
+as they come, so an interrupted run resumes where it stopped: a recorded result is reused
+while the mutation, its module and its test files are unchanged (``--fresh`` starts over).
 Exit status: 0 when every mutation was killed, 1 when any survived or errored, 2 on bad use.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -196,6 +197,14 @@ def check_mutations(repo: Path, mutations: tuple[Mutation, ...]) -> list[str]:
     return problems
 
 
+def fingerprint(repo: Path, files: tuple[str, ...], *extra: str) -> str:
+    """Hash of the files' texts (and ``extra``): a recorded result stands while it is equal."""
+    h = hashlib.sha256()
+    for part in (*extra, *((repo / f).read_text() for f in files)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
@@ -259,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # The unmutated tests must pass, or every mutant would count as killed.
         files = tuple(sorted({t for m in chosen for t in m.tests}))
-        if "baseline" not in done or done["baseline"]["tests"] != list(files):
+        sources = tuple(sorted({m.path for m in chosen}))
+        base_print = fingerprint(REPO, files + sources)
+        if done.get("baseline", {}).get("fingerprint") != base_print:
             status, secs, tail = run_tests(copy, files, args.timeout * len(files))
-            rec = {"id": "baseline", "tests": list(files), "status": status,
+            rec = {"id": "baseline", "tests": list(files), "fingerprint": base_print,
+                   "status": status,
                    "seconds": round(secs, 1), "pytest": tail}  # fmt: skip
             with results.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -271,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             done["baseline"] = rec
         for m in chosen:
-            if m.id in done and done[m.id].get("change") == [m.old, m.new]:
+            mut_print = fingerprint(REPO, (m.path, *m.tests), m.old, m.new)
+            if done.get(m.id, {}).get("fingerprint") == mut_print:
                 print(f"{m.id:26s} {done[m.id]['status']} (earlier run)")
                 continue
             target = copy / m.path
@@ -287,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 status, secs, tail = run_tests(copy, m.tests, args.timeout)
             finally:
                 target.write_text(original)
-            rec = {"id": m.id, "path": m.path, "why": m.why, "change": [m.old, m.new],
+            rec = {"id": m.id, "path": m.path, "why": m.why, "fingerprint": mut_print,
                    "status": status, "seconds": round(secs, 1), "pytest": tail}  # fmt: skip
             done[m.id] = rec
             with results.open("a") as f:
