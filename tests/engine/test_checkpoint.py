@@ -263,6 +263,20 @@ def test_resume_never_skips_an_unsafe_latest_checkpoint(tmp_path) -> None:
         SafeCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
 
 
+@pytest.mark.parametrize("planted", [".model_0000009.pth", ".pth", "sub\\model_0000009.pth"])
+def test_last_checkpoint_naming_a_hidden_or_nested_file_is_refused(tmp_path, planted) -> None:
+    """Ours only ever name ``model_*.pth``: a dot-name (the atomic writer's temp-file prefix, a
+    hidden file) or a Windows path is refused even when such a .pth file is really there."""
+    _saved_run(tmp_path, (4, 9))
+    (tmp_path / planted).write_bytes((tmp_path / "model_0000009.pth").read_bytes())
+    (tmp_path / "last_checkpoint").write_text(planted)
+    ck = SafeCheckpointer(_model(), str(tmp_path))
+    with pytest.raises(UnsafeCheckpointError, match=r"last_checkpoint names .*must name a \.pth"):
+        ck.get_checkpoint_file()
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")  # the control: accepted
+    assert ck.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
+
+
 def _hook(ck: SafeCheckpointer, keep: int | None) -> PeriodicCheckpointer:
     from types import SimpleNamespace
 
