@@ -275,9 +275,12 @@ def _epoch_list(epochs: list[int], rest_of_span: bool = False) -> str:
         return f"{epochs[0]}, {epochs[1]}, ..., {epochs[-1]}"
     if len(epochs) <= 8:
         return ", ".join(map(str, epochs))
-    runs = [_run_text(r) for r in _runs(epochs)]
-    if rest_of_span and len(runs) > 3:
+    cut = _runs(epochs)
+    if rest_of_span and len(cut) > 3:
         return f"{epochs[0]}-{epochs[-1]} except those above ({len(epochs)} epochs)"
+    if all(len(r) <= 2 for r in cut):
+        return ", ".join(map(str, epochs))
+    runs = [_run_text(r) for r in cut]
     return runs[0] + " and " + runs[1] if len(runs) == 2 else "; ".join(runs)
 
 
