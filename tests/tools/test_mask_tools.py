@@ -80,7 +80,7 @@ def _refused(argv: list[str], capsys) -> str:
     return err[0]
 
 
-def test_negative_round_is_refused_in_one_line(tmp_path, capsys):
+def test_negative_round_is_refused_in_one_line(tiny_data_root, tmp_path, capsys):
     line = _refused(["--config-file", CONFIG, "--round", "-1", *_opts(tmp_path / "o")], capsys)
     assert "--round -1" in line and "0 or more" in line
     assert not (tmp_path / "o").exists()
