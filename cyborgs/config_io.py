@@ -45,7 +45,7 @@ BASE_KEY = "_BASE_"
 # Nodes one file may expand through aliases. The suite's configs use no aliases; a hand-written
 # config that reuses a few lists stays far below, an alias bomb exceeds it within a few levels.
 MAX_ALIAS_NODES = 10_000
-# Files in one chain of nested bases; the suite's deepest chain is 3.
+# Files in one chain of nested bases; the suite's own chains are a few files long.
 MAX_BASE_DEPTH = 32
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -190,10 +190,9 @@ def _plain(value: Any, path: str, key: str) -> Any:
         return [_plain(v, path, key) for v in value]
     if isinstance(value, _SCALARS):
         return value
-    kind = "date" if isinstance(value, datetime.date) else type(value).__name__
-    raise ConfigFileError(
-        path, f"{key}: a {kind} is not a config value (quote it to keep it as a string)"
-    )
+    if isinstance(value, datetime.date):  # YAML reads 2024-01-31 as a date
+        raise ConfigFileError(path, f"{key}: a date is not a config value (quote it)")
+    raise ConfigFileError(path, f"{key}: a {type(value).__name__} is not a config value")
 
 
 def _merge_into(a: dict, b: dict, path: str, prefix: str = "") -> None:
