@@ -18,6 +18,7 @@ import re
 
 from detectron2.config import CfgNode as CN
 
+from cyborgs.config_io import load_yaml_config
 from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -326,45 +327,30 @@ def _has_path(d: dict, key: str) -> bool:
     return name in d
 
 
-class _OldNamesCfgNode(CN):
-    """Loads a YAML and its ``_BASE_`` chain with old key names mapped file by file, so that
-    the usual order holds whichever name each file uses: a file over its base, whatever the
-    base called the key. Used by :func:`load_pretrain_yaml`."""
-
+def load_pretrain_yaml(filename: str) -> tuple[dict, list[str]]:
+    """A pretraining YAML with its ``_BASE_`` chain (:func:`cyborgs.config_io.load_yaml_config`:
+    safe YAML only), with renamed keys (``DEPRECATED_KEYS``) mapped file by file, so that the
+    usual order holds whichever name each file uses: a file over its base, whatever the base
+    called the key. Returns ``(dict, notes)``."""
     notes: list[str] = []
 
-    @classmethod
-    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
-        import yaml
-
-        with cls._open_cfg(filename) as f:
-            own = yaml.safe_load(f) or {}
+    def map_old_names(path: str, own: dict, merged: dict) -> None:
         for old, new in DEPRECATED_KEYS.items():
             if new is not None and _has_path(own, old) and _has_path(own, new):
                 raise ConfigError(
-                    f"{filename}: sets both {old} (deprecated) and {new}, its new name; keep {new}"
+                    f"{path}: sets both {old} (deprecated) and {new}, its new name; keep {new}"
                 )
-        # Base files come back through this method with new names only, so an old name left
-        # in the merged dict is this file's own, and it overrides the base's new key.
-        merged = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        # Bases come back with new names only, so an old name left in the merged dict is this
+        # file's own, and it overrides the base's new key.
         for old, new in DEPRECATED_KEYS.items():
             if new is None:
                 continue
             value, found = _pop_path(merged, old)
             if found:
-                cls.notes.append(f"{filename}: {old} is deprecated: use {new} ({old} {value!r})")
+                notes.append(f"{path}: {old} is deprecated: use {new} ({old} {value!r})")
                 _set_path(merged, new, value)
-        return merged
 
-
-def load_pretrain_yaml(filename: str) -> tuple[dict, list[str]]:
-    """A pretraining YAML with its ``_BASE_`` chain, as detectron2's ``load_yaml_with_base``,
-    with renamed keys (``DEPRECATED_KEYS``) mapped file by file; returns ``(dict, notes)``."""
-    _OldNamesCfgNode.notes = []
-    try:
-        return _OldNamesCfgNode.load_yaml_with_base(filename), list(_OldNamesCfgNode.notes)
-    finally:
-        _OldNamesCfgNode.notes = []
+    return load_yaml_config(filename, on_file=map_old_names), notes
 
 
 def resolve_deprecated_keys(cfg: CN) -> list[str]:
