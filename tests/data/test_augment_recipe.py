@@ -1,14 +1,16 @@
 """The BYOL augmentation recipe's numbers, read from what the default config's views draw and
 what the ops then do to known images, on the CPU path and the device path.
 
-BYOL (Grill et al. 2020, appendix B, Table 6), as the paper's §4.1 adopts it: random resized
+The paper's pipelines T, T' are BYOL's (Grill et al. 2020, appendix B, Table 6): random resized
 crop to 224 with area scale [0.08, 1] and aspect ratio [3/4, 4/3]; horizontal flip p = 0.5;
 colour jitter p = 0.8 with brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, the four
 shifts "performed in a randomly selected order for each patch" (torchvision's ColorJitter:
 factors U[1 - s, 1 + s] for brightness / contrast / saturation, a hue rotation U[-h, h] of a
 turn); grayscale p = 0.2; Gaussian blur with a 23 x 23 kernel (10% of 224) and
 sigma ~ U[0.1, 2.0], p = 1.0 / 0.1 for views 1 / 2; solarize x -> 1 - x where x >= 0.5 (128 of
-uint8), p = 0 / 0.2. The probabilities are tested in test_device_augment.py; here: the
+uint8), p = 0 / 0.2. (BYOL's TensorFlow code shifts brightness additively by up to 0.4;
+the suite uses torchvision's multiplicative factor, as PyTorch ports do, and pins that.)
+The probabilities are tested in test_device_augment.py; here: the
 magnitudes, measured from the ops' effect rather than read from constants.
 """
 
