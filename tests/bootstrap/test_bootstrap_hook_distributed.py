@@ -1,10 +1,15 @@
 """BootstrapHook across two gloo processes: a failure on rank 0 or a round that one rank
-cannot see stops every rank with an error naming the cause, instead of hanging the others."""
+cannot see stops every rank with an error naming the cause, instead of hanging the others;
+and a real round (``bootstrap_shard``) whose manifest merges both ranks' shards. One launch
+serves every test here (starting two processes costs more than the cases)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
+from collections import Counter
 from datetime import timedelta
 
 import numpy as np
@@ -13,10 +18,11 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+from PIL import Image
 
 import cyborgs.bootstrap.hook as hook_module
 from cyborgs.bootstrap.hook import BootstrapHook
-from cyborgs.bootstrap.round import RoundSettings
+from cyborgs.bootstrap.round import RoundSettings, bootstrap_shard, shard_indices
 from cyborgs.config import add_cyborgs_config
 from cyborgs.engine.launch import launch
 from cyborgs.masks.store import MaskStore
@@ -107,6 +113,98 @@ def _start(root: str, store_cls) -> dict:
     return {"error": None}
 
 
+ROUND = 2  # = the warm-up epochs below: the first round
+N_IMAGES = 10
+SLOW_WRITE_S = 0.3  # rank 1 sleeps this long after each label map it writes
+REAL_SETTINGS = dataclasses.replace(
+    RoundSettings.from_cfg(add_cyborgs_config(get_cfg())),
+    num_workers=0, group_size=2, k_min=2, k_max=3, kmeans_iters=5, backend="torch",
+    input_size=0, batch_size=2, seed=1,
+)  # fmt: skip
+
+
+class _ColourNet(torch.nn.Module):
+    """Stride-8 stand-in encoder: the mean colour of each 8x8 cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def extract_features(self, images, names):
+        f = torch.nn.functional.avg_pool2d(images.float() / 255.0, 8)
+        f = torch.cat([f, torch.full_like(f[:, :1], 0.5)], dim=1)
+        return {n: f for n in names}
+
+
+def _bad_indices() -> list[int]:
+    """One image of each rank's shard of the round is unreadable."""
+    return [int(shard_indices(N_IMAGES, ROUND, REAL_SETTINGS.seed, 2, r)[0]) for r in (0, 1)]
+
+
+def _write_images(root: str) -> list[dict]:
+    bad = _bad_indices()
+    os.makedirs(root, exist_ok=True)
+    dicts = []
+    for i in range(N_IMAGES):
+        p = os.path.join(root, f"img{i}.png")
+        if i in bad:
+            with open(p, "wb") as f:
+                f.write(b"not a png")
+        else:
+            img = np.zeros((32, 48, 3), np.uint8)
+            img[:, :24] = (200, 30 * (i % 5), 20)
+            img[:, 24:] = (20, 40, 220)
+            Image.fromarray(img).save(p)
+        dicts.append({"file_name": p, "image_id": i, "height": 32, "width": 48})
+    return dicts
+
+
+def _real_round(tmp: str) -> dict:
+    """A real round in ``tmp``; this rank's shard stats."""
+    rank = comm.get_rank()
+    if rank == 1:  # this process only: rank 1 is the slower one
+        write = MaskStore.write
+
+        def slow_write(self, *args, **kwargs):
+            n = write(self, *args, **kwargs)
+            time.sleep(SLOW_WRITE_S)
+            return n
+
+        MaskStore.write = slow_write
+    try:
+        return _run_real_round(tmp)
+    finally:
+        if rank == 1:
+            MaskStore.write = write
+
+
+def _run_real_round(tmp: str) -> dict:
+    rank = comm.get_rank()
+    mine = {}
+
+    def round_fn(*args, **kwargs):  # the real shard, its stats kept for the test
+        mine.update(bootstrap_shard(*args, **kwargs))
+        return mine
+
+    dicts = _write_images(tmp) if rank == 0 else None
+    dicts = comm.all_gather(dicts)[0]  # the images exist before either rank reads them
+    hook = BootstrapHook(
+        settings=REAL_SETTINGS,
+        round_fn=round_fn,
+        datasets=[("demo", dicts, MaskStore(os.path.join(tmp, "store")))],
+        iters_per_epoch=3,
+        warmup_epochs=ROUND,
+        period_epochs=0,
+    )
+    hook.trainer = _Trainer()
+    hook.trainer.model = _ColourNet()
+    with EventStorage(0) as storage:
+        hook.trainer.storage = storage
+        hook._run_round(ROUND)
+    keys = ("images", "time_s", "k_values", "skipped_images", "skipped_files")
+    return {k: mine[k] for k in keys}
+
+
 def _worker(tmp: str) -> None:
     hook_module.VISIBILITY_WAIT_S = 0.0  # fail at once; the default waits for NFS caches
     rank = comm.get_rank()
@@ -124,17 +222,26 @@ def _worker(tmp: str) -> None:
         "oom_rank_1": _run(os.path.join(tmp, "oom"), _out_of_memory_on_rank_1),
         # rank 0 cannot write the pointer when the run starts: every rank stops, none waits
         "read_only_start": _start(os.path.join(tmp, "ro"), _ReadOnlyPointerStore),
+        "real_round": _real_round(os.path.join(tmp, "real")),
     }
     with open(os.path.join(tmp, f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path")
-def test_round_failures_stop_every_rank_with_the_cause(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Every case of ``_worker`` on two gloo processes: (tmp dir, rank 0's, rank 1's outcomes)."""
+    if torch.cuda.is_available():
+        pytest.skip("tests the CPU (gloo) path")
+    tmp_path = tmp_path_factory.mktemp("hook_distributed")
     launch(
         _worker, 2, dist_url=f"file://{tmp_path}/rendezvous", args=(str(tmp_path),), timeout=TIMEOUT
     )
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    return tmp_path, *(json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+
+
+def test_round_failures_stop_every_rank_with_the_cause(launched) -> None:
+    tmp_path, r0, r1 = launched
     for r in (r0, r1):
         assert r["no_maps"]["error"] == "BootstrapRoundError"
         assert "refusing to finish a round with no label maps" in r["no_maps"]["message"]
@@ -161,3 +268,38 @@ def test_round_failures_stop_every_rank_with_the_cause(tmp_path) -> None:
         assert r["read_only_start"]["error"] == "BootstrapRoundError", r["read_only_start"]
         assert "PermissionError" in r["read_only_start"]["message"]
         assert "read-only file system (simulated)" in r["read_only_start"]["message"]
+
+
+def test_two_rank_round_manifest_merges_both_shards(launched) -> None:
+    """The manifest of a real round: world size 2, every image of both shards, the slowest
+    rank's time (a round is done when its last rank is), K of every group of both ranks and
+    both ranks' skipped images."""
+    tmp_path, r0, r1 = launched
+    r0, r1 = r0["real_round"], r1["real_round"]
+    store = MaskStore(str(tmp_path / "real" / "store"))
+    assert store.current_round() == ROUND
+    man = store.manifest(ROUND)
+
+    assert man["world_size"] == 2
+    # each rank did its own half (5 images, one unreadable), none twice
+    assert r0["images"] == r1["images"] == 4
+    assert man["num_images"] == 8 == r0["images"] + r1["images"]
+    good = [i for i in range(N_IMAGES) if i not in _bad_indices()]
+    assert all(store.has(i, ROUND) for i in good)
+    assert not any(store.has(i, ROUND) for i in _bad_indices())
+    # the round lasts as long as its slowest rank: rank 1 slept after each of its 4 maps
+    assert r1["time_s"] >= 4 * SLOW_WRITE_S and r1["time_s"] > r0["time_s"]
+    assert man["time_s"] == max(r0["time_s"], r1["time_s"]) == r1["time_s"]
+    # K of every group, rank 0's groups then rank 1's (2 groups of 2 per shard of 4 good images)
+    assert len(r0["k_values"]) == len(r1["k_values"]) == 2
+    assert man["k_per_group"] == r0["k_values"] + r1["k_values"]
+    assert man["k_histogram"] == {
+        str(k): c for k, c in Counter(r0["k_values"] + r1["k_values"]).items()
+    }
+    assert man["k_mean"] == pytest.approx(np.mean(r0["k_values"] + r1["k_values"]))
+    # both ranks' unreadable images, each named
+    assert r0["skipped_images"] == r1["skipped_images"] == 1
+    assert man["skipped_images"] == 2
+    assert sorted(man["skipped_files"]) == sorted(r0["skipped_files"] + r1["skipped_files"])
+    for i, listed in zip(_bad_indices(), (r0["skipped_files"], r1["skipped_files"]), strict=True):
+        assert f"img{i}.png" in listed[0]

@@ -53,3 +53,16 @@ def test_accumulator_dataset_and_per_image_summaries():
     assert out["miou_per_image"] == pytest.approx((7 / 12 + 1) / 2)
     # class 0: TP 2+2, FP 1, FN 0 -> 4/5; class 1: TP 1+2, FP 0, FN 1 -> 3/4
     assert out["miou"] == pytest.approx((4 / 5 + 3 / 4) / 2)
+
+
+def test_matching_maximises_total_overlap_not_each_clusters_best_class():
+    gt = np.array([[0, 0, 0, 0, 0, 1, 1]], np.uint8)
+    pred = np.array([[8, 8, 8, 9, 9, 8, 8]], np.uint8)
+    # Overlaps: cluster 8 has 3 px of class 0 and 2 of class 1; cluster 9 has 2 px of class 0.
+    # Greedy (8 -> its best class 0) would match 3 px and leave class 1 empty: mIoU
+    # (3/7 + 0) / 2. One-to-one maximum: 8 -> 1 and 9 -> 0, 2 + 2 = 4 px.
+    # class 0: TP 2 (cluster 9), FP 0, FN 3 -> 2/5; class 1: TP 2, FP 3 (cluster 8's class-0
+    # pixels), FN 0 -> 2/5.
+    assert match_clusters(pred, gt) == {8: 1, 9: 0}
+    assert image_iou(pred, gt) == {0: (2, 0, 3), 1: (2, 3, 0)}
+    assert image_miou(pred, gt) == pytest.approx(0.4)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,3 +114,70 @@ def test_tensorboard_holds_the_masks_of_each_round(run) -> None:
     for k in ("bootstrap/bytes_per_image", "bootstrap/k_mean", "vmf_weight", "contrastive_weight",
               "loss_vmf", "vmf_num_clusters"):  # fmt: skip
         assert k in scalars, k
+
+
+def _reference_miou(pairs) -> float:
+    """Data-set mIoU of (stored map, ground truth) pairs, from the definition (paper's mask
+    quality; cyborgs/bootstrap/quality.py's protocol): per image, clusters are matched one to
+    one with the classes present, maximising matched pixels (the Hungarian problem, solved by
+    scipy); each class then has TP = matched overlap, FP = its cluster's other pixels, FN = its
+    other pixels (all of them when no cluster is left for it); TP/FP/FN add up over images and
+    the classes' IoUs are averaged. Ground-truth 255 (crowd) is left out."""
+    from scipy.optimize import linear_sum_assignment
+
+    totals: dict[int, list[int]] = {}
+    for pred, gt in pairs:
+        valid = gt != 255
+        p, g = pred[valid].astype(np.int64), gt[valid].astype(np.int64)
+        clusters, classes = np.unique(p), np.unique(g)
+        conf = np.array([[np.sum((p == c) & (g == k)) for k in classes] for c in clusters])
+        rows, cols = linear_sum_assignment(conf, maximize=True)
+        matched = dict(zip(cols, rows, strict=True))
+        for j, k in enumerate(classes):
+            t = totals.setdefault(int(k), [0, 0, 0])
+            area = int(conf[:, j].sum())
+            if j in matched:
+                tp = int(conf[matched[j], j])
+                t[0] += tp
+                t[1] += int(conf[matched[j]].sum()) - tp
+                t[2] += area - tp
+            else:
+                t[2] += area
+    return float(np.mean([tp / (tp + fp + fn) for tp, fp, fn in totals.values()]))
+
+
+def test_logged_mask_miou_is_the_stored_masks_against_ground_truth(run, tiny_data_root) -> None:
+    """The mask mIoU the run logs for each round (labeled twin demo_coco_2017_train) equals
+    the metric recomputed here from the maps the round stored and the annotations."""
+    from detectron2.data import DatasetCatalog
+
+    from cyborgs.masks.ground_truth import semantic_map
+    from cyborgs.masks.store import MaskStore, image_key
+
+    out, _ = run
+    rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    logged = {int(r["bootstrap/round"]): r["bootstrap/mask_miou"] for r in rows
+              if "bootstrap/mask_miou" in r}  # fmt: skip
+    assert sorted(logged) == [1, 2]
+    name = "demo_coco_2017_train_unlabeled"
+    store = MaskStore(str(out / "masks" / "bootstrap" / image_key(name)))
+    twin = DatasetCatalog.get("demo_coco_2017_train")
+    by_id = {d["image_id"]: d for d in twin}
+    by_name = {os.path.basename(d["file_name"]): d for d in twin}
+    for round_id, value in logged.items():
+        pairs = []
+        for d in DatasetCatalog.get(name):
+            lab = by_id.get(d["image_id"]) or by_name[os.path.basename(d["file_name"])]
+            if not lab.get("annotations"):
+                continue
+            gt = semantic_map(lab)
+            stored = store.read(d["image_id"], round_id=round_id)  # the map as stored
+            H, W = gt.shape
+            h, w = stored.shape
+            # nearest upsampling to the image: pixel (i, j) <- map[i h // H, j w // W]
+            pred = stored[(np.arange(H) * h) // H][:, (np.arange(W) * w) // W]
+            pairs.append((pred, gt))
+        assert len(pairs) > 10
+        reference = _reference_miou(pairs)
+        assert 0.0 < reference < 1.0  # clusters of a 9-iteration run are not the classes
+        assert value == pytest.approx(reference, rel=1e-9, abs=1e-12), round_id
