@@ -1,6 +1,6 @@
 """CYBORGS: contrastively bootstrapping object representations, as a detectron2 project.
 
-Install through `make install` (it pins torch, installs detectron2 as SPEC §7 describes and
+Install through `make install` (it pins torch, installs detectron2 as METHOD.md §7 describes and
 then this package in editable mode); `pip install -e .` alone expects those to be present.
 """
 

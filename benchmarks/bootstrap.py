@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of a bootstrapping round (SPEC §3) on the demo COCO data.
+"""Benchmark of a bootstrapping round (METHOD.md §3) on the demo COCO data.
 
   python benchmarks/bootstrap.py [--depth 18|50] [--data-root DIR] [--preset tiny|demo]
                                  [--images N] [--device cuda|cpu] [--output out.json]

@@ -1,7 +1,7 @@
 """Config keys of the CYBORGS pretrainer, added to a detectron2 ``CfgNode``.
 
-Every key carries the paper / SPEC reference and the default. Layer names follow detectron2
-(SPEC §1): the paper's "res2, res3, res4" are detectron2's ``res3, res4, res5``; the paper's
+Every key carries the paper / METHOD.md reference and the default. Layer names follow detectron2
+(METHOD.md §1): the paper's "res2, res3, res4" are detectron2's ``res3, res4, res5``; the paper's
 "res2.b2" is ``res3.2`` here (stage res3, block index 2, the third block).
 
     paper / torchvision      detectron2   stride  channels (R50)
@@ -18,7 +18,8 @@ import re
 
 from detectron2.config import CfgNode as CN
 
-from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO
+from cyborgs.config_io import load_yaml_config
+from cyborgs.data.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
 
 def add_cyborgs_config(cfg: CN) -> CN:
@@ -27,7 +28,7 @@ def add_cyborgs_config(cfg: CN) -> CN:
     _C.CYBORGS = CN()
     c = _C.CYBORGS
 
-    # ---- Stage 1: mask-dependent contrastive loss (paper §3.2, eq. 1-2; SPEC §2) ----
+    # ---- Stage 1: mask-dependent contrastive loss (paper §3.2, eq. 1-2; METHOD.md §2) ----
     # Backbone feature maps fused for the contrastive loss, pooled to the grid of the last
     # one and concatenated (R50: 512+1024+2048). Paper default "res2,res3,res4" = these.
     # Table 2c ablation: e.g. ["res5"] (DetCon), ["res3"], ["res4", "res5"].
@@ -36,7 +37,7 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # online and the target encoder of one view use the same sampled ids.
     c.NUM_SAMPLED_MASKS = 16
     # (The width of the one-hot that votes masks onto the feature grid is not a setting: it is
-    # derived from BOOTSTRAP.K_MAX by mask_id_width(cfg), SPEC §2.)
+    # derived from BOOTSTRAP.K_MAX by mask_id_width(cfg), METHOD.md §2.)
     # Temperature of the contrastive softmax (DetCon / paper: 0.1).
     c.TEMPERATURE = 0.1
     # BYOL heads: Linear(D, HIDDEN)-BN-ReLU-Linear(HIDDEN, OUT); predictor OUT -> HIDDEN -> OUT.
@@ -45,14 +46,14 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Weight of the contrastive term once the vMF warm-up is over.
     c.CONTRASTIVE_WEIGHT = 1.0
 
-    # ---- Target encoder EMA (BYOL; SPEC §5) ----
+    # ---- Target encoder EMA (BYOL; METHOD.md §5) ----
     c.EMA = CN()
     # Momentum at the start; "cosine" goes BASE -> 1.0 over training (BYOL). The authors'
     # code uses "constant" 0.996.
     c.EMA.BASE_MOMENTUM = 0.996
     c.EMA.SCHEDULE = "cosine"  # "cosine" | "constant"
 
-    # ---- Augmentation (BYOL; SPEC §2) ----
+    # ---- Augmentation (BYOL; METHOD.md §2) ----
     c.AUG = CN()
     c.AUG.CROP_SIZE = 224
     c.AUG.CROP_SCALE = (0.08, 1.0)
@@ -79,8 +80,13 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # in a warning, counted in data/num_skipped_images and the round manifests); 0: no limit.
     # See cyborgs/data/image_io.py.
     c.DATA.MAX_ASPECT_RATIO = DEFAULT_MAX_ASPECT_RATIO
+    # Images of more pixels (width x height, read from the header) are left out of image
+    # folders at registration and skipped unread by every reader, named in a warning; 0: no
+    # cap. The default (100 MP) is above the largest camera photos of real data sets; a tiny
+    # crafted PNG can otherwise decode to gigabytes in every loader worker.
+    c.DATA.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
-    # ---- Mask source (SPEC §3; Table 2 / Fig. 5a ablations) ----
+    # ---- Mask source (METHOD.md §3; Table 2 / Fig. 5a ablations) ----
     c.MASKS = CN()
     # "bootstrap" (CYBORGS), "whole" (BYOL-like), "grid", "felzenszwalb" (DetCon),
     # "selective_search", "ground_truth" (oracle, COCO annotations).
@@ -94,7 +100,7 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Empty: <OUTPUT_DIR>/masks.
     c.MASKS.STORE_DIR = ""
 
-    # ---- Stage 2: bootstrapping (paper §3.3; SPEC §3) ----
+    # ---- Stage 2: bootstrapping (paper §3.3; METHOD.md §3) ----
     c.BOOTSTRAP = CN()
     # Backbone block clustered: "res3.2" = paper's res2.b2 (Table 2d: "res3", "res4", ...).
     # Several names ("res3.2,res4") are fused like FUSION_FEATURES for the Table 2d ablation.
@@ -123,19 +129,19 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # Dense-CRF refinement of bootstrapped masks (Table 2b; paper: off).
     c.BOOTSTRAP.CRF = False
 
-    # ---- The run's phases (paper §3.4; SPEC §4) ----
+    # ---- The run's phases (paper §3.4; METHOD.md §4) ----
     # The run starts with this many vMF warm-up epochs: the vMF clustering loss alone (weight 1,
     # K = VMF.WARMUP_K) trains the encoder that makes the first masks. The contrastive loss and
     # the first bootstrap round start right after it (paper W = 5). Not the LR warm-up, which is
     # SOLVER.LR_WARMUP_EPOCHS.
     c.WARMUP_EPOCHS = 5
 
-    # ---- vMF clustering consistency (paper §3.4, eq. 3-4; SPEC §4) ----
+    # ---- vMF clustering consistency (paper §3.4, eq. 3-4; METHOD.md §4) ----
     c.VMF = CN()
     c.VMF.KAPPA = 10.0
     # K of the vMF k-means during the warm-up (CYBORGS.WARMUP_EPOCHS; paper: 8 for COCO).
     c.VMF.WARMUP_K = 8
-    # K of the per-view prototypes after the warm-up (SPEC §4): "uniform" draws K for each
+    # K of the per-view prototypes after the warm-up (METHOD.md §4): "uniform" draws K for each
     # step from {BOOTSTRAP.K_MIN..K_MAX} (§3.4 reuses §3.3's K; the authors' code draws per
     # step), seeded by the step so resume is exact; "fixed" uses VMF.K at every step.
     c.VMF.K_SAMPLING = "uniform"
@@ -147,7 +153,7 @@ def add_cyborgs_config(cfg: CN) -> CN:
     c.VMF.LAMBDA = 0.1
     c.VMF.PERIOD_EPOCHS = 5
     # Feature map scored by the loss, named by the key that defines it: "BOOTSTRAP.FEATURES"
-    # (the map the bootstrap rounds cluster, SPEC §4) or "FUSION_FEATURES" (the fused map of
+    # (the map the bootstrap rounds cluster, METHOD.md §4) or "FUSION_FEATURES" (the fused map of
     # the contrastive loss).
     c.VMF.FEATURE = "BOOTSTRAP.FEATURES"
     # "vmf" (paper) or "euclidean" (Table 2f).
@@ -168,7 +174,7 @@ def add_cyborgs_config(cfg: CN) -> CN:
     # scaler): "auto" (on with CUDA and native bf16, i.e. Ampere or newer), "on", "off".
     c.GPU.BF16 = _SWITCH_DEFAULT
 
-    # ---- Optimisation (SPEC §5) ----
+    # ---- Optimisation (METHOD.md §5) ----
     # Schedules are written in epochs and converted to iterations from the data set size.
     # "LARS" (paper) or "SGD"; trust coefficient of LARS; bias/norm excluded from adaptation
     # and weight decay.
@@ -255,7 +261,7 @@ def get_key(cfg: CN, key: str, default=None):
 
 
 def mask_id_width(cfg: CN) -> int:
-    """Width of the one-hot that votes masks onto the feature grid (SPEC §2): ``K_max + 1``.
+    """Width of the one-hot that votes masks onto the feature grid (METHOD.md §2): ``K_max + 1``.
 
     With ``CYBORGS.MASKS.SOURCE`` "bootstrap" every id comes from a round with
     K <= ``BOOTSTRAP.K_MAX``; any other source may write every uint8 id (0..255), so its
@@ -321,45 +327,30 @@ def _has_path(d: dict, key: str) -> bool:
     return name in d
 
 
-class _OldNamesCfgNode(CN):
-    """Loads a YAML and its ``_BASE_`` chain with old key names mapped file by file, so that
-    the usual order holds whichever name each file uses: a file over its base, whatever the
-    base called the key. Used by :func:`load_pretrain_yaml`."""
-
+def load_pretrain_yaml(filename: str) -> tuple[dict, list[str]]:
+    """A pretraining YAML with its ``_BASE_`` chain (:func:`cyborgs.config_io.load_yaml_config`:
+    safe YAML only), with renamed keys (``DEPRECATED_KEYS``) mapped file by file, so that the
+    usual order holds whichever name each file uses: a file over its base, whatever the base
+    called the key. Returns ``(dict, notes)``."""
     notes: list[str] = []
 
-    @classmethod
-    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
-        import yaml
-
-        with cls._open_cfg(filename) as f:
-            own = yaml.safe_load(f) or {}
+    def map_old_names(path: str, own: dict, merged: dict) -> None:
         for old, new in DEPRECATED_KEYS.items():
             if new is not None and _has_path(own, old) and _has_path(own, new):
                 raise ConfigError(
-                    f"{filename}: sets both {old} (deprecated) and {new}, its new name; keep {new}"
+                    f"{path}: sets both {old} (deprecated) and {new}, its new name; keep {new}"
                 )
-        # Base files come back through this method with new names only, so an old name left
-        # in the merged dict is this file's own, and it overrides the base's new key.
-        merged = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        # Bases come back with new names only, so an old name left in the merged dict is this
+        # file's own, and it overrides the base's new key.
         for old, new in DEPRECATED_KEYS.items():
             if new is None:
                 continue
             value, found = _pop_path(merged, old)
             if found:
-                cls.notes.append(f"{filename}: {old} is deprecated: use {new} ({old} {value!r})")
+                notes.append(f"{path}: {old} is deprecated: use {new} ({old} {value!r})")
                 _set_path(merged, new, value)
-        return merged
 
-
-def load_pretrain_yaml(filename: str) -> tuple[dict, list[str]]:
-    """A pretraining YAML with its ``_BASE_`` chain, as detectron2's ``load_yaml_with_base``,
-    with renamed keys (``DEPRECATED_KEYS``) mapped file by file; returns ``(dict, notes)``."""
-    _OldNamesCfgNode.notes = []
-    try:
-        return _OldNamesCfgNode.load_yaml_with_base(filename), list(_OldNamesCfgNode.notes)
-    finally:
-        _OldNamesCfgNode.notes = []
+    return load_yaml_config(filename, on_file=map_old_names), notes
 
 
 def resolve_deprecated_keys(cfg: CN) -> list[str]:
@@ -571,6 +562,7 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     # ---- augmentation ----
     a = c.AUG
     number("CYBORGS.AUG.CROP_SIZE", a.CROP_SIZE, lo=1, integer=True)
+    number("CYBORGS.DATA.MAX_IMAGE_PIXELS", c.DATA.MAX_IMAGE_PIXELS, lo=0, integer=True)
     lo, hi = pair("CYBORGS.AUG.CROP_SCALE", a.CROP_SCALE)
     if not (_is_num(lo) and _is_num(hi) and 0 < lo <= hi <= 1):
         fail("CYBORGS.AUG.CROP_SCALE", a.CROP_SCALE, "(lo, hi) with 0 < lo <= hi <= 1")

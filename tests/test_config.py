@@ -72,6 +72,7 @@ BAD = [
     (["CYBORGS.VMF.K", 1], ["CYBORGS.VMF.K = 1"]),
     (["CYBORGS.EMA.BASE_MOMENTUM", 1.5], ["CYBORGS.EMA.BASE_MOMENTUM = 1.5", "[0, 1]"]),
     (["CYBORGS.AUG.FLIP_PROB", 1.5], ["CYBORGS.AUG.FLIP_PROB = 1.5", "[0, 1]"]),
+    (["CYBORGS.DATA.MAX_IMAGE_PIXELS", -1], ["CYBORGS.DATA.MAX_IMAGE_PIXELS = -1", "integer"]),
     (["CYBORGS.AUG.SOLARIZE_PROB", (0.0, -0.2)], ["CYBORGS.AUG.SOLARIZE_PROB = -0.2"]),
     (["CYBORGS.AUG.CROP_SCALE", (0.5, 0.1)], ["CYBORGS.AUG.CROP_SCALE", "lo <= hi"]),
     (["CYBORGS.MASKS.SOURCE", "watershed"], ["CYBORGS.MASKS.SOURCE = 'watershed'", "bootstrap"]),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run one bootstrapping round offline from a checkpoint (paper §3.3, SPEC §3).
+"""Run one bootstrapping round offline from a checkpoint (paper §3.3, METHOD.md §3).
 
   tools/bootstrap_masks.py --config-file pretrain_configs/demo_R18.yaml \
       --weights output/demo_pretrain/model_final.pth [--round 100] [--dataset NAME] [KEY VALUE ...]
@@ -23,12 +23,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     """CYBORGS model with ``weights`` loaded (never executing code: SafeCheckpointer), eval mode,
     and its config: the pretraining one (cyborgs.engine.setup), without the training schedule."""
+    from cli_errors import one_line_config_errors
     from detectron2.modeling import build_model
 
     from cyborgs.engine.checkpoint import SafeCheckpointer
     from cyborgs.engine.setup import setup_pretrain_cfg
 
-    cfg, notes = setup_pretrain_cfg(config_file, opts, world_size=1, schedule=False)
+    with one_line_config_errors():  # a bad config: one error line, exit 2
+        cfg, notes = setup_pretrain_cfg(config_file, opts, world_size=1, schedule=False)
     for n in notes:
         logging.getLogger(__name__).warning(n)
     model = build_model(cfg)
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset", default="", help="default: every DATASETS.TRAIN entry")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
+    if args.round < 0:  # the store names rounds round_0000, round_0001, ...
+        print(f"error: --round {args.round}: a round id is an epoch number, 0 or more",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     logging.basicConfig(level=logging.INFO)
 
     from detectron2.data import DatasetCatalog

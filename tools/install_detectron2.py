@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Install detectron2 v0.6 (pure Python) and lvis 0.5.3 as patched wheels (SPEC §7).
+"""Install detectron2 v0.6 (pure Python) and lvis 0.5.3 as patched wheels (METHOD.md §7).
 
 detectron2 is not on the package index under its own name. ``pb1-detectron2==0.6`` is an
 sdist whose Python sources equal the official v0.6 tag but which lacks the C++ sources, so a

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CYBORGS self-supervised pretraining (paper §3; SPEC §2-5).
+"""CYBORGS self-supervised pretraining (paper §3; METHOD.md §2-5).
 
     tools/pretrain_net.py --config-file pretrain_configs/cyborgs_R50_coco_800ep.yaml \
         --num-gpus 8 OUTPUT_DIR output/cyborgs_r50
@@ -25,7 +25,6 @@ import os
 import re
 import sys
 
-import yaml
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -33,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
 from cyborgs.config import ConfigError
+from cyborgs.config_io import ConfigFileError, parse_yaml_text
 from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
@@ -94,10 +94,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _changed_keys(saved_yaml: str, cfg: CfgNode) -> list[str]:
+def _changed_keys(saved_yaml: str, cfg: CfgNode, saved_name: str = "config.yaml") -> list[str]:
     """``KEY: old -> new`` for each key whose value differs from the saved config. OUTPUT_DIR
     is ignored: a run directory may be moved or reached by another path."""
-    old, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(cfg.dump()))
+    old = _flat(parse_yaml_text(saved_yaml, saved_name) or {})
+    new = _flat(parse_yaml_text(cfg.dump(), "the new config"))
     keys = sorted((set(old) | set(new)) - {"OUTPUT_DIR"})
     return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
             if old.get(k, "<absent>") != new.get(k, "<absent>")]  # fmt: skip
@@ -134,7 +135,7 @@ def keep_config_if_changed(cfg: CfgNode) -> list[str]:
     if not (comm.is_main_process() and os.path.isfile(saved) and os.path.isfile(pointer)):
         return []
     with open(saved) as f:
-        changed = _changed_keys(f.read(), cfg)
+        changed = _changed_keys(f.read(), cfg, saved)
     if not changed:
         return []
     with open(pointer) as f:
@@ -180,7 +181,7 @@ def _config_keys() -> list[str]:
 
     from cyborgs.config import add_cyborgs_config
 
-    return list(_flat(yaml.safe_load(add_cyborgs_config(get_cfg()).dump())))
+    return list(_flat(parse_yaml_text(add_cyborgs_config(get_cfg()).dump(), "the defaults")))
 
 
 def config_error_line(e: BaseException, args) -> str | None:
@@ -190,9 +191,13 @@ def config_error_line(e: BaseException, args) -> str | None:
     m = re.match(r"Non-existent (?:config )?key: (\S+)", msg)
     if isinstance(e, (AssertionError, KeyError)) and m:
         key = m.group(1)
-    elif isinstance(e, ValueError) and not isinstance(e, ConfigError) and "Type mismatch" in msg:
+    elif (
+        isinstance(e, ValueError)
+        and not isinstance(e, (ConfigError, ConfigFileError))
+        and "Type mismatch" in msg
+    ):
         key = msg.rsplit("config key: ", 1)[-1]
-    elif isinstance(e, (ConfigError, FileNotFoundError, UsageError)):
+    elif isinstance(e, (ConfigError, ConfigFileError, FileNotFoundError, UsageError)):
         return f"error: {msg}"
     elif isinstance(e, AssertionError) and msg.startswith("Override list has odd length"):
         return "error: the overrides after the options must be KEY VALUE pairs: " + msg

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ImageNet semi-supervised fine-tuning (1% / 10% labels): R50 + linear head (SPEC §6).
+"""ImageNet semi-supervised fine-tuning (1% / 10% labels): R50 + linear head (METHOD.md §6).
 
     tools/semi_supervised.py --weights backbone.pkl --output-dir out/in1pct --subset 1percent
         [--epochs 20 --batch-size 256 --lr 0.01 --head-lr-mult 100 --crop 224 --resize 256]

@@ -43,7 +43,7 @@ from repo_paths import REPO_ROOT
 
 from cyborgs.utils.atomic import atomic_write, atomic_write_bytes
 
-# 2: the exact SPEC §2 loss normalisation and the per-step vMF K (issue 11).
+# 2: the exact METHOD.md §2 loss normalisation and the per-step vMF K (issue 11).
 STUDY_VERSION = 2
 PRETRAIN_CONFIG = "pretrain_configs/demo_R18.yaml"
 PROBE_CONFIG = "transfer_configs/demo_coco_stuff10k_linear_probe.yaml"

@@ -11,24 +11,34 @@ backbone tensor came from MODEL.WEIGHTS. Final metrics go to OUTPUT_DIR/metrics_
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from cli_errors import one_line_config_errors
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from repo_paths import resolve_transfer_config
 
-from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (SPEC §7)
+from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (METHOD.md §7)
 from cyborgs.transfer.results import write_metrics_final
 from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer, build_checkpointer, check_backbone_loaded
 
 
+def load_config(args):
+    """The transfer config of ``--config-file`` (a path, or a name under transfer_configs/)
+    with the command-line overrides, read safely (no code runs from any file of its chain)."""
+    return get_transfer_cfg(resolve_transfer_config(args.config_file), args.opts)
+
+
 def setup(args):
-    cfg = get_transfer_cfg(resolve_transfer_config(args.config_file), args.opts)
+    cfg = load_config(args)
     cfg.freeze()
-    default_setup(cfg, args)
+    # default_setup logs and copies args.config_file: hand it the file a bare name resolved to
+    resolved = resolve_transfer_config(args.config_file)
+    default_setup(cfg, argparse.Namespace(**{**vars(args), "config_file": resolved}))
     # default_setup gives handlers to detectron2's and fvcore's loggers only; the backbone
     # check ("every backbone tensor came from MODEL.WEIGHTS") logs through ``cyborgs``.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")
@@ -58,9 +68,21 @@ def main(args):
     return results
 
 
-def cli(argv: list[str] | None = None) -> None:
-    launch_from_args(main, default_argument_parser().parse_args(argv))
+def cli(argv: list[str] | None = None) -> int:
+    args = default_argument_parser().parse_args(argv)
+    # Read the config here, before launching: a config that cannot be used is one error line
+    # (exit 2) and nothing is written, instead of one traceback per process.
+    try:
+        with one_line_config_errors():
+            load_config(args)
+    except (AssertionError, KeyError, ValueError) as e:  # yacs: an unknown key, a wrong type
+        msg = str(e.args[0]) if e.args else str(e)
+        print(f"error: {args.config_file} with the overrides {args.opts}: {msg}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    launch_from_args(main, args)
+    return 0
 
 
 if __name__ == "__main__":
-    cli(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))

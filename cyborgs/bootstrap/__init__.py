@@ -1,4 +1,4 @@
-"""Stage 2 of CYBORGS (paper §3.3, SPEC §3): bootstrapping masks from the online encoder.
+"""Stage 2 of CYBORGS (paper §3.3, METHOD.md §3): bootstrapping masks from the online encoder.
 
 ``features`` (fused, unit-norm bootstrap features), ``round`` (one round: joint k-means over
 groups of images into a ``MaskStore``; ``RoundSettings.from_cfg``, ``run_bootstrap_round``), ``hook`` (``BootstrapHook``: schedule, distributed

@@ -1,4 +1,4 @@
-"""``BootstrapHook``: runs bootstrapping rounds on the paper's schedule (§3.3, SPEC §3).
+"""``BootstrapHook``: runs bootstrapping rounds on the paper's schedule (§3.3, METHOD.md §3).
 
 Schedule (in epochs e = iterations done / iters_per_epoch, checked at epoch boundaries): one
 round right after the vMF warm-up (e == WARMUP_EPOCHS), then at every e > WARMUP_EPOCHS with

@@ -1,4 +1,4 @@
-"""One bootstrapping round (paper §3.3, SPEC §3): features -> joint k-means per group -> store.
+"""One bootstrapping round (paper §3.3, METHOD.md §3): features -> joint k-means per group -> store.
 
 For this process's shard of the data set (``rank::world_size`` of a per-round permutation):
 resize each image (shorter side ``input_size``, aspect kept), run the online backbone, take the
@@ -45,6 +45,7 @@ from PIL import Image
 
 from cyborgs.data.image_io import (
     DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_IMAGE_PIXELS,
     MAX_LISTED_SKIPPED,
     BadImageError,
     read_image,
@@ -75,7 +76,7 @@ _MAX_PAD_FACTOR = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class RoundSettings:
-    """How a bootstrapping round runs (paper §3.3, SPEC §3). Build it with :meth:`from_cfg`
+    """How a bootstrapping round runs (paper §3.3, METHOD.md §3). Build it with :meth:`from_cfg`
     (every value comes from the config; none is defaulted here) and vary it with
     ``dataclasses.replace``. The constructor checks the values a round cannot run with.
 
@@ -92,6 +93,7 @@ class RoundSettings:
         crf: dense-CRF refinement of the maps (``BOOTSTRAP.CRF``).
         num_workers: image-loading workers (``DATALOADER.NUM_WORKERS``).
         max_aspect_ratio: images beyond it are skipped as bad (``DATA.MAX_ASPECT_RATIO``).
+        max_pixels: images above it are skipped as bad, undecoded (``DATA.MAX_IMAGE_PIXELS``).
     """
 
     features: tuple[str, ...]
@@ -107,6 +109,7 @@ class RoundSettings:
     crf: bool
     num_workers: int
     max_aspect_ratio: float
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -142,6 +145,7 @@ class RoundSettings:
             crf=bool(b.CRF),
             num_workers=int(cfg.DATALOADER.NUM_WORKERS),
             max_aspect_ratio=float(cfg.CYBORGS.DATA.MAX_ASPECT_RATIO),
+            max_pixels=int(cfg.CYBORGS.DATA.MAX_IMAGE_PIXELS),
         )
 
     def manifest_fields(self) -> dict[str, Any]:
@@ -182,6 +186,7 @@ def load_resized_image(
     input_size: int,
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     multiple: int = 1,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """RGB uint8 [H, W, 3], shorter side resized to ``input_size`` (0: as stored), then both
     sides rounded to a multiple of ``multiple``; raises
@@ -193,7 +198,9 @@ def load_resized_image(
     ceil(side / s) cells over a side that is not a multiple, the last cell reaches past the
     image and every cell lands up to that overhang (~0.6 cell at 299 px) off its pixels. The
     rounding changes the aspect ratio by at most s / 2 pixels per side."""
-    img = read_image(dataset_dict["file_name"], max_aspect_ratio=max_aspect_ratio)
+    img = read_image(
+        dataset_dict["file_name"], max_aspect_ratio=max_aspect_ratio, max_pixels=max_pixels
+    )
     h, w = img.shape[:2]
     scale = input_size / min(h, w) if input_size > 0 else 1.0
     m = max(1, int(multiple))
@@ -213,9 +220,11 @@ class _ImageList(torch.utils.data.Dataset):
         input_size: int,
         max_aspect_ratio: float,
         multiple: int,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         self.dicts, self.indices, self.input_size = dicts, indices, input_size
         self.max_aspect_ratio, self.multiple = max_aspect_ratio, multiple
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -223,7 +232,9 @@ class _ImageList(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         d = self.dicts[int(self.indices[i])]
         try:
-            image = load_resized_image(d, self.input_size, self.max_aspect_ratio, self.multiple)
+            image = load_resized_image(
+                d, self.input_size, self.max_aspect_ratio, self.multiple, self.max_pixels
+            )
         except BadImageError as e:
             return d["image_id"], None, f"{e.path}: {e.reason}"
         return d["image_id"], image, None
@@ -403,7 +414,7 @@ def bootstrap_shard(
         )
     indices = shard_indices(len(dataset_dicts), round_id, s.seed, world_size, rank)
     loader = torch.utils.data.DataLoader(
-        _ImageList(dataset_dicts, indices, s.input_size, s.max_aspect_ratio, stride),
+        _ImageList(dataset_dicts, indices, s.input_size, s.max_aspect_ratio, stride, s.max_pixels),
         batch_size=None,
         collate_fn=_identity,  # keep numpy images (the default converts them to tensors)
         num_workers=s.num_workers,

@@ -1,4 +1,4 @@
-"""Clustering used by mask bootstrapping (SPEC §3) and the vMF loss (SPEC §4)."""
+"""Clustering used by mask bootstrapping (METHOD.md §3) and the vMF loss (METHOD.md §4)."""
 
 from . import backends  # noqa: F401  (registers the "torch" and "faiss" k-means backends)
 from .kmeans import (

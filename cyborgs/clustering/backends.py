@@ -68,7 +68,7 @@ _GPU_RESOURCES: dict[int, object] = {}
 @KMEANS_BACKEND_REGISTRY.register()
 def faiss(x: Tensor, init: Tensor, iters: int) -> Tensor:
     """FAISS spherical k-means from our k-means++ seeds, on a GPU index when CUDA is present and
-    FAISS has GPU support (SPEC §3), else on the CPU."""
+    FAISS has GPU support (METHOD.md §3), else on the CPU."""
     lib = _faiss()
     if lib is None:
         raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu)")
@@ -94,7 +94,7 @@ def faiss(x: Tensor, init: Tensor, iters: int) -> Tensor:
 
 
 def _faiss_index(lib, dim: int, device: Device):
-    """Inner-product index, on a GPU when CUDA is present and FAISS has GPU support (SPEC §3).
+    """Inner-product index, on a GPU when CUDA is present and FAISS has GPU support (METHOD.md §3).
 
     The GPU is x's own when x is on CUDA, else the current device: one rank, one GPU, rather
     than faiss.Kmeans(gpu=True), which would spread over every GPU of the machine.

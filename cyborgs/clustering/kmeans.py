@@ -1,7 +1,7 @@
 """Spherical k-means (cosine similarity on the unit sphere) with pluggable backends.
 
-Used by mask bootstrapping (SPEC §3: FAISS, GPU index when CUDA is present) and by the vMF
-clustering loss (SPEC §4: prototypes of the target features, every iteration, on GPU).
+Used by mask bootstrapping (METHOD.md §3: FAISS, GPU index when CUDA is present) and by the vMF
+clustering loss (METHOD.md §4: prototypes of the target features, every iteration, on GPU).
 
     centroids, labels = spherical_kmeans(x, k, iters=20, seed=0, backend="auto")
 

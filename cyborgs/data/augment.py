@@ -1,4 +1,4 @@
-"""BYOL two-view augmentation with the geometry shared by image and mask (SPEC §2).
+"""BYOL two-view augmentation with the geometry shared by image and mask (METHOD.md §2).
 
 Per view: RandomResizedCrop(size, scale, ratio) and a horizontal flip, applied identically to
 the image (bilinear, antialiased) and the mask (nearest, pixel-centre aligned); then image-only

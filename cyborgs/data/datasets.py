@@ -433,7 +433,7 @@ def _register_demo_builtin_twins() -> list[str]:
             (),
             {"image_dir": functools.partial(P, img), "gt_dir": functools.partial(P, gt)},
             ignore_label=255,
-            # SPEC §6: detectron2's Cityscapes evaluator is broken; evaluate with SemSegEvaluator
+            # METHOD.md §6.3: detectron2's Cityscapes evaluator is broken; use SemSegEvaluator
             evaluator_type="sem_seg",
             **cs_meta,
         )

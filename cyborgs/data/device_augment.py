@@ -1,4 +1,4 @@
-"""BYOL's photometric augmentation as batched tensor ops on the model's device (SPEC §2).
+"""BYOL's photometric augmentation as batched tensor ops on the model's device (METHOD.md §2).
 
 With ``CYBORGS.AUG.DEVICE`` on, loader workers only decode, crop and resize (geometry) and
 *draw* every photometric parameter (:meth:`cyborgs.data.augment.ViewAugment.draw_photometric`,

@@ -6,6 +6,13 @@ consumer skips the same files. :func:`read_image` returns ``np.ndarray[H, W, 3]`
 raises :class:`BadImageError` (``path``, ``reason``) for:
 
 * a missing, empty (0 bytes) or non-image file, or one PIL cannot decode;
+* anything but a regular file (a FIFO, device or socket named ``*.jpg``): never opened, since
+  reading a FIFO without a writer blocks forever (a non-blocking open plus ``fstat`` closes the
+  window between the check and the open);
+* more pixels (width x height, from the header, before decoding) than ``max_pixels``
+  (``CYBORGS.DATA.MAX_IMAGE_PIXELS``, default :data:`DEFAULT_MAX_IMAGE_PIXELS`; 0 disables
+  the check): a 17.5 KB 1-bit PNG of 12000x12000 decodes to 1.8 GB, under PIL's own
+  decompression-bomb limit;
 * a truncated file: PIL decodes lazily and raises "image file is truncated" only when the
   pixels are loaded, so the pixels are loaded here, in full;
 * a zero-size image (width or height 0);
@@ -49,18 +56,26 @@ truncated". Every other file (PNG, grey or CMYK JPEG, EXIF-rotated JPEG, ...) ta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import stat
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "BadImageError",
     "DEFAULT_MAX_ASPECT_RATIO",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "check_aspect_ratio",
+    "check_pixels",
+    "check_regular_file",
+    "display_path",
+    "file_kind",
     "read_image",
     "read_image_size",
     "read_image_tensor",
@@ -68,6 +83,11 @@ __all__ = [
 
 # The default of CYBORGS.DATA.MAX_ASPECT_RATIO (the config uses this constant).
 DEFAULT_MAX_ASPECT_RATIO = 10.0
+# The default of CYBORGS.DATA.MAX_IMAGE_PIXELS: 100 MP, 300 MB as RGB uint8. COCO / LVIS
+# images are at most 640x640 (0.4 MP), Cityscapes 2048x1024 (2.1 MP); ImageNet and OpenImages
+# originals are camera photos, whose largest sensors (e.g. 11648x8736, 102 MP, medium format)
+# sit at this size; ordinary full-frame photos (24-60 MP) are well below it.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 # At most this many skipped files are listed in a manifest (rounds, precomputed sources); the
 # count is always complete.
 MAX_LISTED_SKIPPED = 1000
@@ -76,11 +96,22 @@ _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I")
 
 
+def display_path(path: str) -> str:
+    """``path`` for messages: bytes that are not UTF-8 (kept by the OS as surrogate escapes in
+    ``str`` paths) shown as U+FFFD, so that logging and printing never fail on a file name."""
+    try:
+        os.fspath(path).encode("utf-8")
+        return os.fspath(path)
+    except UnicodeEncodeError:
+        raw = os.fspath(path).encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "replace")
+
+
 class BadImageError(ValueError):
     """An image that cannot be used: ``path`` and a human-readable ``reason``."""
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{display_path(path)}: {reason}")
         self.path = str(path)
         self.reason = reason
 
@@ -92,31 +123,77 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _open(path: str) -> Image.Image:
-    """Open ``path`` with PIL, turning "missing" and "empty" into clear reasons."""
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages ("a FIFO (named pipe)", "a socket", ...)."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular_file(path: str) -> os.stat_result:
+    """``os.stat(path)`` (symlinks followed) of a regular file, else :class:`BadImageError`
+    (missing, or a FIFO / device / socket / directory, named as such)."""
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError as e:
         raise BadImageError(path, f"cannot access the file ({_describe(e)})") from None
-    if size == 0:
-        raise BadImageError(path, "empty file (0 bytes)")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImageError(path, f"{file_kind(st.st_mode)}, not a regular file: not opened")
+    return st
+
+
+def _open_regular(path: str):
+    """A binary file object of ``path``, which must be a regular file: checked before opening,
+    opened non-blocking (a FIFO swapped in meanwhile does not block) and checked again."""
+    check_regular_file(path)
     try:
-        return Image.open(path)
-    except Exception as e:  # a decoder's failure on hostile bytes is the file's fault
-        raise BadImageError(path, f"not a readable image ({_describe(e)})") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise BadImageError(path, f"cannot access the file ({_describe(e)})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImageError(path, f"{file_kind(st.st_mode)}, not a regular file: not opened")
+        if st.st_size == 0:
+            raise BadImageError(path, "empty file (0 bytes)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[Image.Image]:
+    """``path`` opened with PIL (a regular file only), with clear "missing" / "empty" / "not a
+    regular file" reasons; the image and the file are closed on exit."""
+    with _open_regular(path) as f:
+        try:
+            im = Image.open(f)
+        except UnidentifiedImageError:  # its message names the file object, not the file
+            raise BadImageError(path, "not a readable image (no image format recognised)") from None
+        except Exception as e:  # a decoder's failure on hostile bytes is the file's fault
+            raise BadImageError(path, f"not a readable image ({_describe(e)})") from None
+        with im:
+            yield im
 
 
 def _read_bytes(path: str) -> bytearray:
     """The file's bytes (writable, for ``torch.frombuffer``), with :func:`_open`'s reasons."""
+    f = _open_regular(path)
     try:
-        with open(path, "rb") as f:
+        with f:
             size = os.fstat(f.fileno()).st_size
             data = bytearray(size)
             n = f.readinto(data)
     except OSError as e:
         raise BadImageError(path, f"cannot access the file ({_describe(e)})") from None
-    if size == 0:
-        raise BadImageError(path, "empty file (0 bytes)")
     return data[:n] if n != size else data
 
 
@@ -146,10 +223,24 @@ def check_aspect_ratio(path: str, width: int, height: int, max_aspect_ratio: flo
         )
 
 
-def read_image_size(path: str) -> tuple[int, int]:
+def check_pixels(path: str, width: int, height: int, max_pixels: int) -> None:
+    """Raise :class:`BadImageError` for an image of more than ``max_pixels`` pixels (<= 0: no
+    limit), from the header's size, before anything is decoded."""
+    if max_pixels > 0 and width * height > max_pixels:
+        raise BadImageError(
+            path,
+            f"{width}x{height} = {width * height} pixels exceeds "
+            f"CYBORGS.DATA.MAX_IMAGE_PIXELS={max_pixels} (not decoded)",
+        )
+
+
+def read_image_size(path: str, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """``(width, height)`` of the image as :func:`read_image` returns it (EXIF orientation
-    applied), from the header only (fast; a truncated body is found only by ``read_image``)."""
+    applied), from the header only (fast; a truncated body is found only by ``read_image``).
+    An image above ``max_pixels`` is refused before its EXIF block is looked up: PIL decodes a
+    whole PNG to find one (``PngImageFile.getexif``)."""
     with _open(path) as im:
+        check_pixels(path, *im.size, max_pixels)
         try:
             w, h = _oriented_size(im)
         except Exception as e:
@@ -185,9 +276,10 @@ def _to_rgb(path: str, im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def _decode_pil(path: str, im: Image.Image, max_aspect_ratio: float) -> np.ndarray:
+def _decode_pil(path: str, im: Image.Image, max_aspect_ratio: float, max_pixels: int) -> np.ndarray:
     """Check, decode in full, orient and normalise an opened image (``read_image``'s body)."""
     try:
+        check_pixels(path, *im.size, max_pixels)  # before _orientation: PNG's decodes in full
         orientation = _orientation(im)
         w, h = im.size
         if orientation in (5, 6, 7, 8):
@@ -206,12 +298,17 @@ def _decode_pil(path: str, im: Image.Image, max_aspect_ratio: float) -> np.ndarr
     return arr
 
 
-def read_image(path: str, *, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
+def read_image(
+    path: str,
+    *,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
     """The image at ``path`` as a writable RGB uint8 array ``[H, W, 3]`` (see the module
     docstring for what is validated and normalised), or :class:`BadImageError`."""
     path = os.fspath(path)
     with _open(path) as im:
-        arr = _decode_pil(path, im, max_aspect_ratio)
+        arr = _decode_pil(path, im, max_aspect_ratio, max_pixels)
     return np.array(arr, dtype=np.uint8, order="C")  # own, writable memory
 
 
@@ -256,7 +353,10 @@ def _check_decoder(decode) -> None:
 
 
 def read_image_tensor(
-    path: str, *, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    path: str,
+    *,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """:func:`read_image`'s pixels and checks as ``uint8 [3, H, W]`` (RGB), a view of HWC
     memory (``permute(1, 2, 0)`` gives the ``[H, W, 3]`` array back without a copy).
@@ -271,6 +371,7 @@ def read_image_tensor(
     except Exception as e:  # a decoder's failure on hostile bytes is the file's fault
         raise BadImageError(path, f"not a readable image ({_describe(e)})") from None
     with im:
+        check_pixels(path, *im.size, max_pixels)
         decoder = _jpeg_decoder() if im.format == "JPEG" and im.mode == "RGB" else None
         if decoder is not None and _orientation(im) in (None, 1):
             w, h = im.size
@@ -284,5 +385,5 @@ def read_image_tensor(
                     path, f"decoded shape {tuple(t.shape)} differs from the header's {(3, h, w)}"
                 )
             return t
-        arr = _decode_pil(path, im, max_aspect_ratio)
+        arr = _decode_pil(path, im, max_aspect_ratio, max_pixels)
     return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1)

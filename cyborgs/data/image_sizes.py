@@ -23,7 +23,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from cyborgs.data.image_io import BadImageError, read_image_size
+from cyborgs.data.image_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadImageError,
+    display_path,
+    read_image_size,
+)
 from cyborgs.utils.atomic import atomic_write_bytes
 from cyborgs.utils.progress import Progress
 
@@ -45,13 +50,13 @@ Size = tuple[int, int]
 def cache_file_for(root: str) -> str:
     """Where the sizes of the images under ``root`` are cached."""
     base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cyborgs")
-    key = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:16]
+    key = hashlib.sha1(os.fsencode(os.path.abspath(root))).hexdigest()[:16]  # any name
     return os.path.join(base, "image_sizes", f"{key}.json")
 
 
-def _read_size(path: str) -> Size | str:
+def _read_size(path: str, max_pixels: int) -> Size | str:
     try:
-        return read_image_size(path)  # the header only
+        return read_image_size(path, max_pixels=max_pixels)  # the header only
     except BadImageError as e:
         return e.reason
 
@@ -81,9 +86,12 @@ def _is_entry(hit: object) -> bool:
     )
 
 
-def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
+def read_image_sizes(
+    root: str, rel_paths: Sequence[str], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> list[Size | str]:
     """``(width, height)`` of each image ``root/rel_path``, or the error text of an unreadable
-    one (unreadable images are not cached, so a fixed file is read next time)."""
+    one or one above ``max_pixels`` (0: no cap); those are not cached, so a fixed file is read
+    next time."""
     root = os.path.abspath(root)
     cache_file = cache_file_for(root)
     cached = _load_cache(cache_file, root)
@@ -104,6 +112,8 @@ def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
             hit = None
         if hit is not None and (hit[0], hit[1]) == stats[rel]:
             out[i] = (hit[2], hit[3])
+            if max_pixels > 0 and hit[2] * hit[3] > max_pixels:  # cached under a larger cap
+                todo.append(i)
         else:
             todo.append(i)
     if malformed:
@@ -115,14 +125,16 @@ def read_image_sizes(root: str, rel_paths: Sequence[str]) -> list[Size | str]:
     if todo:
         t0 = time.perf_counter()
         paths = [os.path.join(root, rel_paths[i]) for i in todo]
-        progress = Progress(len(todo), f"reading image headers under {root}", logger)
+        progress = Progress(len(todo), f"reading image headers under {display_path(root)}", logger)
         with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(todo))) as pool:
-            for i, size in zip(todo, pool.map(_read_size, paths), strict=True):
+            for i, size in zip(
+                todo, pool.map(_read_size, paths, [max_pixels] * len(paths)), strict=True
+            ):
                 out[i] = size
                 progress.update()
         progress.close(summary=False)  # the summary line below
         logger.info(
-            f"Read {len(todo)} image header(s) under {root} in {time.perf_counter() - t0:.1f} s "
+            f"Read {len(todo)} image header(s) under {display_path(root)} in {time.perf_counter() - t0:.1f} s "
             f"({len(rel_paths) - len(todo)} from the cache {cache_file})"
         )
         entries = {
@@ -145,9 +157,9 @@ def warn_unreadable(where: str, bad: Sequence[tuple[str, str]]) -> None:
     (``data/num_skipped_images``, the round manifests)."""
     if not bad:
         return
-    named = "; ".join(f"{p} ({r})" for p, r in bad[:MAX_NAMED])
+    named = "; ".join(f"{display_path(p)} ({r})" for p, r in bad[:MAX_NAMED])
     more = f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
     logger.warning(
-        f"{len(bad)} unreadable image(s) under {where}, skipped (and counted) when read: "
+        f"{len(bad)} unreadable image(s) under {display_path(where)}, skipped (and counted) when read: "
         f"{named}{more}"
     )

@@ -29,7 +29,13 @@ from detectron2.utils import comm
 from ..masks.registry import build_mask_source
 from ..masks.store import MaskFileError
 from .augment import TwoViewAugment
-from .image_io import DEFAULT_MAX_ASPECT_RATIO, BadImageError, read_image_tensor
+from .image_io import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadImageError,
+    display_path,
+    read_image_tensor,
+)
 
 __all__ = ["TwoViewDatasetMapper"]
 
@@ -55,6 +61,7 @@ class TwoViewDatasetMapper:
         mask_source,
         seed: int | None = None,
         max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         """
         Args:
@@ -64,11 +71,13 @@ class TwoViewDatasetMapper:
                 docstring).
             seed: base seed of the augmentation RNG.
             max_aspect_ratio: images beyond it are skipped (``CYBORGS.DATA.MAX_ASPECT_RATIO``).
+            max_pixels: images above it are skipped undecoded (``CYBORGS.DATA.MAX_IMAGE_PIXELS``).
         """
         self.augment = augment
         self.mask_source = mask_source
         self.seed = seed
         self.max_aspect_ratio = float(max_aspect_ratio)
+        self.max_pixels = int(max_pixels)
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int] | None = None
 
@@ -90,6 +99,7 @@ class TwoViewDatasetMapper:
             "mask_source": build_mask_source(cfg, dataset_name),
             "seed": int(cfg.SEED) if cfg.SEED >= 0 else None,
             "max_aspect_ratio": float(cfg.CYBORGS.DATA.MAX_ASPECT_RATIO),
+            "max_pixels": int(cfg.CYBORGS.DATA.MAX_IMAGE_PIXELS),
         }
 
     def rng(self) -> np.random.Generator:
@@ -111,9 +121,11 @@ class TwoViewDatasetMapper:
                 f"pretraining dataset dict needs 'file_name' (DESIGN.md), got keys {sorted(dataset_dict)}"
             )
         try:
-            image = read_image_tensor(file_name, max_aspect_ratio=self.max_aspect_ratio)
+            image = read_image_tensor(
+                file_name, max_aspect_ratio=self.max_aspect_ratio, max_pixels=self.max_pixels
+            )
         except BadImageError as e:
-            logger.warning(f"Skipping bad image {e.path}: {e.reason}")
+            logger.warning(f"Skipping bad image {display_path(e.path)}: {e.reason}")
             return None
         hw = tuple(int(v) for v in image.shape[-2:])
         label_map = getattr(self.mask_source, "label_map", None)

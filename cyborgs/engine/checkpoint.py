@@ -1,4 +1,4 @@
-"""Safe, atomic checkpoints for CYBORGS pretraining and transfer (SPEC §7).
+"""Safe, atomic checkpoints for CYBORGS pretraining and transfer (METHOD.md §7).
 
 Every checkpoint we write is *plain*: tensors, numbers, strings, ``None``, and lists/tuples/dicts
 of those. :func:`check_plain` enforces it when saving (naming the offending key). Every weight
@@ -129,6 +129,19 @@ class SafeCheckpointer(DetectionCheckpointer):
     All loading goes through :meth:`_load_file` (the method fvcore's ``load`` calls), so every
     caller -- ``load``, ``resume_or_load``, the transfer backbone check -- is covered.
     """
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """detectron2's ``load``, callable again after a failed one (the resume fallback).
+
+        detectron2 after v0.6 sets ``_parsed_url_during_load`` before loading, clears it only
+        after a successful load and asserts it is unset on entry, so a second ``load`` after a
+        corrupt file would fail with ``AssertionError``; v0.6 has no such field.
+        """
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:

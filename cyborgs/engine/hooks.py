@@ -50,7 +50,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 class EMAHook(HookBase):
-    """Update the target encoder after every optimizer step (SPEC §5, BYOL).
+    """Update the target encoder after every optimizer step (METHOD.md §5, BYOL).
 
     Momentum at iteration k of K = ``SOLVER.MAX_ITER``: ``CYBORGS.EMA.SCHEDULE`` "cosine"
     ``1 - (1 - base)(cos(pi k / K) + 1) / 2`` or "constant" ``base``. Stateless: the momentum
@@ -94,12 +94,12 @@ class LossPhase:
 
 
 class LossScheduleHook(HookBase):
-    """Set the model's loss weights for the current epoch, before each step (SPEC §4).
+    """Set the model's loss weights for the current epoch, before each step (METHOD.md §4).
 
     * epochs ``e < CYBORGS.WARMUP_EPOCHS``: vMF only (contrastive 0, vMF 1, K = VMF.WARMUP_K);
     * afterwards: contrastive ``CYBORGS.CONTRASTIVE_WEIGHT``; vMF ``VMF.LAMBDA`` in epochs with
       ``e % VMF.PERIOD_EPOCHS == 0``, else 0 (LAMBDA 0: never); K drawn per step
-      from {BOOTSTRAP.K_MIN..K_MAX} (``VMF.K_SAMPLING "uniform"``, SPEC §4) or ``VMF.K``
+      from {BOOTSTRAP.K_MIN..K_MAX} (``VMF.K_SAMPLING "uniform"``, METHOD.md §4) or ``VMF.K``
       (``"fixed"``). The draw is seeded by the step alone (:meth:`vmf_k_at_iter`), so every
       rank and a resumed run use the same K at the same step.
 

@@ -1,4 +1,4 @@
-"""``launch`` that also runs several processes on a CPU-only machine (SPEC §7).
+"""``launch`` that also runs several processes on a CPU-only machine (METHOD.md §7).
 
 detectron2 v0.6's ``launch`` asserts CUDA as soon as more than one process is asked for. With
 CUDA we call it unchanged; without CUDA we spawn the processes ourselves with the gloo backend

@@ -228,9 +228,42 @@ def _irregular(epochs: list[int]) -> bool:
     return len(epochs) > 8 and len(_steps(epochs)) > 1
 
 
-def _epoch_list(epochs: list[int]) -> str:
-    """Compact: "3", "0-4", "6, 8, ..., 798" (a longer arithmetic run), a short list, or the
-    span of an irregular set (the phase that fills the gaps of the ones listed before it)."""
+def _runs(epochs: list[int]) -> list[list[int]]:
+    """``epochs`` cut into arithmetic runs, left to right; a pair whose second epoch starts a
+    longer run is split, so that 1, 3, 6, 9 is [1], [3, 6, 9] and not [1, 3], [6, 9]."""
+    runs, i, n = [], 0, len(epochs)
+    while i < n:
+        j = i + 1
+        if j < n:
+            step = epochs[j] - epochs[i]
+            while j + 1 < n and epochs[j + 1] - epochs[j] == step:
+                j += 1
+            if (
+                j == i + 1
+                and j + 2 < n
+                and (epochs[j + 2] - epochs[j + 1] == epochs[j + 1] - epochs[j])
+            ):
+                j = i
+        else:
+            j = i
+        runs.append(epochs[i : j + 1])
+        i = j + 1
+    return runs
+
+
+def _run_text(run: list[int]) -> str:
+    if len(run) >= 3 and run[1] - run[0] == 1:
+        return f"{run[0]}-{run[-1]}"
+    if len(run) > 4:
+        return f"{run[0]}, {run[1]}, ..., {run[-1]}"
+    return ", ".join(map(str, run))
+
+
+def _epoch_list(epochs: list[int], rest_of_span: bool = False) -> str:
+    """Compact and exact: "3", "0-4", "6, 8, ..., 798" (a longer arithmetic run), a short list,
+    or the arithmetic runs of an irregular set ("1 and 3, 6, ..., 27"). ``rest_of_span``: the
+    set is every epoch of its span not listed before it (the phase printed last), which is
+    said so when that is shorter."""
     if not epochs:
         return "none"
     if len(epochs) == 1:
@@ -242,7 +275,13 @@ def _epoch_list(epochs: list[int]) -> str:
         return f"{epochs[0]}, {epochs[1]}, ..., {epochs[-1]}"
     if len(epochs) <= 8:
         return ", ".join(map(str, epochs))
-    return f"{epochs[0]}-{epochs[-1]} except those above ({len(epochs)} epochs)"
+    cut = _runs(epochs)
+    if rest_of_span and len(cut) > 3:
+        return f"{epochs[0]}-{epochs[-1]} except those above ({len(epochs)} epochs)"
+    if all(len(r) <= 2 for r in cut):
+        return ", ".join(map(str, epochs))
+    runs = [_run_text(r) for r in cut]
+    return runs[0] + " and " + runs[1] if len(runs) == 2 else "; ".join(runs)
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -255,11 +294,14 @@ def format_plan(plan: dict[str, Any]) -> str:
     by_phase: dict[str, list[int]] = {}
     for e in plan["per_epoch"]:
         by_phase.setdefault(e["phase"], []).append(e["epoch"])
-    # An irregular set (printed as a span "except those above") goes after the regular ones.
-    for phase, eps in sorted(by_phase.items(), key=lambda kv: _irregular(kv[1])):
+    # An irregular set goes after the regular ones; the last phase may be printed as the rest
+    # of its span ("except those above"), true only there: the phases partition the epochs.
+    phases = sorted(by_phase.items(), key=lambda kv: _irregular(kv[1]))
+    for n, (phase, eps) in enumerate(phases):
         ex = next(e for e in plan["per_epoch"] if e["phase"] == phase)
+        text = _epoch_list(eps, rest_of_span=n == len(phases) - 1)
         lines.append(
-            f"  epoch{'s' if len(eps) > 1 else ''} {_epoch_list(eps)}: {phase} (contrastive {ex['contrastive_weight']:g}, "
+            f"  epoch{'s' if len(eps) > 1 else ''} {text}: {phase} (contrastive {ex['contrastive_weight']:g}, "
             f"vMF {ex['vmf_weight']:g}, K {_k_text(ex['vmf_k'])})"
         )
     rounds = [r["epoch"] for r in plan["bootstrap_rounds"]]

@@ -4,7 +4,7 @@ It takes the final config of :func:`cyborgs.engine.setup.setup_pretrain_cfg` (or
 ``finalize_pretrain_cfg``) as ``DefaultTrainer`` takes ``setup(args)``'s, and changes nothing
 in it. What differs from ``DefaultTrainer`` and why:
 
-* Schedules are in epochs (SPEC §5): the config carries the derived ``CYBORGS.DATA.NUM_IMAGES``
+* Schedules are in epochs (METHOD.md §5): the config carries the derived ``CYBORGS.DATA.NUM_IMAGES``
   and ``SOLVER.MAX_ITER = round(EPOCHS * iters_per_epoch)``, ``iters_per_epoch =
   ceil(NUM_IMAGES / IMS_PER_BATCH)``; LR warm-up + cosine/step via :mod:`cyborgs.solver.schedule`.
 * Optimizer: LARS (or SGD) with biases/norm parameters excluded (``SOLVER.OPTIMIZER``).

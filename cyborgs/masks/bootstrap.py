@@ -1,7 +1,7 @@
 """The "bootstrap" mask source (CYBORGS): the label maps of the mask store's current round.
 
 Reads ``store_root(cfg, "bootstrap", dataset_name)``, the directory ``BootstrapHook`` writes.
-Before the first round exists (the vMF warm-up, SPEC §3-4) it returns whole-image masks (all
+Before the first round exists (the vMF warm-up, METHOD.md §3-4) it returns whole-image masks (all
 zeros): the warm-up trains with the vMF loss alone and needs no masks, so a run starts from raw
 images. Rounds switch without restarting data-loader workers: every call stats the store's
 pointer file (one ``os.stat``, microseconds) and re-reads it only when its inode, mtime or size

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -193,7 +194,7 @@ class _Compute:  # picklable callable for loader workers
 
         # no aspect limit: the cache serves any CYBORGS.DATA.MAX_ASPECT_RATIO (precompute.py)
         img = read_image(item["file_name"], max_aspect_ratio=0)
-        seed = int(hashlib.md5(str(item["image_id"]).encode()).hexdigest()[:8], 16)
+        seed = int(hashlib.md5(os.fsencode(str(item["image_id"]))).hexdigest()[:8], 16)
         return selective_search_mask(img, seed)
 
 

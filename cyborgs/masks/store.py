@@ -1,4 +1,4 @@
-"""Versioned, atomic rounds of uint8 label maps on disk (SPEC §3).
+"""Versioned, atomic rounds of uint8 label maps on disk (METHOD.md §3).
 
 Layout under ``root``::
 
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cyborgs.data.image_io import display_path
 from cyborgs.utils.atomic import atomic_write_bytes
 
 __all__ = [
@@ -74,17 +75,28 @@ def image_key(image_id: Any) -> str:
     Safe ids (letters, digits, ``-``, ``_``) are kept for readability; anything else is
     percent-encoded byte-wise (``%`` cannot occur in a kept id, so no collisions); very long
     keys are replaced by a hash to stay under file-name limits.
+
+    Any file name the OS accepts works: the bytes encoded are the name's own bytes on disk, so
+    a name that is not UTF-8 (which Python holds with surrogate escapes, as ``os.fsdecode``
+    gives it) gets the percent-encoding of its raw bytes (``b"\xff.jpg"`` -> ``%FF%2Ejpg``).
+    A key that is not a hash is reversible: ``os.fsdecode(urllib.parse.unquote_to_bytes(key))``.
     """
     s = str(image_id)
     if not s:
         raise ValueError("image_id must not be empty")
     if not _SAFE.match(s):
-        s = "".join(
-            ch if _SAFE.match(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8")) for ch in s
-        )
+        s = "".join(ch if _SAFE.match(ch) else _percent_bytes(ch) for ch in s)
     if len(s) > 180:
         s = "h%" + hashlib.sha1(s.encode("utf-8")).hexdigest()
     return s
+
+
+def _percent_bytes(ch: str) -> str:
+    try:
+        raw = ch.encode("utf-8", "surrogateescape")  # a non-UTF-8 byte of a file name
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (not a file name)
+        raw = ch.encode("utf-8", "surrogatepass")
+    return "".join(f"%{b:02X}" for b in raw)
 
 
 def check_unique_image_ids(dicts: Iterable[dict]) -> None:
@@ -97,7 +109,7 @@ def check_unique_image_ids(dicts: Iterable[dict]) -> None:
         name = d.get("file_name", d["image_id"])
         if key in seen:
             raise ValueError(
-                f"{seen[key]} and {name} have the same image_id {d['image_id']!r}: masks are "
+                f"{display_path(seen[key])} and {display_path(name)} have the same image_id {d['image_id']!r}: masks are "
                 "stored per image_id, so they would share one; rename one of the files (or give "
                 "the data set unique ids)"
             )

@@ -2,7 +2,7 @@
 
 A name is either a stage (``"stem"``, ``"res2"`` .. ``"res5"``) or ``"<stage>.<i>"``: the output
 of block index ``i`` (0-based) of that stage, e.g. ``"res3.2"`` = the third block of res3, the
-paper's "res2.b2" (SPEC §1). Blocks are read by running the stages block by block (exactly what
+paper's "res2.b2" (METHOD.md §1). Blocks are read by running the stages block by block (exactly what
 detectron2's ``ResNet.forward`` does), not with forward hooks, so deep copies of the backbone
 (the EMA target) never share hook state with the online encoder.
 """

@@ -1,4 +1,4 @@
-"""Sample two views' feature maps at the same image locations (SPEC §4, inter-view vMF terms).
+"""Sample two views' feature maps at the same image locations (METHOD.md §4, inter-view vMF terms).
 
 View a of image b is the crop ``boxes[b, a] = (x0, y0, x1, y1)`` (original image pixels),
 resized to the network input and horizontally flipped when ``flips[b, a]``; its feature map

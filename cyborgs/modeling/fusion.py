@@ -1,4 +1,4 @@
-"""Multi-layer feature fusion for the mask-contrastive loss (SPEC §2, paper §3.2).
+"""Multi-layer feature fusion for the mask-contrastive loss (METHOD.md §2, paper §3.2).
 
 Each selected map is average-pooled to the grid of the LAST selected map and the results are
 concatenated on channels (R50 res3,res4,res5: 512+1024+2048 = 3584 channels at 7x7 for 224 px).

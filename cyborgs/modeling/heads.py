@@ -1,4 +1,4 @@
-"""BYOL MLP heads: the projector g and the predictor q (SPEC §2)."""
+"""BYOL MLP heads: the projector g and the predictor q (METHOD.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Masks onto the feature grid, mask-id sampling and masked mean pooling (SPEC §2, paper eq. 1).
+"""Masks onto the feature grid, mask-id sampling and masked mean pooling (METHOD.md §2.3, eq. 1).
 
 Three steps feed the mask-contrastive loss:
 

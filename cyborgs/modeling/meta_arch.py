@@ -1,10 +1,10 @@
-"""The CYBORGS pretraining meta-architecture (paper §3.2-3.4; SPEC §1, §2, §4).
+"""The CYBORGS pretraining meta-architecture (paper §3.2-3.4; METHOD.md §1, §2, §4).
 
 Online encoder f_θ (a detectron2 ResNet with BN), target encoder f_ξ (EMA copy), BYOL
 projector g / predictor q, the mask-contrastive loss on fused multi-layer features and the vMF
 clustering-consistency loss on the bootstrap feature.
 
-Choices where the SPEC is silent:
+Choices where the paper is silent:
 - The two views go through the encoders one after the other (not as one 2B batch), so BN
   statistics are per view as in BYOL/DetCon; the heads likewise see one view at a time.
 - The target encoder runs in the module's mode (train mode during training, batch-statistics
@@ -396,7 +396,7 @@ class CYBORGS(nn.Module):
         for v in range(2):
             fused_o = fuse_features(online[v], self.fusion_features)
             grid = masks_to_grid(masks[v], tuple(fused_o.shape[-2:]), self.max_mask_ids)
-            # One id sample per view, shared by the online and the target encoder (SPEC §2).
+            # One id sample per view, shared by the online and the target encoder (METHOD.md §2).
             ids = sample_mask_ids(grid, self.num_sampled_masks)
             preds.append(self.predictor(self.projector(pool_by_mask(fused_o, grid, ids))))
             with torch.no_grad():

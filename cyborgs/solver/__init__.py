@@ -1,4 +1,4 @@
-"""Optimisation for CYBORGS pretraining: LARS and epoch-based schedules (SPEC §5)."""
+"""Optimisation for CYBORGS pretraining: LARS and epoch-based schedules (METHOD.md §5)."""
 
 from .lars import LARS, build_lars_optimizer, lars_param_groups
 from .schedule import (

@@ -1,4 +1,4 @@
-"""LARS (You et al. 2017) as used by BYOL / DetCon / CYBORGS pretraining (SPEC §5).
+"""LARS (You et al. 2017) as used by BYOL / DetCon / CYBORGS pretraining (METHOD.md §5).
 
 For a parameter group with ``lars_exclude=False`` one step is::
 
@@ -148,7 +148,7 @@ def build_lars_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimize
 
     Uses SOLVER.BASE_LR, SOLVER.MOMENTUM, SOLVER.WEIGHT_DECAY, SOLVER.LARS_TRUST_COEFFICIENT.
     detectron2's per-norm/bias keys (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR) are not used: biases and
-    norm parameters always get no weight decay and the base LR (SPEC §5).
+    norm parameters always get no weight decay and the base LR (METHOD.md §5).
     """
     s = cfg.SOLVER
     name = str(s.OPTIMIZER).upper()

@@ -1,4 +1,4 @@
-"""Epoch-based LR and EMA-momentum schedules, converted to iterations (SPEC §5).
+"""Epoch-based LR and EMA-momentum schedules, converted to iterations (METHOD.md §5).
 
 The config writes schedules in epochs (``SOLVER.EPOCHS``, ``SOLVER.LR_WARMUP_EPOCHS``,
 ``SOLVER.STEP_EPOCHS``) because the paper does; the trainer turns them into iterations with

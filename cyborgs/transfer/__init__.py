@@ -1,4 +1,4 @@
-"""Transfer protocols (SPEC §6): weight conversion, detection / segmentation heads, evaluators,
+"""Transfer protocols (METHOD.md §6): weight conversion, detection / segmentation heads, evaluators,
 VOC07 SVMs, ImageNet semi-supervised fine-tuning and the results table.
 
 Importing this package registers ``Res5ROIHeadsExtraNorm`` (ROI_HEADS_REGISTRY), ``FCNHead`` and

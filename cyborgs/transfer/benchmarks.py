@@ -1,4 +1,4 @@
-"""The transfer benchmarks of Table 1 and the appendix (SPEC §6): the one table that the
+"""The transfer benchmarks of Table 1 and the appendix (METHOD.md §6): the one table that the
 convert-and-finetune driver runs and the results summary lays out.
 
 Each benchmark is evaluated either by a detectron2 transfer config (evaluator ``"train_net"``)

@@ -25,7 +25,7 @@ def add_transfer_config(cfg: CN) -> CN:
     cfg.MODEL.FCN_HEAD.AUX_LOSS_WEIGHT = 0.4
 
     # Frozen linear probe (paper §4 / Fig. 5): feature "res3.2" = stage res3, block index 2
-    # (the paper's res2.b2, SPEC §1), bilinearly upsampled, one trainable 1x1 conv.
+    # (the paper's res2.b2, METHOD.md §1), bilinearly upsampled, one trainable 1x1 conv.
     cfg.MODEL.LINEAR_PROBE = CN()
     cfg.MODEL.LINEAR_PROBE.FEATURE = "res3.2"
 

@@ -1,4 +1,4 @@
-"""CYBORGS checkpoint -> detectron2 / torchvision backbone weights (SPEC §6).
+"""CYBORGS checkpoint -> detectron2 / torchvision backbone weights (METHOD.md §6).
 
 The pretrainer's checkpoint holds the whole meta-architecture; transfer needs only the ONLINE
 ResNet (or, on request, the EMA target). It is already in detectron2 names (``stem.*``,

@@ -1,7 +1,7 @@
 """ResNet with output stride 8 (dilated res4 and res5) that keeps detectron2's weight names.
 
 detectron2 v0.6 can only dilate res5 (``RES5_DILATION``), giving output stride 16. The FCN
-protocols (mmseg "R50-D8", SPEC §6) need stride 8: res4 stride 1 / dilation 2, res5 stride 1 /
+protocols (mmseg "R50-D8", METHOD.md §6) need stride 8: res4 stride 1 / dilation 2, res5 stride 1 /
 dilation 4, as mmseg's ``fcn_r50-d8`` backbone (``dilations=(1, 1, 2, 4)``,
 ``strides=(1, 2, 1, 1)``, ``contract_dilation=True``). mmseg's ``ResLayer`` contracts the first
 block of a dilated stage to ``dilation // 2``, so the blocks' 3x3 dilations are res4

@@ -1,4 +1,4 @@
-"""The evaluator of a data set, chosen from its metadata's ``evaluator_type`` (SPEC §6/§7)."""
+"""The evaluator of a data set, chosen from its metadata's ``evaluator_type`` (METHOD.md §6/§7)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
     if kind == "coco":
         if faster:
             return FasterCOCOEvaluator(dataset_name, output_dir=output_folder)
-        # Without detectron2's compiled ops its fast COCO evaluator is unavailable.
+        # Without detectron2's compiled ops its fast COCO evaluator is unavailable (METHOD.md §7).
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=HAS_D2_OPS)
     if kind == "lvis":
         lvis_evaluator = FasterLVISEvaluator if faster else LVISEvaluator
@@ -47,7 +47,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
         return PascalVOCDetectionEvaluator(dataset_name)
     if kind in ("sem_seg", "cityscapes_sem_seg"):
         # detectron2's CityscapesSemSegEvaluator imports an internal module and fails; mIoU
-        # over the trainId maps is what SemSegEvaluator computes (SPEC §6).
+        # over the trainId maps is what SemSegEvaluator computes (METHOD.md §6).
         return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
     if kind in _OWN_PROTOCOL:
         protocol = _OWN_PROTOCOL[kind]

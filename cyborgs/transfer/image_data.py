@@ -15,7 +15,7 @@ from cyborgs.engine.weights_io import load_weights
 from cyborgs.transfer.convert import infer_depth
 from cyborgs.transfer.load_check import assert_backbone_loaded
 
-# SPEC §6 pixel statistics (torchvision's), in [0, 1] units.
+# METHOD.md §6 pixel statistics (torchvision's), in [0, 1] units.
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 
@@ -50,7 +50,7 @@ def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> Re
 
     Nothing is frozen (``MODEL.BACKBONE.FREEZE_AT`` 0; detectron2's default 2 would turn the stem
     and res2 into FrozenBatchNorm2d with ``requires_grad`` False): the semi-supervised protocol
-    fine-tunes the whole trunk (SPEC §6). The VOC07 SVM features are unaffected: they are taken
+    fine-tunes the whole trunk (METHOD.md §6). The VOC07 SVM features are unaffected: they are taken
     in eval mode, where BatchNorm2d and FrozenBatchNorm2d both apply the loaded running stats.
     """
     state = None

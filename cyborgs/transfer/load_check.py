@@ -2,7 +2,7 @@
 
 detectron2's matching heuristics silently skip any name or shape they cannot match, so a
 pretrained file can leave a transfer model at random init without an error -- the most common
-complaint in self-supervised transfer (SPEC §6). After loading we therefore compare, tensor by
+complaint in self-supervised transfer (METHOD.md §6). After loading we therefore compare, tensor by
 tensor, every ResNet weight of the model against the file.
 """
 

@@ -1,4 +1,5 @@
-"""Checks run before any training: data sets, their files, the weight file, class counts.
+"""Checks run before any training: data sets, their files, the weight file, class counts, the
+training boxes (:mod:`cyborgs.transfer.annotations`).
 
 A transfer run can take a day; a typo in a path should cost seconds, not a crash at the first
 evaluation or -- worse -- a silently random-initialised backbone.
@@ -11,6 +12,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cyborgs.engine.weights_io import checkpoint_format
+from cyborgs.transfer.annotations import check_detection_annotations
 
 # Metadata attributes that name files or folders a data set reads (detectron2 built-ins and
 # cyborgs.data.datasets both use these names).
@@ -75,3 +77,6 @@ def preflight(cfg, eval_only: bool = False, resume: bool = False) -> None:
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_num_classes(cfg)
     check_weights(cfg, eval_only)
+    if not eval_only and cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+        # boxes that would train silently to a zero loss or fail mid-run (annotations.py)
+        check_detection_annotations(cfg.DATASETS.TRAIN)

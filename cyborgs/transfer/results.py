@@ -1,4 +1,4 @@
-"""Per-run metrics files and the Table 1 / appendix summary (SPEC §6); the columns come from
+"""Per-run metrics files and the Table 1 / appendix summary (METHOD.md §6); the columns come from
 :data:`cyborgs.transfer.benchmarks.BENCHMARKS`."""
 
 from __future__ import annotations

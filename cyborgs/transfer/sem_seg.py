@@ -1,4 +1,4 @@
-"""Semantic-segmentation transfer heads (SPEC §6: Cityscapes / COCO-Stuff-10k).
+"""Semantic-segmentation transfer heads (METHOD.md §6: Cityscapes / COCO-Stuff-10k).
 
 - ``FCNHead``: mmseg's FCN head on a dilated ResNet (output stride 8), with its auxiliary
   FCN head on res4; used with detectron2's ``SemanticSegmentor``.

@@ -1,4 +1,4 @@
-"""ImageNet semi-supervised fine-tuning on 1% / 10% of the labels (SPEC §6).
+"""ImageNet semi-supervised fine-tuning on 1% / 10% of the labels (METHOD.md §6).
 
 The whole R50 plus a linear head on res5's global average pool is fine-tuned: 20 epochs, SGD
 momentum 0.9, LR steps at epochs 12 and 16 (x0.2), batch 256, the head's LR a multiple of the

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_checkpointer(model, save_dir: str, **checkpointables):
-    """Weights-only loading (SPEC §7) and plain, atomic saves: the suite's checkpointer."""
+    """Weights-only loading (METHOD.md §7) and plain, atomic saves: the suite's checkpointer."""
     return SafeCheckpointer(model, save_dir, **checkpointables)
 
 
@@ -66,7 +66,7 @@ class TransferTrainer(DefaultTrainer):
         return super().build_train_loader(cfg)
 
     def build_hooks(self):
-        # Replace the checkpointer before the hooks capture it: weights-only loads (SPEC §7).
+        # Replace the checkpointer before the hooks capture it: weights-only loads (METHOD.md §7).
         self.checkpointer = build_checkpointer(
             self.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
         )
@@ -85,7 +85,7 @@ class TransferTrainer(DefaultTrainer):
 
 
 def check_backbone_loaded(cfg, model, checkpointer) -> None:
-    """Raise unless every ResNet tensor of ``model`` equals MODEL.WEIGHTS (SPEC §6)."""
+    """Raise unless every ResNet tensor of ``model`` equals MODEL.WEIGHTS (METHOD.md §6)."""
     if not cfg.MODEL.WEIGHTS or not cfg.TRANSFER.CHECK_BACKBONE_LOADED:
         return
     if isinstance(model, DistributedDataParallel):

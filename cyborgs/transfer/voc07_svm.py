@@ -1,4 +1,4 @@
-"""VOC07 linear classification with per-class SVMs (VirTex protocol; SPEC §6).
+"""VOC07 linear classification with per-class SVMs (VirTex protocol; METHOD.md §6).
 
 Frozen features: res5, global-average-pooled, L2-normalised, from images resized to shorter side
 256 and center-cropped to 224. One ``LinearSVC`` per class, its cost picked among

@@ -97,6 +97,43 @@ def test_round_maps_shapes_k_range_and_reproducible(tmp_path, round_settings):
         np.testing.assert_array_equal(store_a.read(d["image_id"]), store_b.read(d["image_id"]))
 
 
+def test_loader_workers_give_the_maps_of_the_in_process_round(tmp_path, round_settings):
+    """Images loaded by 2 worker processes (the default config's path; every other test loads
+    in the test process) give the same stored maps, byte for byte, and the same manifest."""
+    dicts = _write_images(tmp_path, n=7, noise=True)  # no symmetry a loader bug could hide in
+    kw = dict(group_size=3, k_min=2, k_max=4, kmeans_iters=5, backend="torch", input_size=0,
+              batch_size=2, seed=3)  # fmt: skip
+    out = {}
+    for workers in (0, 2):
+        settings = round_settings(**kw, num_workers=workers)
+        store = MaskStore(str(tmp_path / f"w{workers}"))
+        out[workers] = run_bootstrap_round(_ColourNet().eval(), settings, dicts, store, 1)
+    assert out[2]["k_values"] == out[0]["k_values"] and out[2]["images"] == 7
+    for key in ("num_images", "k_per_group", "k_histogram", "bytes"):
+        assert out[2]["manifest"][key] == out[0]["manifest"][key], key
+    a, b = MaskStore(str(tmp_path / "w0")), MaskStore(str(tmp_path / "w2"))
+    for d in dicts:
+        np.testing.assert_array_equal(b.read(d["image_id"]), a.read(d["image_id"]))
+
+
+def test_manifest_merges_the_ranks_stats(round_settings):
+    """Ranks work in parallel: the round took as long as its slowest rank (not the sum); groups
+    and skipped images add up over the ranks, in rank order; world size = ranks reporting."""
+    from cyborgs.bootstrap.round import round_manifest
+
+    stats = [
+        {"k_values": [3, 5], "time_s": 4.0, "skipped_images": 1, "skipped_files": ["a: bad"]},
+        {"k_values": [5], "time_s": 7.5, "skipped_images": 2, "skipped_files": ["b: x", "c: y"]},
+        {"k_values": [4, 4], "time_s": 1.0},
+    ]
+    man = round_manifest(stats, round_settings(), epoch=2, iteration=30)
+    assert man["time_s"] == 7.5 and man["world_size"] == 3
+    assert man["k_per_group"] == [3, 5, 5, 4, 4] and man["k_histogram"] == {"3": 1, "4": 2, "5": 2}
+    assert man["k_mean"] == pytest.approx(21 / 5)
+    assert man["skipped_images"] == 3 and man["skipped_files"] == ["a: bad", "b: x", "c: y"]
+    assert (man["epoch"], man["iteration"], man["source"]) == (2, 30, "bootstrap")
+
+
 def test_settings_come_from_the_config():
     cfg = add_cyborgs_config(get_cfg())
     b = cfg.CYBORGS.BOOTSTRAP

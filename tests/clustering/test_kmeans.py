@@ -130,10 +130,12 @@ def test_torch_backend_runs_on_input_device_and_dtype():
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"unknown k-means backend 'nope'.*'faiss', 'torch'"):
         spherical_kmeans(torch.randn(5, 2), 2, backend="nope")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"non-empty \[N, D\] tensor, got shape \(5,\)"):
         spherical_kmeans(torch.randn(5), 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         spherical_kmeans(torch.randn(5, 2), 0)
+    with pytest.raises(ValueError, match="iters must be >= 0, got -1"):
+        spherical_kmeans(torch.randn(5, 2), 2, iters=-1)
     assert {"torch", "faiss"} <= set(kmeans_backend_names())
 
 
@@ -201,6 +203,37 @@ def test_registered_backend_is_looked_up_by_name(monkeypatch):
     assert labels.max() < 4
     with pytest.raises(ValueError, match=r"known: \['first_seeds'\]"):
         get_kmeans_backend("torch")
+
+
+def _plain_kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Arthur & Vassilvitskii's k-means++ (one draw per centre, D^2 weighting), written from the
+    definition with the chordal distance |x - c|^2 = 2 - 2cos of unit vectors."""
+    idx = [int(torch.randint(x.shape[0], (1,), generator=gen))]
+    closest = (2 - 2 * x @ x[idx[0]]).clamp_min(0)
+    for _ in range(1, k):
+        idx.append(int(torch.multinomial(closest / closest.sum(), 1, generator=gen)))
+        closest = torch.minimum(closest, (2 - 2 * x @ x[idx[-1]]).clamp_min(0))
+    return x[idx]
+
+
+def test_greedy_seeding_beats_one_draw_per_centre_on_overlapping_clusters():
+    """scikit-learn's greedy k-means++ (2 + log k draws per centre, keep the one that lowers the
+    potential most) starts from a lower inertia than plain k-means++ where clusters overlap (on
+    well-separated blobs both find every blob). Over 40 seeds of 8 overlapping clusters the
+    greedy mean is ~0.90 of the plain one; the seeding cut to one draw gives ~1.00 (+-0.02)."""
+    from cyborgs.clustering.kmeans import _kmeans_pp_init
+
+    def inertia(x, c):
+        return float((2 - 2 * x @ c.T).min(dim=1).values.clamp_min(0).sum())
+
+    greedy, plain = [], []
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        dirs = F.normalize(torch.randn(8, 6, generator=g), dim=1)
+        x = F.normalize(dirs.repeat_interleave(30, 0) + 0.5 * torch.randn(240, 6, generator=g))
+        greedy.append(inertia(x, _kmeans_pp_init(x, 8, torch.Generator().manual_seed(seed))))
+        plain.append(inertia(x, _plain_kmeans_pp(x, 8, torch.Generator().manual_seed(seed))))
+    assert sum(greedy) < 0.95 * sum(plain), (sum(greedy), sum(plain))
 
 
 def test_non_finite_points_are_refused_not_taken_for_duplicates():

@@ -187,6 +187,22 @@ def test_label_map_views_equal_upsample_then_crop():
             assert np.array_equal(got, ref.numpy()), (H, W, h, w, box, flip)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_crop_resize_mask_samples_pixel_centres(dtype):
+    """Hand-computed: 5 source columns to 3 take the columns under the output pixel centres,
+    floor((o + 0.5) * 5 / 3) = 0, 2, 4 (plain "nearest", floor(o * 5 / 3), would take 0, 1, 3);
+    rows 1..3 of the box likewise become 1, 2, 3 (and the flip reverses the columns)."""
+    from cyborgs.data.augment import crop_resize_mask
+
+    mask = (10 * torch.arange(6)[:, None] + torch.arange(7)[None, :]).to(dtype)  # id = 10 r + c
+    out = crop_resize_mask(mask, (1, 1, 6, 4), False, 3)  # box x 1..5, y 1..3
+    assert out.dtype == dtype
+    assert out.tolist() == [[11, 13, 15], [21, 23, 25], [31, 33, 35]]
+    assert crop_resize_mask(mask, (1, 1, 6, 4), True, 3).tolist() == [
+        [15, 13, 11], [25, 23, 21], [35, 33, 31]
+    ]  # fmt: skip
+
+
 def test_low_res_mask_shape_is_free_but_must_be_2d():
     aug = TwoViewAugment(ViewAugment(size=16, **NO_PHOTO), ViewAugment(size=16, **NO_PHOTO))
     img = np.zeros((40, 60, 3), np.uint8)

@@ -1,19 +1,38 @@
 """Image folders: symlink loops and duplicates are cut and named; unreadable files stay listed so
-the loader skips and counts them."""
+the loader skips and counts them; FIFOs, images above the pixel cap and outputs of runs are left
+out and named; names that are not UTF-8 work."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import struct
+import zlib
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 import pytest
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from cyborgs.config import add_cyborgs_config
-from cyborgs.data.image_folder import IMAGE_FOLDER_DATASET, load_image_folder
+from cyborgs.data.image_folder import (
+    IMAGE_FOLDER_DATASET,
+    load_image_folder,
+    register_image_folder_from_cfg,
+)
+from cyborgs.data.image_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadImageError,
+    read_image,
+    read_image_size,
+    read_image_tensor,
+)
 from cyborgs.data.pretrain_loader import build_pretrain_train_loader
+from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
+from cyborgs.masks.store import MaskStore, image_key
 
 
 def _png(path, h=24, w=32, seed=0):
@@ -78,3 +97,195 @@ def test_unreadable_files_stay_listed_and_the_loader_counts_them(tmp_path, caplo
     skipped = [f for _ in range(4) for item in next(it) for f in item["skipped_files"]]
     assert skipped
     assert {os.path.basename(f) for f in skipped} <= {"empty.jpg", "text.png"}
+
+
+class _Alarm:
+    """Fail (instead of hanging the suite) if the body blocks for more than ``seconds``."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def __enter__(self):
+        def fire(signum, frame):
+            raise TimeoutError(f"blocked for more than {self.seconds} s")
+
+        self.old = signal.signal(signal.SIGALRM, fire)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+def _loader_cfg(root, **data):
+    cfg = add_cyborgs_config(get_cfg())
+    cfg.CYBORGS.DATA.IMAGE_FOLDER = str(root)
+    for k, v in data.items():
+        setattr(cfg.CYBORGS.DATA, k, v)
+    cfg.DATASETS.TRAIN = (IMAGE_FOLDER_DATASET,)
+    cfg.CYBORGS.MASKS.SOURCE = "grid"
+    cfg.CYBORGS.AUG.CROP_SIZE = 16
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SEED = 0
+    return cfg
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_named_like_an_image_is_skipped_named_and_never_opened(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    _png(root / "a.png")
+    _png(root / "b.png", seed=1)
+    os.mkfifo(root / "x.jpg")  # no writer: an open() for reading blocks forever
+    with _Alarm(20), caplog.at_level(logging.WARNING):
+        dicts = load_image_folder(str(root))
+        assert [d["image_id"] for d in dicts] == ["a.png", "b.png"]
+        msg = " ".join(r.getMessage() for r in caplog.records)
+        assert "x.jpg (a FIFO" in msg and "not regular files" in msg
+        # the readers refuse it without opening it (a dict built by hand, or a FIFO swapped in)
+        for read in (read_image, read_image_tensor, read_image_size):
+            with pytest.raises(BadImageError, match="FIFO.*not a regular file"):
+                read(str(root / "x.jpg"))
+        # and the loader trains on the rest
+        it = iter(build_pretrain_train_loader(_loader_cfg(root)))
+        assert {item["image_id"] for _ in range(2) for item in next(it)} == {"a.png", "b.png"}
+
+
+def test_name_that_is_not_utf8_works_and_is_shown_with_replacement_chars(tmp_path, caplog):
+    root = tmp_path / os.fsdecode(b"imgs-\xe9")  # the folder's own name too
+    _png(root / "a.png")
+    raw = os.path.join(os.fsencode(root), b"caf\xe9-\xff.png")  # Latin-1 bytes: not UTF-8
+    _png(root / "tmp.png", seed=1)
+    os.rename(root / "tmp.png", raw)
+    (root / "broken\udcff.png").write_bytes(b"not an image")  # same kind of name, unreadable
+    with caplog.at_level(logging.WARNING):
+        dicts = load_image_folder(str(root))
+    ids = [d["image_id"] for d in dicts]
+    name = os.fsdecode(b"caf\xe9-\xff.png")
+    assert ids == ["a.png", "broken\udcff.png", name]
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "broken\ufffd.png" in msg  # shown with a replacement character ...
+    msg.encode("utf-8")  # ... so every message can be written out
+
+    # the mask store keys it by its own bytes, reversibly
+    key = image_key(name)
+    assert key == "caf%E9-%FF%2Epng" and key != image_key("caf\xe9-\xff.png")
+    assert os.fsdecode(unquote_to_bytes(key)) == name
+    store = MaskStore(str(tmp_path / "masks"))
+    store.begin_round(0)
+    for d in dicts:
+        store.write(0, d["image_id"], np.full((3, 4), len(d["image_id"]), np.uint8))
+    store.finish_round(0)
+    assert store.read(name)[0, 0] == len(name)
+
+    # and the loader reads it
+    it = iter(build_pretrain_train_loader(_loader_cfg(root)))
+    seen = {item["image_id"] for _ in range(3) for item in next(it)}
+    assert name in seen
+
+
+def _bilevel_png(path, width: int, height: int) -> None:
+    """A 1-bit all-black PNG built by hand, row by row: no full-size buffer in the test."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_image_above_the_pixel_cap_is_named_and_never_decoded(tmp_path, caplog, monkeypatch):
+    root = tmp_path / "imgs"
+    _png(root / "a.png")
+    _png(root / "b.png", seed=1)
+    _bilevel_png(root / "bomb.png", 12000, 12000)  # 144 MP, 1.8 GB decoded
+    assert (root / "bomb.png").stat().st_size < 30_000
+    assert 12000 * 12000 > DEFAULT_MAX_IMAGE_PIXELS
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda im: decoded.append(im.size) or real_load(im))
+    with caplog.at_level(logging.WARNING):
+        dicts = load_image_folder(str(root))
+    # listed like an unreadable file (size 0, named once), for the loaders to skip and count
+    assert [(d["image_id"], d["width"]) for d in dicts] == [
+        ("a.png", 32),
+        ("b.png", 32),
+        ("bomb.png", 0),
+    ]
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "bomb.png (12000x12000 = 144000000 pixels exceeds" in msg
+    assert "MAX_IMAGE_PIXELS=100000000" in msg
+    for read in (read_image, read_image_tensor, read_image_size):
+        with pytest.raises(BadImageError, match=r"12000x12000 = 144000000 pixels exceeds"):
+            read(str(root / "bomb.png"))
+    assert (12000, 12000) not in decoded
+    it = iter(build_pretrain_train_loader(_loader_cfg(root)))
+    skipped = {f for _ in range(3) for item in next(it) for f in item["skipped_files"]}
+    assert {os.path.basename(f) for f in skipped} == {"bomb.png"}
+    assert (12000, 12000) not in decoded
+    # the key sets the cap (0: none); the readers take it from the loader's config
+    assert [d["width"] for d in load_image_folder(str(root), max_pixels=32 * 24)][:2] == [32, 32]
+    with pytest.raises(FileNotFoundError, match="no readable image .*MAX_IMAGE_PIXELS=767"):
+        load_image_folder(str(root), max_pixels=32 * 24 - 1)
+    mapper = TwoViewDatasetMapper(_loader_cfg(root, MAX_IMAGE_PIXELS=100))
+    assert mapper({"file_name": str(root / "a.png"), "image_id": "a.png"}) is None
+
+
+def _run_outputs(run) -> None:
+    """What a pretraining run leaves in its OUTPUT_DIR: config, checkpoint, a figure, mask
+    rounds."""
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("CYBORGS: {}\n")
+    (run / "last_checkpoint").write_text("model_0000009.pth")
+    _png(run / "plots" / "loss.png")
+    store = MaskStore(str(run / "masks" / "bootstrap" / "cyborgs_image_folder"))
+    store.begin_round(1)
+    store.write(1, "a.png", np.zeros((6, 8), np.uint8))
+    store.finish_round(1)
+    store.begin_round(2)  # a round in progress: no manifest, no pointer to it yet
+    store.write(2, "a.png", np.zeros((6, 8), np.uint8))
+
+
+def test_outputs_inside_the_image_folder_are_never_images(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    _png(root / "a.png")
+    _png(root / "b.png", seed=1)
+    _png(root / "round_0001" / "c.png", seed=2)  # a user's folder named like a round: kept
+    (root / "run").mkdir()  # this run's OUTPUT_DIR, before its first checkpoint and round
+    (root / "run" / "config.yaml").write_text("CYBORGS: {}\n")
+    _png(root / "run" / "plots" / "loss.png")
+    _run_outputs(root / "old_run")  # another run's, recognised by its files
+    _run_outputs(root / "older_run")
+    (root / "older_run" / "last_checkpoint").unlink()  # a run before its first checkpoint
+    (root / "older_run" / "args.json").write_text("{}")
+    _png(root / "store_copy" / "round_0001" / "k.png")  # a mask store, by its pointer alone
+    (root / "store_copy" / "current.json").write_text('{"round": 1, "dir": "round_0001"}')
+    store_dir = root / "stores"  # CYBORGS.MASKS.STORE_DIR
+    _png(store_dir / "bootstrap" / "ds" / "round_0000" / "ab" / "k.png")
+    _png(root / "masks_only" / "round_0003" / "0f" / "k.png")  # a partial round elsewhere
+    cfg = _loader_cfg(root)
+    cfg.OUTPUT_DIR = str(root / "run")
+    cfg.CYBORGS.MASKS.STORE_DIR = str(store_dir)
+    with caplog.at_level(logging.WARNING):
+        assert register_image_folder_from_cfg(cfg) == IMAGE_FOLDER_DATASET
+        ids = [d["image_id"] for d in DatasetCatalog.get(IMAGE_FOLDER_DATASET)]
+    assert ids == ["a.png", "b.png", "round_0001/c.png"]
+    (warning,) = [r.getMessage() for r in caplog.records if "outputs of CYBORGS" in r.getMessage()]
+    named = set(warning.rsplit(": ", 1)[1].split(", "))
+    assert named == {
+        str(root / d)
+        for d in ("run", "old_run", "older_run", "store_copy", "stores", "masks_only/round_0003")
+    }
+    # a resumed run registers the same images although the rounds are there now
+    DatasetCatalog.remove(IMAGE_FOLDER_DATASET)
+    MetadataCatalog.remove(IMAGE_FOLDER_DATASET)
+    register_image_folder_from_cfg(cfg)
+    assert [d["image_id"] for d in DatasetCatalog.get(IMAGE_FOLDER_DATASET)] == ids

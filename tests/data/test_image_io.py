@@ -107,9 +107,9 @@ def test_tensor_reader_matches_read_image_and_takes_the_fast_route_for_plain_jpe
     pil_route = []
     decode_pil = image_io._decode_pil
 
-    def spy(path, im, max_aspect_ratio):
+    def spy(path, im, max_aspect_ratio, max_pixels):
         pil_route.append(os.path.basename(path))
-        return decode_pil(path, im, max_aspect_ratio)
+        return decode_pil(path, im, max_aspect_ratio, max_pixels)
 
     for f in sorted(os.listdir(tmp_path)):
         path = str(tmp_path / f)

@@ -31,13 +31,13 @@ def root(tmp_path, monkeypatch):
 
 def _count_opens(monkeypatch) -> list[str]:
     opened: list[str] = []
-    real = image_io.Image.open
+    real = image_io._open
 
     def counting_open(path, *a, **k):
         opened.append(os.path.basename(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(image_io.Image, "open", counting_open)
+    monkeypatch.setattr(image_io, "_open", counting_open)
     return opened
 
 

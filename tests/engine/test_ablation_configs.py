@@ -80,7 +80,7 @@ EXPECTED: dict[str, dict[str, object]] = {
     # Table 2b: CRF refinement of the bootstrapped masks
     "ablations/t2b_crf.yaml": {"CYBORGS.BOOTSTRAP.CRF": True},
     "ablations/t2b_no_crf.yaml": {"CYBORGS.BOOTSTRAP.CRF": False},
-    # Table 2c: contrastive fusion (paper "2" = res3, "3" = res4, "4" = res5; SPEC §1)
+    # Table 2c: contrastive fusion (paper "2" = res3, "3" = res4, "4" = res5; METHOD.md §1)
     "ablations/fusion_res3.yaml": {_FF: ["res3"]},
     "ablations/fusion_res4.yaml": {_FF: ["res4"]},
     "ablations/fusion_res5.yaml": {_FF: ["res5"]},

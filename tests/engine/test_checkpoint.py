@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from cyborgs.engine.checkpoint import (
@@ -147,8 +149,32 @@ def checkpoint_log(caplog):
     log.removeHandler(caplog.handler)
 
 
+class _MainLoad(DetectionCheckpointer):
+    """``DetectionCheckpointer.load`` as detectron2 main has it (after v0.6): the field is set
+    before loading, cleared only after a successful load, and must be unset on entry."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._parsed_url_during_load = None
+
+    def load(self, path, *args, **kwargs):
+        assert self._parsed_url_during_load is None
+        if path:
+            self._parsed_url_during_load = urlparse(path)
+        ret = super().load(path, *args, **kwargs)
+        self._parsed_url_during_load = None
+        return ret
+
+
+class _SafeCheckpointerOnMain(SafeCheckpointer, _MainLoad):
+    """SafeCheckpointer over main's ``load`` (MRO: ours, main's, v0.6's)."""
+
+
+@pytest.mark.parametrize("checkpointer", [SafeCheckpointer, _SafeCheckpointerOnMain])
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete", "empty pointer"])
-def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_log, damage):
+def test_resume_falls_back_to_newest_complete_checkpoint(
+    tmp_path, checkpoint_log, damage, checkpointer
+):
     _, states = _saved_run(tmp_path, (4, 9, 14))
     latest = tmp_path / "model_0000014.pth"
     if damage == "truncate":  # as a crash mid-copy or a full disk leaves it
@@ -161,7 +187,8 @@ def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_lo
         latest.unlink()
     (tmp_path / "model_0000009.pth").write_bytes(b"PK\x03\x04 truncated too")  # skipped as well
     m2 = _model()
-    ret = SafeCheckpointer(m2, str(tmp_path)).resume_or_load("", resume=True)
+    ck = checkpointer(m2, str(tmp_path))
+    ret = ck.resume_or_load("", resume=True)
     # an empty pointer: the newest file that loads is the intact model_0000014.pth
     good, bad = (14, tmp_path / "last_checkpoint") if damage == "empty pointer" else (4, latest)
     assert ret["iteration"] == good
@@ -169,6 +196,7 @@ def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path, checkpoint_lo
         assert torch.equal(m2.state_dict()[k], v), k
     warning = [r.getMessage() for r in checkpoint_log.records if r.levelname == "WARNING"][-1]
     assert str(tmp_path / f"model_{good:07d}.pth") in warning and str(bad) in warning
+    ck.load(str(tmp_path / f"model_{good:07d}.pth"))  # and it can load again afterwards
 
 
 def _extended_run(tmp_path, final_at: int) -> dict[int, dict]:
@@ -233,6 +261,20 @@ def test_resume_never_skips_an_unsafe_latest_checkpoint(tmp_path) -> None:
     torch.save({"model": {}, "x": _Evil()}, tmp_path / "model_0000009.pth")
     with pytest.raises(UnsafeCheckpointError, match=r"model_0000009\.pth.*system"):
         SafeCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
+
+
+@pytest.mark.parametrize("planted", [".model_0000009.pth", ".pth", "sub\\model_0000009.pth"])
+def test_last_checkpoint_naming_a_hidden_or_nested_file_is_refused(tmp_path, planted) -> None:
+    """Ours only ever name ``model_*.pth``: a dot-name (the atomic writer's temp-file prefix, a
+    hidden file) or a Windows path is refused even when such a .pth file is really there."""
+    _saved_run(tmp_path, (4, 9))
+    (tmp_path / planted).write_bytes((tmp_path / "model_0000009.pth").read_bytes())
+    (tmp_path / "last_checkpoint").write_text(planted)
+    ck = SafeCheckpointer(_model(), str(tmp_path))
+    with pytest.raises(UnsafeCheckpointError, match=r"last_checkpoint names .*must name a \.pth"):
+        ck.get_checkpoint_file()
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")  # the control: accepted
+    assert ck.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
 
 
 def _hook(ck: SafeCheckpointer, keep: int | None) -> PeriodicCheckpointer:

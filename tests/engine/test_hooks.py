@@ -107,7 +107,7 @@ def test_loss_schedule_epochs() -> None:
 
 
 def test_vmf_k_drawn_per_step_after_warmup() -> None:
-    """SPEC §4: after the warm-up K ~ U{BOOTSTRAP.K_MIN..K_MAX} for each step, seeded by the
+    """METHOD.md §4: after the warm-up K ~ U{BOOTSTRAP.K_MIN..K_MAX} for each step, seeded by the
     step alone: the same K at the same step in any process, whatever the global RNG did."""
     h = LossScheduleHook(_schedule_cfg(warmup=1, period=1, k_sampling="uniform"), 10)
     assert {h.vmf_k_at_iter(i) for i in range(10)} == {8}  # warm-up: VMF.WARMUP_K

@@ -1,6 +1,6 @@
 """cyborgs.engine.plan and ``pretrain_net.py --plan-only``: the plan follows the config's schedule.
 
-Expected values are worked out from the config keys' definitions (SPEC §3-5): epoch e is a vMF
+Expected values are worked out from the config keys' definitions (METHOD.md §3-5): epoch e is a vMF
 warm-up epoch when e < CYBORGS.WARMUP_EPOCHS, else contrastive, with the vMF term when
 e % VMF.PERIOD_EPOCHS == 0; a bootstrap round runs at the start of epoch WARMUP_EPOCHS and of
 every later epoch that is a multiple of BOOTSTRAP.PERIOD_EPOCHS, never at the end of training.
@@ -112,3 +112,52 @@ def test_plan_only_cli_builds_no_model(tiny_data_root, tmp_path, monkeypatch, ca
     )
     assert pretrain_net.plan_only(args) == 0
     assert "1000 images / batch" in capsys.readouterr().out
+
+
+def _expand(text: str) -> list[int]:
+    """The epochs a list written by the plan names: runs "a-b" and "a, b, ..., z" (step b - a)
+    and single epochs, runs joined by ", ", " and " or "; "."""
+    out: list[int] = []
+    for run in text.replace(" and ", "; ").split("; "):
+        items = run.split(", ")
+        if "..." in items:
+            a, b, z = int(items[0]), int(items[1]), int(items[3])
+            out += list(range(a, z + 1, b - a))
+            continue
+        for item in items:
+            lo, _, hi = item.partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def test_round_epochs_are_listed_as_they_are() -> None:
+    # warm-up 1 epoch, then a round every 3 epochs, none at the end of 30 epochs
+    cfg = _cfg("SOLVER.EPOCHS", "30")
+    plan = build_plan(cfg, 400)
+    rounds = [r["epoch"] for r in plan["bootstrap_rounds"]]
+    assert rounds == [1, *range(3, 30, 3)]
+    text = format_plan(plan)
+    line = next(x for x in text.splitlines() if "bootstrap rounds" in x)
+    assert line == (
+        "  bootstrap rounds at the start of epochs 1 and 3, 6, ..., 27 (10 rounds of 400 images)"
+    )
+    assert "except" not in line
+
+
+def test_every_epoch_list_names_exactly_its_epochs() -> None:
+    from cyborgs.engine.plan import _epoch_list
+
+    cases = [
+        [1, *range(3, 30, 3)],
+        [5, *range(100, 800, 100)],
+        [0, 1, 2, 3, 10, 20, 30, 40, 50, 51],
+        [2, 4, 6, 8, 10, 11, 12, 13, 14, 15, 30],
+        [1, 2, 4, 7, 11, 16, 22, 29, 37, 46],  # no run longer than 2
+        list(range(0, 40, 4)) + list(range(41, 60, 2)),
+    ]
+    for epochs in cases:
+        assert _expand(_epoch_list(epochs)) == epochs, (epochs, _epoch_list(epochs))
+    # the rest of a span, said so only where asked (the phase printed last)
+    rest = [e for e in range(6, 800) if e % 5]
+    assert _epoch_list(rest, rest_of_span=True) == "6-799 except those above (636 epochs)"
+    assert _expand(_epoch_list(rest)) == rest

@@ -175,3 +175,38 @@ def test_a_mistake_found_in_the_spawned_processes_is_not_buried(tmp_path) -> Non
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "error: data set 'demo_coco_2017_train_unlabeled'" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: training process")
+
+
+@pytest.mark.parametrize("plan_only", [False, True])
+@pytest.mark.parametrize("where", ["file", "base"])
+def test_python_tag_in_a_config_or_its_base_runs_nothing(where, plan_only, tmp_path, capsys):
+    """A ``!!python/...`` tag (here: one that would create a marker file) in the config or in
+    its ``_BASE_``: one error line naming the file that holds it, nothing run, nothing written."""
+    marker = tmp_path / "marker"
+    evil = f'SOLVER:\n  BASE_LR: !!python/object/apply:builtins.open ["{marker}", "w"]\n'
+    cfg = tmp_path / "cfg.yaml"
+    if where == "file":
+        cfg.write_text(f"{evil}_BASE_: {DEMO}\n")
+        holder = cfg
+    else:
+        holder = tmp_path / "base.yaml"
+        holder.write_text(evil)
+        cfg.write_text("_BASE_: base.yaml\n")
+    out = tmp_path / "out"
+    argv = ["--plan-only"] * plan_only + ["--config-file", str(cfg), "OUTPUT_DIR", str(out)]
+    line = _refused(argv, capsys)
+    assert line.startswith(f"error: {holder}: line 2, column 12: tag !!python/object/apply:")
+    assert not marker.exists() and not out.exists()
+
+
+def test_base_cycle_and_missing_base_are_one_line(tmp_path, capsys) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("_BASE_: b.yaml\n")
+    b.write_text("_BASE_: a.yaml\n")
+    out = tmp_path / "out"
+    line = _refused(["--config-file", str(a), "OUTPUT_DIR", str(out)], capsys)
+    assert line == f"error: {b}: _BASE_ cycle: {a} -> {b} -> {a}"
+    b.write_text("_BASE_: gone.yaml\n")
+    line = _refused(["--plan-only", "--config-file", str(a), "OUTPUT_DIR", str(out)], capsys)
+    assert line == f"error: {b}: _BASE_ gone.yaml not found (looked for {tmp_path / 'gone.yaml'})"
+    assert not out.exists()

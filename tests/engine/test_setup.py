@@ -2,7 +2,7 @@
 
 Expectations follow the keys' documented definitions (cyborgs/config.py): iterations per epoch
 = ceil(images / global batch), SOLVER.MAX_ITER = round(SOLVER.EPOCHS x that), the mask-id width
-= K_max + 1 (SPEC §2), and each old key name lands on its new key with a note.
+= K_max + 1 (METHOD.md §2), and each old key name lands on its new key with a note.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_an_old_max_mask_ids_is_ignored_if_wide_enough_and_refused_if_not() -> N
 
 def test_mask_id_width_is_k_max_plus_one() -> None:
     cfg = add_cyborgs_config(get_cfg())
-    assert mask_id_width(cfg) == 257  # K_MAX 256: ids 0..255 plus one (SPEC §2)
+    assert mask_id_width(cfg) == 257  # K_MAX 256: ids 0..255 plus one (METHOD.md §2)
     cfg.CYBORGS.BOOTSTRAP.K_MAX = 81
     assert mask_id_width(cfg) == 82  # ids of a round with K <= 81
     cfg.CYBORGS.MASKS.SOURCE = "grid"

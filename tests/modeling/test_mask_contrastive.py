@@ -1,6 +1,6 @@
-"""MaskContrastiveLoss against SPEC §2, DetCon's ``byol_nce_detcon`` normalisation.
+"""MaskContrastiveLoss against METHOD.md §2, DetCon's ``byol_nce_detcon`` normalisation.
 
-The reference below is written from SPEC §2's text, one anchor at a time, and shares nothing
+The reference below is written from METHOD.md §2's text, one anchor at a time, and shares nothing
 with the vectorised implementation: per direction a -> o, anchor (b, a, i) has
 ce = -sum_pos (1/n_pos) log softmax over its candidates and weight w = [n_pos > 0] / area
 (area = slots of the same image and view with the same id); each direction is the mean of
@@ -18,7 +18,7 @@ from cyborgs.modeling.losses import MaskContrastiveLoss
 
 
 def reference_loss(pred, target, ids, tau):
-    """SPEC §2 literally, in float64 torch ops so that autograd gives the reference gradient."""
+    """METHOD.md §2.4, in float64 torch ops so that autograd gives the reference gradient."""
     B, _, M, _ = pred.shape
     q = F.normalize(pred.double(), dim=-1)
     t = F.normalize(target.double().detach(), dim=-1)

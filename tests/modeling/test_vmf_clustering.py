@@ -1,4 +1,4 @@
-"""Tests for the vMF clustering-consistency loss (paper eq. 3-4, SPEC §4)."""
+"""Tests for the vMF clustering-consistency loss (paper eq. 3-4, METHOD.md §4)."""
 
 from __future__ import annotations
 

@@ -66,3 +66,32 @@ def test_visualize_writes_three_panels_per_image(tiny_data_root, tmp_path):
     panel = np.asarray(Image.open(written[0]))
     h, w = panel.shape[:2]
     assert panel.ndim == 3 and w >= 3 * h * 0.5  # image | k-means | CRF side by side
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """bootstrap_masks must exit 2 with one ``error:`` line on stderr (returned)."""
+    try:
+        bootstrap_masks.main(argv)
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_negative_round_is_refused_in_one_line(tiny_data_root, tmp_path, capsys):
+    line = _refused(["--config-file", CONFIG, "--round", "-1", *_opts(tmp_path / "o")], capsys)
+    assert "--round -1" in line and "0 or more" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_python_tag_in_the_config_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f'SEED: !!python/object/apply:builtins.open ["{marker}", "w"]\n_BASE_: {CONFIG}\n'
+    )
+    line = _refused(["--config-file", str(cfg), *_opts(tmp_path / "o")], capsys)
+    assert line.startswith(f"error: {cfg}: line 1, column 7: tag !!python/object/apply:")
+    assert not marker.exists() and not (tmp_path / "o").exists()

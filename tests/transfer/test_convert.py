@@ -18,6 +18,7 @@ from cyborgs.transfer.convert import (
     convert_checkpoint,
     detectron2_to_torchvision_name,
     extract_backbone_state_dict,
+    infer_depth,
 )
 from cyborgs.transfer.verify import load_and_check, verify_transfer_loading
 
@@ -48,6 +49,21 @@ def write_cyborgs_checkpoint(path, depth: int) -> tuple[dict, dict]:
     model["predictor.net.0.weight"] = torch.zeros(8, 4)
     torch.save({"model": model, "iteration": 7}, path)
     return online, target
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_depth_is_inferred_from_the_key_set(depth):
+    """Block counts per stage (He et al. Table 1) plus basic vs bottleneck blocks: R34 and R50
+    share (3, 4, 6, 3) and differ only in the block type."""
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
+    with torch.device("meta"):  # key names only: no 170 MB of R101 weights
+        state = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    assert infer_depth(state) == depth
+    assert infer_depth({k: v for k, v in state.items() if "num_batches_tracked" not in k}) == depth
 
 
 @pytest.mark.parametrize("depth", [18, 50])

@@ -24,11 +24,14 @@ CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
 class Oracle(nn.Module):
     """Returns each image's ground truth as predictions (score 1); ``empty`` returns nothing."""
 
-    def __init__(self, dataset: str, num_classes: int = 0, empty: bool = False):
+    def __init__(
+        self, dataset: str, num_classes: int = 0, empty: bool = False, empty_masks: bool = False
+    ):
         super().__init__()
         self.gt = {d["file_name"]: d for d in DatasetCatalog.get(dataset)}
         self.num_classes = num_classes
         self.empty = empty
+        self.empty_masks = empty_masks  # right boxes and classes, all-background masks
 
     def forward(self, inputs):
         return [self._one(self.gt[x["file_name"]]) for x in inputs]
@@ -50,6 +53,8 @@ class Oracle(nn.Module):
         inst.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
         if anns and "segmentation" in anns[0]:
             inst.pred_masks = _masks(anns, h, w)
+            if self.empty_masks:
+                inst.pred_masks = torch.zeros_like(inst.pred_masks)
         elif "segmentation" in (d.get("annotations") or [{}])[0]:
             inst.pred_masks = torch.zeros(0, h, w, dtype=torch.bool)
         return {"instances": inst}
@@ -106,3 +111,19 @@ def test_classification_sets_are_refused_with_pointer(tiny_data_root):
     cfg = get_transfer_cfg(CONFIGS / "demo_voc_det_C4.yaml")
     with pytest.raises(ValueError, match=r"own voc07_svm protocol \(cyborgs.transfer.voc07_svm\)"):
         build_evaluator(cfg, "demo_voc_2007_cls_test")
+
+
+@pytest.mark.parametrize("config,dataset", [c[:2] for c in CASES if c[2] == "segm"])
+def test_mask_ap_reads_the_masks_not_the_boxes(config, dataset, tiny_data_root, tmp_path):
+    """Negative control of the instance-segmentation evaluators: perfect boxes and classes
+    with empty masks overlap no ground-truth mask (IoU 0 < 0.5 at every COCO threshold), so
+    mask AP is exactly 0 while box AP stays 100."""
+    cfg = get_transfer_cfg(
+        CONFIGS / config, ["OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", 0]
+    )
+    loader = build_detection_test_loader(cfg, dataset)
+    res = inference_on_dataset(
+        Oracle(dataset, empty_masks=True), loader, build_evaluator(cfg, dataset)
+    )
+    assert res["bbox"]["AP"] == pytest.approx(100.0, abs=0.5), res
+    assert res["segm"]["AP"] == pytest.approx(0.0, abs=1e-6), res

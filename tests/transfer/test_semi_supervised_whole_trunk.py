@@ -1,4 +1,4 @@
-"""Semi-supervised fine-tuning trains the whole ResNet (SPEC §6: "whole R50 + linear head").
+"""Semi-supervised fine-tuning trains the whole ResNet (METHOD.md §6: "whole R50 + linear head").
 
 detectron2's default MODEL.BACKBONE.FREEZE_AT 2 would freeze the stem and res2 (FrozenBatchNorm2d,
 requires_grad False); the protocol fine-tunes every layer.

@@ -52,9 +52,7 @@ def test_train_net_cli_writes_final_metrics(tiny_data_root, tmp_path):
     assert not (tmp_path / "bad" / "metrics_final.json").exists()
 
 
-def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
-    """default_setup configures detectron2's and fvcore's loggers only; the backbone check
-    logs through ``cyborgs.transfer.trainer``, so train_net must give ``cyborgs`` a handler."""
+def _train_net():
     spec = importlib.util.spec_from_file_location("train_net_cli", ROOT / "tools" / "train_net.py")
     train_net = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(ROOT / "tools"))  # as when run as a script: its sibling modules
@@ -62,6 +60,13 @@ def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
         spec.loader.exec_module(train_net)
     finally:
         sys.path.pop(0)
+    return train_net
+
+
+def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
+    """default_setup configures detectron2's and fvcore's loggers only; the backbone check
+    logs through ``cyborgs.transfer.trainer``, so train_net must give ``cyborgs`` a handler."""
+    train_net = _train_net()
     args = train_net.default_argument_parser().parse_args(
         ["--config-file", str(ROOT / "transfer_configs" / "demo_coco_mask_rcnn_FPN.yaml"),
          "OUTPUT_DIR", str(tmp_path)]
@@ -78,3 +83,63 @@ def test_train_net_setup_gives_the_cyborgs_logger_a_handler(tmp_path):
     finally:  # setup_logger turns propagation off: give other tests' caplog its records back
         cyborgs_logger.handlers[:] = saved[0]
         cyborgs_logger.propagate, cyborgs_logger.level = saved[1], saved[2]
+
+
+def _refused(train_net, argv: list[str], capsys) -> str:
+    """train_net's cli must exit 2 before launching, with one ``error:`` line (returned)."""
+    try:
+        rc = train_net.cli(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("where", ["file", "base"])
+def test_python_tag_in_a_transfer_config_runs_nothing(where, tmp_path, monkeypatch, capsys):
+    """detectron2's merge_from_file would hand a ``!!python/...`` tag to yaml.unsafe_load and
+    create the marker; train_net refuses it in one line, before writing anything."""
+    train_net = _train_net()
+    monkeypatch.setattr(train_net, "launch_from_args", lambda *a: pytest.fail("launched"))
+    marker = tmp_path / "marker"
+    evil = f'SEED: !!python/object/apply:builtins.open ["{marker}", "w"]\n'
+    demo = ROOT / "transfer_configs" / "demo_voc_det_C4.yaml"
+    cfg = tmp_path / "cfg.yaml"
+    holder = cfg if where == "file" else tmp_path / "base.yaml"
+    if where == "file":
+        cfg.write_text(f"{evil}_BASE_: {demo}\n")
+    else:
+        holder.write_text(evil)
+        cfg.write_text(f"_BASE_: [{demo}, base.yaml]\n")
+    out = tmp_path / "out"
+    line = _refused(train_net, ["--config-file", str(cfg), "OUTPUT_DIR", str(out)], capsys)
+    assert line.startswith(f"error: {holder}: line 1, column 7: tag !!python/object/apply:")
+    assert not marker.exists() and not out.exists()
+    # an unknown key and a missing config: one line too
+    cfg.write_text(f"_BASE_: {demo}\nSOLVER:\n  BASE_LRR: 0.1\n")
+    line = _refused(train_net, ["--config-file", str(cfg), "OUTPUT_DIR", str(out)], capsys)
+    assert str(cfg) in line and "SOLVER.BASE_LRR" in line
+    line = _refused(train_net, ["--config-file", "nope.yaml", "OUTPUT_DIR", str(out)], capsys)
+    assert "config file not found: nope.yaml" in line
+    assert not out.exists()
+
+
+def test_a_bare_config_name_reaches_default_setup_as_its_file(tmp_path):
+    """``--config-file demo_voc_det_C4.yaml`` (a name under transfer_configs/) is resolved for
+    the config and for detectron2's default_setup, which reads and logs the file."""
+    train_net = _train_net()
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", "demo_voc_det_C4.yaml", "OUTPUT_DIR", str(tmp_path), "SEED", "7"]
+    )
+    cyborgs_logger = logging.getLogger("cyborgs")
+    saved = (list(cyborgs_logger.handlers), cyborgs_logger.propagate, cyborgs_logger.level)
+    try:
+        cfg = train_net.setup(args)
+    finally:
+        cyborgs_logger.handlers[:] = saved[0]
+        cyborgs_logger.propagate, cyborgs_logger.level = saved[1], saved[2]
+    assert args.config_file == "demo_voc_det_C4.yaml"  # recorded as given
+    assert cfg.SEED == 7 and cfg.DATASETS.TEST == ("demo_voc_2007_test",)
+    log = (tmp_path / "log.txt").read_text()
+    assert str(ROOT / "transfer_configs" / "demo_voc_det_C4.yaml") in log

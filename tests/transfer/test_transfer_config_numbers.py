@@ -1,4 +1,4 @@
-"""The full-size transfer configs carry SPEC §6's numbers and build their R50 models."""
+"""The full-size transfer configs carry METHOD.md §6's numbers and build their R50 models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VOC07 SVM cost selection matches VirTex's scripts/clf_voc07.py (SPEC §6).
+"""VOC07 SVM cost selection matches VirTex's scripts/clf_voc07.py (METHOD.md §6).
 
 VirTex picks each class's cost with ``cross_val_score(clf, X, y, cv=3,
 scoring="average_precision")``; for a classifier and binary y, sklearn resolves ``cv=3`` through

@@ -1,4 +1,4 @@
-"""Mask-dependent contrastive loss (paper eq. 2; SPEC §2), DetCon's ``byol_nce_detcon``.
+"""Mask-dependent contrastive loss (paper eq. 2; METHOD.md §2), DetCon's ``byol_nce_detcon``.
 
 Every online prediction of (image b, view a, slot i) is an anchor. Its positives are the
 target projections of the same image, the other view and the same mask id; its candidates are

@@ -1,4 +1,4 @@
-"""vMF clustering-consistency loss (paper §3.4, eq. 3-4; SPEC §4).
+"""vMF clustering-consistency loss (paper §3.4, eq. 3-4; METHOD.md §4).
 
     d(mu_c, y) = -log softmax_c'(kappa * mu_c'^T y)[c]          y, mu unit vectors
 
@@ -237,7 +237,7 @@ class VMFClusteringLoss(nn.Module):
             locations = _locations(target[v])
             protos, labels = spherical_kmeans(
                 locations,
-                min(k, locations.shape[0]),  # SPEC §4: K capped at the locations available
+                min(k, locations.shape[0]),  # METHOD.md §4: K capped at the locations available
                 iters=self.kmeans_iters,
                 seed=seed * 2 + v,
                 backend=self.kmeans_backend,
