@@ -70,6 +70,7 @@ EXPECTED_ON_MACHINE: tuple[tuple[str, str, str], ...] = (
 # Suite requirements the GPU checks never import: (distribution, what uses it).
 LEFT_OUT: tuple[tuple[str, str], ...] = (
     ("lvis", "LVIS evaluation (transfer)"),
+    ("faster-coco-eval", "COCO / LVIS evaluation (transfer)"),
     ("hydra-core", "detectron2 LazyConfig instantiation (unused by the suite)"),
     ("matplotlib", "plots and mask panels (tools/plot_training.py, visualize_masks.py)"),
     ("scikit-learn", "VOC07 SVM transfer protocol"),

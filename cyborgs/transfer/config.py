@@ -45,4 +45,7 @@ def add_transfer_config(cfg: CN) -> CN:
     cfg.TRANSFER.CHECK_BACKBONE_LOADED = True
     # Name of the protocol, written to metrics_final.json and used by collect_results.
     cfg.TRANSFER.PROTOCOL = ""
+    # COCO / LVIS box and mask AP: "faster_coco_eval" (C++, same metrics) or "official"
+    # (pycocotools / lvis-api, pure Python and much slower; to cross-check).
+    cfg.TRANSFER.EVAL_BACKEND = "faster_coco_eval"
     return cfg

@@ -13,6 +13,7 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
+from cyborgs.transfer.faster_eval import EVAL_BACKENDS, FasterCOCOEvaluator, FasterLVISEvaluator
 from cyborgs.utils.env import HAS_D2_OPS
 
 # Classification types: evaluated by their own protocols (benchmark evaluators of the same name
@@ -25,11 +26,21 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
     kind = meta.get("evaluator_type", None)
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    if kind in ("coco", "lvis"):
+        backend = cfg.TRANSFER.EVAL_BACKEND
+        if backend not in EVAL_BACKENDS:
+            raise ValueError(
+                f"TRANSFER.EVAL_BACKEND: {backend!r} is not one of {', '.join(EVAL_BACKENDS)}"
+            )
+        faster = backend == "faster_coco_eval"
     if kind == "coco":
-        # Without detectron2's compiled ops the fast COCO evaluator is unavailable (METHOD.md §7).
+        if faster:
+            return FasterCOCOEvaluator(dataset_name, output_dir=output_folder)
+        # Without detectron2's compiled ops its fast COCO evaluator is unavailable (METHOD.md §7).
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=HAS_D2_OPS)
     if kind == "lvis":
-        return LVISEvaluator(
+        lvis_evaluator = FasterLVISEvaluator if faster else LVISEvaluator
+        return lvis_evaluator(
             dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE
         )
     if kind == "pascal_voc":
