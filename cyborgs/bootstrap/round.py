@@ -49,10 +49,12 @@ from cyborgs.data.image_io import (
     BadImageError,
     read_image,
 )
+from cyborgs.masks.cell_grid import cell_grid_record
 from cyborgs.masks.store import MaskStore, check_unique_image_ids
 from cyborgs.utils.progress import Progress
 
 from .features import extract_bootstrap_features
+from .receptive_field import measure_cell_grid
 
 __all__ = [
     "RoundSettings",
@@ -377,7 +379,8 @@ def bootstrap_shard(
     Returns stats: round, features, images (label maps written), skipped_images,
     skipped_files ("file: reason" each), time_s, images_per_s, forward_s, forward_share
     (backbone forward time / total), kmeans_s, write_s (the rest is image loading and
-    padding), k_values (K per group, after the cap), bytes, bytes_per_image.
+    padding), k_values (K per group, after the cap), bytes, bytes_per_image, cell_grid
+    (``cyborgs.masks.cell_grid.cell_grid_record`` of the measured receptive-field centre).
     """
     s = settings
     if kmeans is None:
@@ -396,6 +399,15 @@ def bootstrap_shard(
     )
 
     stride = _grid_stride(net, s.features, device)
+    # Where each cell looks on the resized image: the manifest records it, so every consumer
+    # puts the stored map on the pixels its features came from (cyborgs.masks.cell_grid).
+    rf_stride, rf_offset = measure_cell_grid(net, s.features, device)
+    if rf_stride != stride:
+        raise RuntimeError(
+            f"bootstrap features {list(s.features)}: stride {stride} on a blank canvas but "
+            f"{rf_stride} from the receptive field"
+        )
+    cell_grid = cell_grid_record(stride, rf_offset)
     if s.border_pad % stride:
         raise ValueError(
             f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
@@ -463,7 +475,7 @@ def bootstrap_shard(
             lm = labels[start : start + h * w].view(h, w)
             start += h * w
             if s.crf:
-                lm = crf_refine_to_grid(im, f, centroids, lm)
+                lm = crf_refine_to_grid(im, f, centroids, lm, cell_grid["centre"])
             lm_np = compact_labels(lm.cpu().numpy().astype(np.uint8))
             tally.bytes += store.write(round_id, image_id, lm_np)
         tally.write_s += time.perf_counter() - t1
@@ -511,6 +523,7 @@ def bootstrap_shard(
         "k_values": k_values,
         "bytes": tally.bytes,
         "bytes_per_image": tally.bytes / max(n, 1),
+        "cell_grid": cell_grid,
     }
     if skipped:
         logger.warning(
@@ -562,11 +575,15 @@ def round_manifest(
     Keys: epoch, iteration (-1: not from a training run), features, source ("bootstrap"),
     k_per_group, k_histogram ({"K": groups}), k_mean, time_s (slowest rank), world_size,
     skipped_images (count) and skipped_files (at most ``MAX_LISTED_SKIPPED``), settings
-    (:meth:`RoundSettings.manifest_fields`). ``MaskStore.finish_round`` adds round, created,
+    (:meth:`RoundSettings.manifest_fields`), cell_grid (where each cell of the maps sits on
+    its image: ``cyborgs.masks.cell_grid``). ``MaskStore.finish_round`` adds round, created,
     num_images, bytes and bytes_per_image.
     """
     k_values = [k for s in rank_stats for k in s["k_values"]]
     skipped = [f for s in rank_stats for f in s.get("skipped_files", [])]
+    grids = [s["cell_grid"] for s in rank_stats if "cell_grid" in s]
+    if any(g != grids[0] for g in grids):
+        raise RuntimeError(f"ranks measured different cell grids for one round: {grids}")
     return {
         "epoch": int(epoch),
         "iteration": int(iteration),
@@ -580,4 +597,5 @@ def round_manifest(
         "skipped_images": sum(int(s.get("skipped_images", 0)) for s in rank_stats),
         "skipped_files": skipped[:MAX_LISTED_SKIPPED],
         "settings": settings.manifest_fields(),
+        **({"cell_grid": grids[0]} if grids else {}),
     }
