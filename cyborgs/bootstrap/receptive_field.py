@@ -77,7 +77,8 @@ def measure_cell_grid(
     if key in _CACHE:
         return _CACHE[key]
     if device is None:
-        device = next(net.parameters()).device
+        p = next(net.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
     was_training = net.training
     net.eval()

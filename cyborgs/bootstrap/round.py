@@ -189,9 +189,9 @@ def load_resized_image(
     sides rounded to a multiple of ``multiple``; raises
     :class:`~cyborgs.data.image_io.BadImageError` for an image the reader refuses.
 
-    A round passes its map's grid stride as ``multiple``: the feature map then tiles the
-    resized image exactly, cell (i, j) = pixels [i s, (i + 1) s) x [j s, (j + 1) s), so the
-    stored map stands for the whole image as the mask store's upsampling rule assumes. With
+    A round passes its map's grid stride as ``multiple``: the feature map then has exactly
+    side / s cells per side, so a stored map's extent says how it lies on its image (cell j
+    centred at (j + c) N / n on a side of N pixels, ``cyborgs.masks.cell_grid``). With
     ceil(side / s) cells over a side that is not a multiple, the last cell reaches past the
     image and every cell lands up to that overhang (~0.6 cell at 299 px) off its pixels. The
     rounding changes the aspect ratio by at most s / 2 pixels per side."""

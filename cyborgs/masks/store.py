@@ -14,7 +14,10 @@ k-means-like maps (``benchmarks/bootstrap.py`` measures real ones), PNG beat
 ``np.savez_compressed`` for spatially coherent maps at every K (e.g. 2/8/81/256 clusters:
 190/360/1230/2020 bytes vs 330/460/1080/1980) and npz carries ~200 bytes of zip overhead;
 renumbering ids in order of first appearance (done by the round runner) saves another 10-20%.
-The store itself is lossless: ``read`` returns exactly what ``write`` got.
+The store itself is lossless: ``read`` returns exactly what ``write`` got. Put on an image's
+pixels (``read(out_hw=)``), a map follows its round's cell placement: the manifest's
+``"cell_grid"`` (a bootstrap round's measured receptive-field centre), nearest upsampling for a
+round without one (``cyborgs.masks.cell_grid``).
 
 Every file is written to a temporary name in the same directory and renamed, so readers (data
 loader workers) never see a half-written file. Several processes (distributed ranks) may
