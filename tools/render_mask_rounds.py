@@ -6,8 +6,9 @@
 
 Writes ``round_XXXX.png`` (image | that round's masks, per row) for each complete round and
 ``all_rounds.png`` (image | round 1 | round 2 | ...), so a user can see the masks sharpen as
-training goes on (paper Fig. 5b). Masks are the stored label maps, upsampled with nearest
-neighbour exactly as the data loader does; colours are per cluster id within one image.
+training goes on (paper Fig. 5b). Masks are the stored label maps put on the image's pixels
+exactly as the data loader does (each pixel takes its nearest cell, placed by the round's
+recorded cell centre: ``cyborgs.masks.cell_grid``); colours are per cluster id within one image.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from typing import Any
 
 from repo_paths import REPO_ROOT
 
+from cyborgs.masks.cell_grid import CELL_GRID_VERSION
 from cyborgs.utils.atomic import atomic_write, atomic_write_bytes
 
 # 2: the exact METHOD.md §2 loss normalisation and the per-step vMF K (issue 11).
@@ -295,7 +296,8 @@ class Run:
 
 def fingerprint(variant: Variant, budget: Budget, seed: int) -> dict:
     """What makes two runs the same run; a directory with another fingerprint is redone.
-    A pretraining-only variant does not depend on the transfer settings."""
+    A pretraining-only variant does not depend on the transfer settings; a bootstrapped one
+    also holds the version of the masks' cell placement (``cyborgs.masks.cell_grid``)."""
     fp = {
         "version": STUDY_VERSION,
         "variant": variant.name,
@@ -306,6 +308,10 @@ def fingerprint(variant: Variant, budget: Budget, seed: int) -> dict:
         "pretrain": variant.pretrain,
         "budget_pretrain": flat_opts(budget.pretrain),
     }
+    if variant.bootstrap:
+        # where rounds place their maps on the pixels: a change redoes the bootstrapped runs
+        # only (the fixed-mask variants' masks are unchanged)
+        fp["cell_grid"] = CELL_GRID_VERSION
     if variant.transfer:
         fp["budget_probe"] = flat_opts(budget.probe)
         fp["budget_voc"] = flat_opts(budget.voc)

@@ -265,7 +265,8 @@ class BootstrapHook(HookBase):
             # not write its shard (the same check as after the round, caught early).
             self._check_visible(name, store, round_id, begun=True)
             stats = self._call_round_fn(dicts, store, round_id, iteration)
-            keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files")
+            keys = ("k_values", "time_s", "images", "bytes", "skipped_images", "skipped_files",
+                    "cell_grid")  # fmt: skip
             all_stats = comm.all_gather({k: stats[k] for k in keys if k in stats})
             man = self._on_main(
                 lambda store=store, all_stats=all_stats: store.finish_round(

@@ -50,10 +50,12 @@ from cyborgs.data.image_io import (
     BadImageError,
     read_image,
 )
+from cyborgs.masks.cell_grid import cell_grid_record
 from cyborgs.masks.store import MaskStore, check_unique_image_ids
 from cyborgs.utils.progress import Progress
 
 from .features import extract_bootstrap_features
+from .receptive_field import measure_cell_grid
 
 __all__ = [
     "RoundSettings",
@@ -192,9 +194,9 @@ def load_resized_image(
     sides rounded to a multiple of ``multiple``; raises
     :class:`~cyborgs.data.image_io.BadImageError` for an image the reader refuses.
 
-    A round passes its map's grid stride as ``multiple``: the feature map then tiles the
-    resized image exactly, cell (i, j) = pixels [i s, (i + 1) s) x [j s, (j + 1) s), so the
-    stored map stands for the whole image as the mask store's upsampling rule assumes. With
+    A round passes its map's grid stride as ``multiple``: the feature map then has exactly
+    side / s cells per side, so a stored map's extent says how it lies on its image (cell j
+    centred at (j + c) N / n on a side of N pixels, ``cyborgs.masks.cell_grid``). With
     ceil(side / s) cells over a side that is not a multiple, the last cell reaches past the
     image and every cell lands up to that overhang (~0.6 cell at 299 px) off its pixels. The
     rounding changes the aspect ratio by at most s / 2 pixels per side."""
@@ -388,7 +390,8 @@ def bootstrap_shard(
     Returns stats: round, features, images (label maps written), skipped_images,
     skipped_files ("file: reason" each), time_s, images_per_s, forward_s, forward_share
     (backbone forward time / total), kmeans_s, write_s (the rest is image loading and
-    padding), k_values (K per group, after the cap), bytes, bytes_per_image.
+    padding), k_values (K per group, after the cap), bytes, bytes_per_image, cell_grid
+    (``cyborgs.masks.cell_grid.cell_grid_record`` of the measured receptive-field centre).
     """
     s = settings
     if kmeans is None:
@@ -407,6 +410,15 @@ def bootstrap_shard(
     )
 
     stride = _grid_stride(net, s.features, device)
+    # Where each cell looks on the resized image: the manifest records it, so every consumer
+    # puts the stored map on the pixels its features came from (cyborgs.masks.cell_grid).
+    rf_stride, rf_offset = measure_cell_grid(net, s.features, device)
+    if rf_stride != stride:
+        raise RuntimeError(
+            f"bootstrap features {list(s.features)}: stride {stride} on a blank canvas but "
+            f"{rf_stride} from the receptive field"
+        )
+    cell_grid = cell_grid_record(stride, rf_offset)
     if s.border_pad % stride:
         raise ValueError(
             f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
@@ -474,7 +486,7 @@ def bootstrap_shard(
             lm = labels[start : start + h * w].view(h, w)
             start += h * w
             if s.crf:
-                lm = crf_refine_to_grid(im, f, centroids, lm)
+                lm = crf_refine_to_grid(im, f, centroids, lm, cell_grid["centre"])
             lm_np = compact_labels(lm.cpu().numpy().astype(np.uint8))
             tally.bytes += store.write(round_id, image_id, lm_np)
         tally.write_s += time.perf_counter() - t1
@@ -522,6 +534,7 @@ def bootstrap_shard(
         "k_values": k_values,
         "bytes": tally.bytes,
         "bytes_per_image": tally.bytes / max(n, 1),
+        "cell_grid": cell_grid,
     }
     if skipped:
         logger.warning(
@@ -573,11 +586,15 @@ def round_manifest(
     Keys: epoch, iteration (-1: not from a training run), features, source ("bootstrap"),
     k_per_group, k_histogram ({"K": groups}), k_mean, time_s (slowest rank), world_size,
     skipped_images (count) and skipped_files (at most ``MAX_LISTED_SKIPPED``), settings
-    (:meth:`RoundSettings.manifest_fields`). ``MaskStore.finish_round`` adds round, created,
+    (:meth:`RoundSettings.manifest_fields`), cell_grid (where each cell of the maps sits on
+    its image: ``cyborgs.masks.cell_grid``). ``MaskStore.finish_round`` adds round, created,
     num_images, bytes and bytes_per_image.
     """
     k_values = [k for s in rank_stats for k in s["k_values"]]
     skipped = [f for s in rank_stats for f in s.get("skipped_files", [])]
+    grids = [s["cell_grid"] for s in rank_stats if "cell_grid" in s]
+    if any(g != grids[0] for g in grids):
+        raise RuntimeError(f"ranks measured different cell grids for one round: {grids}")
     return {
         "epoch": int(epoch),
         "iteration": int(iteration),
@@ -591,4 +608,5 @@ def round_manifest(
         "skipped_images": sum(int(s.get("skipped_images", 0)) for s in rank_stats),
         "skipped_files": skipped[:MAX_LISTED_SKIPPED],
         "settings": settings.manifest_fields(),
+        **({"cell_grid": grids[0]} if grids else {}),
     }

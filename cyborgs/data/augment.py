@@ -14,11 +14,12 @@ All randomness comes from a ``numpy.random.Generator`` passed in, so a seeded ge
 the same views.
 
 Masks may come at a lower resolution than the image (a mask store's label map, e.g. 60x80 for
-a 480x640 image): a label map ``[h, w]`` stands for its nearest upsampling to the image,
-full-resolution pixel ``(i, j)`` -> ``map[floor(i h / H), floor(j w / W)]`` (the rule of
-``cyborgs.masks.store.upsample_nearest``). :func:`crop_resize_label_map` samples a view's mask
+a 480x640 image): a label map ``[h, w]`` with cell centre ``c`` stands for its placement on the
+image by ``cyborgs.masks.cell_grid.upsample_label_map`` (each full-resolution pixel takes the
+cell whose centre is nearest; ``c`` None: nearest upsampling, pixel ``(i, j)`` ->
+``map[floor(i h / H), floor(j w / W)]``). :func:`crop_resize_label_map` samples a view's mask
 from it directly, composing that rule with the view's nearest grid, and gives exactly what
-upsampling to the image first and then :func:`crop_resize_mask` gave, at a fraction of the cost.
+placing it on the image first and then :func:`crop_resize_mask` gave, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+
+from cyborgs.masks.cell_grid import CellCentre, cell_index
 
 __all__ = [
     "device_augment_enabled",
@@ -176,21 +179,25 @@ def crop_resize_label_map(
     flip: bool,
     size: int,
     out: np.ndarray | None = None,
+    cell_centre: CellCentre = None,
 ) -> np.ndarray:
     """A view's ``[size, size]`` mask sampled straight from ``label_map`` [h, w].
 
-    ``label_map`` stands for its nearest upsampling to the image ``image_hw`` = (H, W) (module
-    docstring; h = H, w = W is a full-resolution mask). View pixel ``(r, c)`` takes the
-    full-resolution pixel that ``crop_resize_mask`` would (``nearest-exact`` over the crop
-    ``box``: ``y = y0 + nearest_exact_index(y1 - y0, size)[r]``, likewise x) and reads it from
-    the label map at ``(floor(y h / H), floor(x w / W))``; ``flip`` mirrors the columns. Same
-    dtype as ``label_map``; ``out``: a C-contiguous [size, size] array of that dtype to fill.
+    ``label_map`` stands for its placement on the image ``image_hw`` = (H, W) by its
+    ``cell_centre`` (module docstring; h = H, w = W and None is a full-resolution mask). View
+    pixel ``(r, c)`` takes the full-resolution pixel that ``crop_resize_mask`` would
+    (``nearest-exact`` over the crop ``box``: ``y = y0 + nearest_exact_index(y1 - y0, size)[r]``,
+    likewise x) and reads it from the label map at that pixel's cell
+    (``cell_grid.cell_index``; ``(floor(y h / H), floor(x w / W))`` for None); ``flip`` mirrors
+    the columns. Same dtype as ``label_map``; ``out``: a C-contiguous [size, size] array of that
+    dtype to fill.
     """
     H, W = (int(v) for v in image_hw)
     h, w = label_map.shape
     x0, y0, x1, y1 = (int(v) for v in box)
-    rows = ((y0 + nearest_exact_index(y1 - y0, size)) * h) // H
-    cols = ((x0 + nearest_exact_index(x1 - x0, size)) * w) // W
+    cy, cx = (None, None) if cell_centre is None else cell_centre
+    rows = cell_index(h, H, y0 + nearest_exact_index(y1 - y0, size), cy)
+    cols = cell_index(w, W, x0 + nearest_exact_index(x1 - x0, size), cx)
     if flip:
         cols = cols[::-1]
     # columns first, on the small map, then whole rows (3x faster than the other order)
@@ -322,11 +329,13 @@ class ViewAugment:
         rng: np.random.Generator,
         photometric_on_device: bool = False,
         out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        cell_centre: CellCentre = None,
     ) -> dict:
         """One view of image uint8[3,H,W] + mask -> the DESIGN.md view dict.
 
         ``mask``: a label map [h, w] of the image (ids < 256; h = H, w = W at full resolution,
-        lower for a stored map, see the module docstring). The view's mask is uint8 when the
+        lower for a stored map placed by ``cell_centre``, see the module docstring). The
+        view's mask is uint8 when the
         label map is uint8 and ``photometric_on_device`` (an eighth of the bytes to pass from
         a loader worker), int64 otherwise.
 
@@ -345,10 +354,13 @@ class ViewAugment:
         img = crop_resize_image(image, box, flip, size, photometric_on_device, out=img_out)
         label_map = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
         if mask_out is not None:
-            crop_resize_label_map(label_map, (H, W), box, flip, size, out=mask_out.numpy())
+            crop_resize_label_map(
+                label_map, (H, W), box, flip, size, out=mask_out.numpy(), cell_centre=cell_centre
+            )
             m = mask_out
         else:
-            m = torch.from_numpy(crop_resize_label_map(label_map, (H, W), box, flip, size))
+            m = crop_resize_label_map(label_map, (H, W), box, flip, size, cell_centre=cell_centre)
+            m = torch.from_numpy(m)
         if not (photometric_on_device and m.dtype == torch.uint8):
             m = m.long()
         if box_out is not None:
@@ -412,12 +424,14 @@ class TwoViewAugment:
         rng: np.random.Generator,
         *,
         low_res_mask: bool = False,
+        cell_centre: CellCentre = None,
     ) -> list[dict]:
         """Two views of ``image`` (uint8 [H,W,3] HWC ndarray or [3,H,W] tensor, RGB) and ``mask``.
 
         ``mask``: ids < 256, [H, W]; with ``low_res_mask``, a label map [h, w] of any size that
-        stands for its nearest upsampling to (H, W) (the mask store's rule, module docstring),
-        cropped and resampled per view without that upsampling (same view masks).
+        stands for its placement on (H, W) by ``cell_centre`` (the mask store's rule, module
+        docstring; None: nearest upsampling), cropped and resampled per view without building
+        the full-resolution map (same view masks).
         """
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
@@ -444,7 +458,7 @@ class TwoViewAugment:
         if self.photometric_on_device and mask.dtype == np.uint8:
             outs = _view_block(int(self.views[0].size))
         return [
-            view(image, mask, rng, self.photometric_on_device, out)
+            view(image, mask, rng, self.photometric_on_device, out, cell_centre)
             for view, out in zip(self.views, outs, strict=True)
         ]
 

@@ -9,8 +9,9 @@ reason) and the mapper returns ``None``;
 in the returned item's ``"skipped_files"`` so the trainer can count skips across workers.
 
 Masks: a source that stores its maps at a lower resolution may offer
-``source.label_map(dataset_dict, (H, W)) -> np.ndarray[h, w] uint8``, the stored map whose
-nearest upsampling to (H, W) (``cyborgs.masks.store.upsample_nearest``) is what
+``source.gridded_label_map(dataset_dict, (H, W)) -> (np.ndarray[h, w] uint8, cell centre)``
+or ``source.label_map(dataset_dict, (H, W))`` (cell centre None), the stored map whose
+placement on (H, W) (``cyborgs.masks.cell_grid.upsample_label_map``) is what
 ``source(dataset_dict, image)`` returns; the mapper then samples each view's mask from it
 directly (``augment.crop_resize_label_map``: the same view masks without building the
 full-resolution map). Other sources are called as ``source(dataset_dict, image)``.
@@ -128,9 +129,13 @@ class TwoViewDatasetMapper:
             logger.warning(f"Skipping bad image {display_path(e.path)}: {e.reason}")
             return None
         hw = tuple(int(v) for v in image.shape[-2:])
+        gridded = getattr(self.mask_source, "gridded_label_map", None)
         label_map = getattr(self.mask_source, "label_map", None)
+        cell_centre = None
         try:
-            if label_map is not None:
+            if gridded is not None:
+                mask, cell_centre = gridded(dataset_dict, hw)
+            elif label_map is not None:
                 mask = label_map(dataset_dict, hw)
             else:  # [3, H, W] over HWC memory: the [H, W, 3] array without a copy
                 mask = self.mask_source(dataset_dict, image.permute(1, 2, 0).numpy())
@@ -139,7 +144,8 @@ class TwoViewDatasetMapper:
             # until the next round rewrites it (on resume BootstrapHook verifies the round).
             logger.warning(f"Skipping image {file_name}: its mask is unavailable: {e}")
             return None
-        if label_map is not None:
+        low_res = gridded is not None or label_map is not None
+        if low_res:
             ok = isinstance(mask, np.ndarray) and mask.ndim == 2 and min(mask.shape) >= 1
             expected = "a non-empty 2-D np.ndarray (a label map of the image)"
         else:
@@ -151,7 +157,11 @@ class TwoViewDatasetMapper:
                 f"{getattr(mask, 'shape', type(mask))} for {file_name}; expected {expected}"
             )
         views = self.augment(
-            image, mask, rng if rng is not None else self.rng(), low_res_mask=label_map is not None
+            image,
+            mask,
+            rng if rng is not None else self.rng(),
+            low_res_mask=low_res,
+            cell_centre=cell_centre,
         )
         return {
             "file_name": file_name,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .cell_grid import CellCentre
 from .registry import MASK_SOURCE_REGISTRY, check_source_image
 from .store import MaskStore, store_root
 
@@ -80,12 +81,19 @@ class BootstrapMaskSource:
 
     def label_map(self, dataset_dict: dict, image_hw: tuple[int, int]) -> np.ndarray:
         """The current round's map at its stored resolution (a [1, 1] zero map before the first
-        round): nearest-upsampled to ``image_hw`` it is what ``__call__`` returns. The
+        round): put on ``image_hw`` by its round's cell centre it is what ``__call__`` returns. The
         two-view mapper crops views from it directly (``augment.crop_resize_label_map``)."""
+        return self.gridded_label_map(dataset_dict, image_hw)[0]
+
+    def gridded_label_map(
+        self, dataset_dict: dict, image_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, CellCentre]:
+        """``label_map`` with the cell centre of the round it comes from (read together, so a
+        round switch between the two cannot mismatch them; ``cyborgs.masks.cell_grid``)."""
         r = self.current_round()
         if r is None:
-            return np.zeros((1, 1), dtype=np.uint8)
-        return self.store.read(dataset_dict["image_id"], round_id=r)
+            return np.zeros((1, 1), dtype=np.uint8), None
+        return self.store.read_placed(dataset_dict["image_id"], round_id=r)
 
 
 @MASK_SOURCE_REGISTRY.register()

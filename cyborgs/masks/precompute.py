@@ -29,6 +29,7 @@ import torch
 from cyborgs.data.image_io import MAX_LISTED_SKIPPED, BadImageError
 from cyborgs.utils.progress import Progress
 
+from .cell_grid import CellCentre
 from .registry import check_source_image
 from .store import MaskStore, check_unique_image_ids, store_root
 
@@ -53,6 +54,12 @@ class StoredMaskSource:
         """The stored map at its own resolution; nearest-upsampled to ``image_hw`` it is what
         ``__call__`` returns (the two-view mapper crops views from it directly)."""
         return self.store.read(dataset_dict["image_id"], round_id=self.round_id)
+
+    def gridded_label_map(
+        self, dataset_dict: dict, image_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, CellCentre]:
+        """``label_map`` and its round's cell centre (None for fixed sources: nearest)."""
+        return self.store.read_placed(dataset_dict["image_id"], round_id=self.round_id)
 
 
 class _Job(torch.utils.data.Dataset):

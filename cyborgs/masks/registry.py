@@ -17,15 +17,19 @@ named like the config value: ``whole``, ``grid``, ``felzenszwalb``, ``selective_
     source(dataset_dict: dict, image: np.ndarray[H, W, 3] uint8 RGB) -> np.ndarray[H, W] uint8
 
 giving one mask id (0..255) per pixel at the image's resolution. Sources that store masks
-(bootstrapped rounds, precomputed heuristics) keep them at a lower resolution and upsample with
-nearest neighbour here; they may also offer
+(bootstrapped rounds, precomputed heuristics) keep them at a lower resolution and put them on
+the image's pixels by the store's rule (``cyborgs.masks.cell_grid``: nearest upsampling, or
+each pixel to the nearest cell centre for a round that records its cells' centre); they may
+also offer
 
     source.label_map(dataset_dict, image_hw: (H, W)) -> np.ndarray[h, w] uint8
+    source.gridded_label_map(dataset_dict, image_hw) -> (np.ndarray[h, w] uint8, cell centre)
 
-the stored map at its own resolution, which nearest-upsampled to ``image_hw`` (the store's rule)
-is exactly what ``source(dataset_dict, image)`` returns. The two-view mapper then crops each
-view's mask from it directly instead of upsampling the whole map first (sources without it are
-called as above). A source must be picklable (it runs inside data-loader workers). A
+the stored map at its own resolution (and the cell centre of its round, None: nearest), which
+put on ``image_hw`` by that rule is exactly what ``source(dataset_dict, image)`` returns. The
+two-view mapper then crops each view's mask from it directly instead of building the whole
+full-resolution map first (``gridded_label_map`` preferred; sources with neither are called as
+above). A source must be picklable (it runs inside data-loader workers). A
 source that needs an optional dependency imports it when it computes, never at registration.
 """
 

@@ -14,7 +14,10 @@ k-means-like maps (``benchmarks/bootstrap.py`` measures real ones), PNG beat
 ``np.savez_compressed`` for spatially coherent maps at every K (e.g. 2/8/81/256 clusters:
 190/360/1230/2020 bytes vs 330/460/1080/1980) and npz carries ~200 bytes of zip overhead;
 renumbering ids in order of first appearance (done by the round runner) saves another 10-20%.
-The store itself is lossless: ``read`` returns exactly what ``write`` got.
+The store itself is lossless: ``read`` returns exactly what ``write`` got. Put on an image's
+pixels (``read(out_hw=)``), a map follows its round's cell placement: the manifest's
+``"cell_grid"`` (a bootstrap round's measured receptive-field centre), nearest upsampling for a
+round without one (``cyborgs.masks.cell_grid``).
 
 Every file is written to a temporary name in the same directory and renamed, so readers (data
 loader workers) never see a half-written file. Several processes (distributed ranks) may
@@ -44,6 +47,8 @@ from PIL import Image
 
 from cyborgs.data.image_io import display_path
 from cyborgs.utils.atomic import atomic_write_bytes
+
+from .cell_grid import CellCentre, cell_centre_from_manifest, upsample_label_map
 
 __all__ = [
     "CorruptPointerError",
@@ -139,6 +144,8 @@ class MaskStore:
 
     def __init__(self, root: str):
         self.root = os.fspath(root)
+        # round -> ((manifest inode, mtime), cell centre): a redone round is re-read
+        self._centres: dict[int, tuple[Any, CellCentre]] = {}
 
     # ---- paths ----
     @staticmethod
@@ -316,14 +323,42 @@ class MaskStore:
         r = self.current_round() if round_id is None else round_id
         return r is not None and os.path.isfile(self._path(r, image_id))
 
+    def cell_centre(self, round_id: int) -> CellCentre:
+        """Where the cells of ``round_id``'s maps sit on their images: the manifest's
+        ``"cell_grid"`` centre (c_y, c_x), or None (the legacy rule) for a round that records
+        none or has no manifest yet (``cyborgs.masks.cell_grid``). Cached per manifest file."""
+        path = os.path.join(self.round_dir(round_id), _MANIFEST)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._centres.get(int(round_id))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        centre = cell_centre_from_manifest(self.manifest(round_id), path)
+        self._centres[int(round_id)] = (key, centre)
+        return centre
+
+    def read_placed(
+        self, image_id: Any, round_id: int | None = None
+    ) -> tuple[np.ndarray, CellCentre]:
+        """``(label map at its stored resolution, cell centre of its round)``: what a consumer
+        needs to put the map on the image's pixels (``cell_grid.upsample_label_map``)."""
+        r = self.current_round() if round_id is None else round_id
+        if r is None:
+            raise FileNotFoundError(f"{self.root}: no current mask round")
+        return self.read(image_id, round_id=r), self.cell_centre(r)
+
     def read(
         self,
         image_id: Any,
         out_hw: tuple[int, int] | None = None,
         round_id: int | None = None,
     ) -> np.ndarray:
-        """The label map of ``image_id`` in ``round_id`` (default: the current round),
-        nearest-upsampled to ``out_hw`` = (H, W) when given."""
+        """The label map of ``image_id`` in ``round_id`` (default: the current round), put on
+        the pixels of an image of ``out_hw`` = (H, W) when given, by the round's cell centre
+        (:meth:`cell_centre`; nearest upsampling for a round that records none)."""
         r = self.current_round() if round_id is None else round_id
         if r is None:
             raise FileNotFoundError(f"{self.root}: no current mask round")
@@ -343,7 +378,7 @@ class MaskStore:
         if arr.dtype != np.uint8 or arr.ndim != 2:
             raise MaskFileError(f"{path}: not an 8-bit label map ({arr.dtype}, {arr.shape})")
         if out_hw is not None:
-            arr = upsample_nearest(arr, out_hw)
+            arr = upsample_label_map(arr, out_hw, self.cell_centre(r))
         return arr
 
 

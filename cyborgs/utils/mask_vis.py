@@ -42,7 +42,7 @@ def mask_grid(
     read_image: Callable[[dict], np.ndarray],
 ) -> np.ndarray:
     """RGB uint8 grid, one row per dataset dict: the image, then its stored masks of each round
-    (``store.read``, nearest-upsampled to the image as the data loader does). Rows are padded to
+    (``store.read``, put on the image's pixels as the data loader does). Rows are padded to
     the widest with white and separated by a 2-px white line. ``read_image(dict)`` returns RGB
     uint8 [H, W, 3]."""
     if not dicts:

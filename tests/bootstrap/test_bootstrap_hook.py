@@ -201,6 +201,8 @@ def test_with_real_round_runner(tmp_path, round_settings):
     assert man["features"] == ["res3.2"] and man["k_per_group"] == [2, 2]
     assert man["settings"] == settings.manifest_fields() and man["settings"]["k_max"] == 4
     assert man["epoch"] == 1 and man["iteration"] == 2
+    # the stand-in's 8x8 mean pooling centres cell i on pixel 8i + 3.5: half a cell
+    assert man["cell_grid"]["centre"] == [0.5, 0.5] and man["cell_grid"]["stride"] == 8
     m = store.read(0)
     assert m.shape == (4, 4) and (m[:, :2] != m[:, 2:]).all()
 

@@ -6,7 +6,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyborgs.bootstrap.crf import crf_refine, crf_refine_to_grid, dense_crf, majority_downsample
+from cyborgs.bootstrap.crf import (
+    crf_refine,
+    crf_refine_to_grid,
+    dense_crf,
+    majority_downsample,
+    upsample_cells,
+)
+from cyborgs.masks.cell_grid import cell_index
 
 
 def _two_colour_image(h=48, w=64, edge=27):
@@ -56,3 +63,30 @@ def test_crf_refine_from_coarse_features_follows_the_edge():
 def test_majority_downsample():
     lab = np.array([[5, 5, 9, 9], [5, 7, 9, 7]])
     np.testing.assert_array_equal(majority_downsample(lab, (1, 2)), [[5, 9]])
+
+
+def test_cell_placement_of_the_crf_unaries_and_vote():
+    """With a cell centre c, cell j's value sits at (j + c) H / h and each cell's vote is over
+    the pixels nearest to its centre; c = 0.5 is the old bilinear / block-majority placement."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((1, 3, 5, 7)).astype(np.float32))
+    old = F.interpolate(x, size=(40, 56), mode="bilinear", align_corners=False)
+    assert torch.allclose(upsample_cells(x, (40, 56), (0.5, 0.5)), old, atol=1e-5)
+    assert torch.allclose(upsample_cells(x, (40, 56), None), old)
+    # c = 1/16 at stride 8: pixel 0's centre (0.5) is cell 0's centre, pixel 8's is cell 1's
+    up = upsample_cells(x, (40, 56), (1 / 16, 1 / 16))
+    assert torch.allclose(up[..., ::8, ::8], x, atol=1e-5)
+
+    labels = rng.integers(0, 3, (40, 56))
+    centre = (1 / 16, 0.3)
+    got = majority_downsample(labels, (5, 7), centre)
+    rows = cell_index(5, 40, np.arange(40), centre[0])
+    cols = cell_index(7, 56, np.arange(56), centre[1])
+    for i in range(5):
+        for j in range(7):
+            votes = labels[np.ix_(rows == i, cols == j)].ravel()
+            assert got[i, j] == np.bincount(votes, minlength=3).argmax()
+    blocks = labels.reshape(5, 8, 7, 8).transpose(0, 2, 1, 3).reshape(5, 7, 64)
+    want = np.array([[np.bincount(b, minlength=3).argmax() for b in row] for row in blocks])
+    assert np.array_equal(majority_downsample(labels, (5, 7), (0.5, 0.5)), want)
+    assert np.array_equal(majority_downsample(labels, (5, 7)), want)

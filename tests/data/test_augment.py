@@ -203,6 +203,35 @@ def test_crop_resize_mask_samples_pixel_centres(dtype):
     ]  # fmt: skip
 
 
+def test_centred_label_map_views_equal_place_then_crop():
+    """With a cell centre (a bootstrap round's maps), a view's mask equals placing the map on
+    the image first (each pixel to its nearest cell centre) and then cropping at full
+    resolution; and it is not the nearest-upsampling view (the rule is really applied)."""
+    from cyborgs.data.augment import crop_resize_label_map, crop_resize_mask
+    from cyborgs.masks.cell_grid import upsample_label_map
+
+    rng = np.random.default_rng(1)
+    differs = 0
+    for H, W, h, w, size in [
+        (96, 160, 12, 20, 208),
+        (480, 640, 28, 37, 224),
+        (150, 200, 12, 16, 64),
+    ]:
+        label_map = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        for centre in [(1 / 16, 1 / 16), (0.25, 0.75)]:
+            full = torch.from_numpy(upsample_label_map(label_map, (H, W), centre))
+            for _ in range(20):
+                box = sample_crop_box(H, W, (0.02, 1.0), (0.5, 2.0), rng)
+                flip = bool(rng.random() < 0.5)
+                got = crop_resize_label_map(label_map, (H, W), box, flip, size, cell_centre=centre)
+                ref = crop_resize_mask(full, box, flip, size)
+                assert np.array_equal(got, ref.numpy()), (H, W, h, w, box, flip, centre)
+                differs += not np.array_equal(
+                    got, crop_resize_label_map(label_map, (H, W), box, flip, size)
+                )
+    assert differs > 100
+
+
 def test_low_res_mask_shape_is_free_but_must_be_2d():
     aug = TwoViewAugment(ViewAugment(size=16, **NO_PHOTO), ViewAugment(size=16, **NO_PHOTO))
     img = np.zeros((40, 60, 3), np.uint8)

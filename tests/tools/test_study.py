@@ -366,3 +366,20 @@ def test_end_to_end_micro(tiny_data_root, tmp_path: Path) -> None:
     # second invocation: everything is skipped
     p2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0 and "2 already complete, 0 to run" in p2.stdout
+
+
+def test_bootstrapped_runs_are_redone_when_mask_placement_changes(tmp_path: Path) -> None:
+    """Runs finished before masks were centred on the backbone's cells (no "cell_grid" in
+    their fingerprint) are stale for the bootstrapped variants only."""
+    micro = BUDGETS["micro"]
+    for variant in ("cyborgs", "whole"):
+        d = _fake_complete(tmp_path, variant, 0, micro)
+        for name in ("run.json", "result.json"):
+            rec = json.loads((d / name).read_text())
+            rec["fingerprint"].pop("cell_grid", None)
+            (d / name).write_text(json.dumps(rec))
+    assert "cell_grid" in fingerprint(VARIANTS["cyborgs"], micro, 0)
+    status = {
+        r.variant.name: r.status for r in plan_runs(tmp_path, ["cyborgs", "whole"], [0], micro)
+    }
+    assert status == {"cyborgs": "stale", "whole": "done"}
