@@ -36,6 +36,7 @@ from cyborgs.config import ConfigError
 from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
+from cyborgs.utils import ownership
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
 
@@ -124,6 +125,33 @@ def refuse_output_dir(out: str, resume: bool) -> None:
         )
 
 
+# The files a run writes directly in OUTPUT_DIR under fixed names (recorded when the folder is
+# claimed; a file of the user's under one of these names is refused, never overwritten).
+RUN_FILES = ("config.yaml", "args.json", "plan.json", "log.txt", "metrics.json",
+             "last_checkpoint", "masks")  # fmt: skip
+# What a run of an older version of the suite (which kept no record) left in OUTPUT_DIR.
+_LEGACY_RUN_FILE = re.compile(
+    r"^(config\.yaml|config\.before_resume_.+\.yaml|args\.json|plan\.json|log\.txt(\.rank\d+)?|"
+    r"metrics\.json|last_checkpoint|masks|model_(\d+|final)\.pth|events\.out\.tfevents\..+)$"
+)
+
+
+def claim_output_dir(out: str) -> None:
+    """Make OUTPUT_DIR the run's (:mod:`cyborgs.utils.ownership`) before anything is written
+    there: a new or empty folder, or one the suite's record marks as a pretraining run's. A
+    folder holding anything else is refused, naming it and what it holds (nothing there is
+    overwritten or deleted). A run of an older version of the suite (``last_checkpoint`` or
+    ``model_*.pth`` beside no record) is recognised and its own files recorded."""
+    legacy = None
+    if os.path.isdir(out) and existing_run(out) and not ownership.is_claimed(out):
+        legacy = [n for n in os.listdir(out) if _LEGACY_RUN_FILE.match(n)]
+    try:
+        ownership.claim(out, "pretrain_net", legacy=legacy, what="OUTPUT_DIR")
+        ownership.record(out, *RUN_FILES)
+    except ownership.NotOwnedError as e:
+        raise UsageError(f"OUTPUT_DIR: {e}") from None
+
+
 def keep_config_if_changed(cfg: CfgNode) -> list[str]:
     """On --resume, before default_setup overwrites OUTPUT_DIR/config.yaml: if the new config
     differs from the run's, rename the run's to config.before_resume_<checkpoint>.yaml and
@@ -160,6 +188,8 @@ def setup(args) -> CfgNode:
     cyborgs logger and OUTPUT_DIR/args.json."""
     cfg, notes = setup_pretrain_cfg(args.config_file, args.opts)
     refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
+    if comm.is_main_process():
+        claim_output_dir(cfg.OUTPUT_DIR)
     if args.resume:
         notes += keep_config_if_changed(cfg)
     default_setup(cfg, args)
@@ -260,7 +290,11 @@ def plan_only(args) -> int:
         # the run's own plan.json describes the run; a what-if plan must not replace it
         print(f"plan not written: OUTPUT_DIR {cfg.OUTPUT_DIR} holds a run")
     elif cfg.OUTPUT_DIR:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        try:
+            claim_output_dir(cfg.OUTPUT_DIR)
+        except UsageError as e:
+            print(f"plan not written: {e}")
+            return 0
         print(f"plan written to {write_plan(plan, cfg.OUTPUT_DIR)}")
     return 0
 
@@ -318,6 +352,7 @@ def cli(argv: list[str] | None = None) -> int:
         cfg, _ = setup_pretrain_cfg(args.config_file, args.opts, schedule=False,
                                     world_size=args.num_gpus * args.num_machines)  # fmt: skip
         refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
+        claim_output_dir(cfg.OUTPUT_DIR)
     try:
         launch_from_args(main, args)
     except ProcessExitedException as e:

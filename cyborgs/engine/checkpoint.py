@@ -302,7 +302,10 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         save_dir = self.checkpointer.save_dir
         if not save_dir or not os.path.isdir(save_dir):
             return
-        removed = remove_stale_temp_files(save_dir)
+        # Only temp files of this hook's own outputs: OUTPUT_DIR may hold other files.
+        prefix = re.escape(self.file_prefix)
+        ours = re.compile(rf"{prefix}_(\d+|final)\.pth|last_checkpoint")
+        removed = remove_stale_temp_files(save_dir, targets=ours)
         if removed:
             logger.info(
                 f"Removed {len(removed)} temp file(s) left by an interrupted write: {removed}"

@@ -94,19 +94,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
     atomic_write(path, lambda f: f.write(data), fsync=fsync)
 
 
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
+def remove_stale_temp_files(
+    directory: str | os.PathLike, targets: re.Pattern[str] | None = None
+) -> list[str]:
     """Remove the temp files an interrupted :func:`atomic_write` left directly in ``directory``.
 
-    Call it only when no write into ``directory`` can be in flight (e.g. when a run starts);
-    returns the names removed. Subdirectories are not touched.
+    ``targets`` (a pattern of destination basenames): only temp files of those destinations
+    are removed, e.g. ``.model_0000039.pth.<random>.tmp`` for ``model_\\d+\\.pth``; a file of
+    someone else's that merely looks like a temp file keeps its place unless it names one of
+    the caller's own files. Call it only when no write into ``directory`` can be in flight
+    (e.g. when a run starts); returns the names removed. Subdirectories are not touched.
     """
     removed = []
     with os.scandir(directory) as entries:
         for entry in entries:
-            if _TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed.append(entry.name)
+            if not (_TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            # ".<basename>.<random>.tmp": the basename may hold dots itself
+            target = entry.name[1:].rsplit(".", 2)[0]
+            if targets is not None and not targets.fullmatch(target):
+                continue
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(entry.name)
     return sorted(removed)

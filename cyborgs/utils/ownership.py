@@ -92,7 +92,13 @@ def claim(
     are the suite's, and only those present are recorded.
     """
     folder = os.fspath(folder)
-    if os.path.isdir(folder) and is_claimed(folder):
+    rec = _read(folder) if os.path.isdir(folder) else None
+    if rec is not None and rec.get("tool") not in (tool, None):
+        raise NotOwnedError(
+            f"{folder} holds the outputs of {rec.get('tool')}, not of {tool}: choose another "
+            f"folder for {what}"
+        )
+    if rec is not None:
         return
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotOwnedError(f"{folder} is not a folder: it cannot be {what}")

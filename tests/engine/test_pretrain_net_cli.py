@@ -175,3 +175,58 @@ def test_a_mistake_found_in_the_spawned_processes_is_not_buried(tmp_path) -> Non
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "error: data set 'demo_coco_2017_train_unlabeled'" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: training process")
+
+
+def _user_folder(out: Path) -> dict[str, bytes]:
+    """A folder of the user's whose names collide with what a run writes (the audit's case)."""
+    files = {
+        "config.yaml": b"my: config\n",
+        "plan.json": b'{"mine": 1}',
+        "args.json": b"[]",
+        ".notes.txt.abc123.tmp": b"draft",
+        "masks/bootstrap/demo/round_0001/ab/x.png": b"my png",
+    }
+    for rel, data in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    return files
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_that_is_not_a_run_is_refused(tiny_data_root, tmp_path, capsys, resume) -> None:
+    out = tmp_path / "mine"
+    files = _user_folder(out)
+    argv = ["--config-file", DEMO, "OUTPUT_DIR", str(out)]
+    line = _refused((["--resume"] if resume else []) + argv, capsys)
+    assert f"{out} is not empty and was not written by this suite" in line
+    assert ".notes.txt.abc123.tmp, args.json, config.yaml, masks, plan.json (5 entries)" in line
+    assert _tree(out) == files
+    # setup() (each process's path) refuses too, before default_setup writes config.yaml
+    with pytest.raises(tool.UsageError, match="not written by this suite"):
+        tool.setup(tool.get_parser().parse_args(argv))
+    assert _tree(out) == files
+    # --plan-only prints the plan but does not write plan.json there
+    assert tool.cli(["--plan-only", "--images", "24", *argv]) == 0
+    assert "plan not written: OUTPUT_DIR: " in capsys.readouterr().out
+    assert _tree(out) == files
+
+
+def test_a_claimed_folder_takes_new_runs_and_an_older_run_is_adopted(tmp_path, capsys) -> None:
+    from cyborgs.utils.ownership import RECORD, recorded
+
+    out = tmp_path / "planned"
+    argv = ["--plan-only", "--images", "24", "--config-file", DEMO, "OUTPUT_DIR", str(out)]
+    assert tool.cli(argv) == 0 and "plan written" in capsys.readouterr().out
+    assert {"plan.json", "config.yaml", "masks"} <= recorded(out)
+    tool.claim_output_dir(str(out))  # a run into the planned folder: accepted
+    # A run of the previous version (no record): its files recorded, a note of the user's not.
+    old = tmp_path / "old_run"
+    _fake_run(old)
+    (old / "notes.txt").write_text("mine")
+    tool.claim_output_dir(str(old))
+    assert recorded(old) >= {"model_final.pth", "last_checkpoint", "plan.json", "config.yaml"}
+    assert "notes.txt" not in recorded(old) and (old / RECORD).is_file()
