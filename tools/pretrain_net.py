@@ -37,6 +37,7 @@ from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
 from cyborgs.utils import ownership
+from cyborgs.utils.atomic import DiskFullError, format_bytes, free_bytes
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
 
@@ -152,6 +153,62 @@ def claim_output_dir(out: str) -> None:
         raise UsageError(f"OUTPUT_DIR: {e}") from None
 
 
+def _device_of(path: str) -> int | None:
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        return os.stat(p).st_dev
+    except OSError:
+        return None
+
+
+def _bytes_already_there(cfg: CfgNode) -> tuple[int, int]:
+    """(checkpoint bytes, bootstrap-round bytes) a resumed run already holds: the plan's
+    estimate is the whole run's, so only the rest is still to be written."""
+    from cyborgs.masks.store import MaskStore, store_root
+
+    out = cfg.OUTPUT_DIR
+    ckpt = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out, "model_*.pth")))
+    masks = 0
+    for name in cfg.DATASETS.TRAIN:
+        store = MaskStore(store_root(cfg, "bootstrap", name))
+        for r in store.rounds():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                masks += int(store.manifest(r)["bytes"])
+    return ckpt, masks
+
+
+def check_disk(cfg: CfgNode) -> None:
+    """Before any work: the plan's disk estimate (:mod:`cyborgs.engine.plan`: kept checkpoints
+    plus mask rounds; on resume, less what the run already holds) against the free space at
+    OUTPUT_DIR and, where it lies on another file system, the mask store. Refused with the
+    numbers (``--force`` skips this check)."""
+    from cyborgs.engine.plan import build_plan, model_counts_from_config
+
+    plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts_from_config(cfg))
+    have_ckpt, have_masks = _bytes_already_there(cfg)
+    ckpt = max(0, (plan["checkpoints"]["bytes_kept"] or 0) - have_ckpt)
+    masks = max(0, (plan["masks"]["bytes"] or 0) - have_masks)
+    out = cfg.OUTPUT_DIR
+    store = cfg.CYBORGS.MASKS.STORE_DIR or os.path.join(out, "masks")
+    needs = {out: ckpt, store: masks}
+    if _device_of(out) == _device_of(store):
+        needs = {out: ckpt + masks}
+    for where, need in needs.items():
+        free = free_bytes(where)
+        if free is not None and need > free:
+            c = plan["checkpoints"]
+            raise UsageError(
+                f"not enough disk space at {where}: the plan needs ~{format_bytes(need)} more "
+                f"(checkpoints: {c['kept']} kept x {format_bytes(c['bytes_each'])}; mask "
+                f"rounds: ~{format_bytes(plan['masks']['bytes'])}; less "
+                f"{format_bytes(have_ckpt + have_masks)} already written), "
+                f"{format_bytes(free)} free there: free some space, choose another OUTPUT_DIR "
+                "(or CYBORGS.MASKS.STORE_DIR), or pass --force to start anyway"
+            )
+
+
 def keep_config_if_changed(cfg: CfgNode) -> list[str]:
     """On --resume, before default_setup overwrites OUTPUT_DIR/config.yaml: if the new config
     differs from the run's, rename the run's to config.before_resume_<checkpoint>.yaml and
@@ -189,6 +246,8 @@ def setup(args) -> CfgNode:
     cfg, notes = setup_pretrain_cfg(args.config_file, args.opts)
     refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
     if comm.is_main_process():
+        if not args.force:
+            check_disk(cfg)
         claim_output_dir(cfg.OUTPUT_DIR)
     if args.resume:
         notes += keep_config_if_changed(cfg)
@@ -254,13 +313,18 @@ def _config_errors_as_one_line(args):
 def main(args) -> None:
     with _config_errors_as_one_line(args):
         cfg = setup(args)
-    trainer = CyborgsTrainer(cfg, args=vars(args))
-    trainer.resume_or_load(resume=args.resume)
-    if args.resume and trainer.start_iter >= trainer.max_iter:
-        logger.info("run already complete (%d/%d iterations) in %s; nothing to train",
-                    trainer.start_iter, trainer.max_iter, cfg.OUTPUT_DIR)  # fmt: skip
-        return
-    trainer.train()
+    try:
+        trainer = CyborgsTrainer(cfg, args=vars(args))
+        trainer.resume_or_load(resume=args.resume)
+        if args.resume and trainer.start_iter >= trainer.max_iter:
+            logger.info("run already complete (%d/%d iterations) in %s; nothing to train",
+                        trainer.start_iter, trainer.max_iter, cfg.OUTPUT_DIR)  # fmt: skip
+            return
+        trainer.train()
+    except DiskFullError as e:
+        # The checkpoints up to the failure are whole (atomic writes): resume from them.
+        print(f"error: {e}; free some space and continue with --resume", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def plan_only(args) -> int:
@@ -308,6 +372,11 @@ def get_parser():
         help="print the plan (phases, rounds, iterations, checkpoints, disk), write "
         "OUTPUT_DIR/plan.json (not into an existing run) and exit without training or "
         "allocating the model",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start even if the plan's disk estimate exceeds the free space",
     )
     parser.add_argument(
         "--images",
