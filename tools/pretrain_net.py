@@ -137,18 +137,20 @@ _LEGACY_RUN_FILE = re.compile(
 )
 
 
-def claim_output_dir(out: str) -> None:
+def claim_output_dir(out: str, dry_run: bool = False) -> None:
     """Make OUTPUT_DIR the run's (:mod:`cyborgs.utils.ownership`) before anything is written
     there: a new or empty folder, or one the suite's record marks as a pretraining run's. A
     folder holding anything else is refused, naming it and what it holds (nothing there is
     overwritten or deleted). A run of an older version of the suite (``last_checkpoint`` or
-    ``model_*.pth`` beside no record) is recognised and its own files recorded."""
+    ``model_*.pth`` beside no record) is recognised and its own files recorded. ``dry_run``:
+    the refusal only, nothing written."""
     legacy = None
     if os.path.isdir(out) and existing_run(out) and not ownership.is_claimed(out):
         legacy = [n for n in os.listdir(out) if _LEGACY_RUN_FILE.match(n)]
     try:
-        ownership.claim(out, "pretrain_net", legacy=legacy, what="OUTPUT_DIR")
-        ownership.record(out, *RUN_FILES)
+        ownership.claim(out, "pretrain_net", legacy=legacy, what="OUTPUT_DIR", dry_run=dry_run)
+        if not dry_run:
+            ownership.record(out, *RUN_FILES)
     except ownership.NotOwnedError as e:
         raise UsageError(f"OUTPUT_DIR: {e}") from None
 
@@ -421,7 +423,7 @@ def cli(argv: list[str] | None = None) -> int:
         cfg, _ = setup_pretrain_cfg(args.config_file, args.opts, schedule=False,
                                     world_size=args.num_gpus * args.num_machines)  # fmt: skip
         refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
-        claim_output_dir(cfg.OUTPUT_DIR)
+        claim_output_dir(cfg.OUTPUT_DIR, dry_run=True)  # claimed in setup(), after the disk
     try:
         launch_from_args(main, args)
     except ProcessExitedException as e:

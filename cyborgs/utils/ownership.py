@@ -82,6 +82,7 @@ def claim(
     tool: str,
     legacy: Iterable[str] | None = None,
     what: str = "an output folder",
+    dry_run: bool = False,
 ) -> None:
     """Make ``folder`` an output folder of the suite (``tool`` names the writer).
 
@@ -89,7 +90,8 @@ def claim(
     it is. A folder with other files and no record raises :class:`NotOwnedError` naming it and
     its contents, unless the caller recognised it by the suite's own files as written by an
     earlier version of the suite (which kept no record): then ``legacy`` lists the entries that
-    are the suite's, and only those present are recorded.
+    are the suite's, and only those present are recorded. ``dry_run``: only the refusal, nothing
+    created or written.
     """
     folder = os.fspath(folder)
     rec = _read(folder) if os.path.isdir(folder) else None
@@ -102,14 +104,15 @@ def claim(
         return
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotOwnedError(f"{folder} is not a folder: it cannot be {what}")
-    os.makedirs(folder, exist_ok=True)
-    present = set(os.listdir(folder))
+    present = set(os.listdir(folder)) if os.path.isdir(folder) else set()
     if present and legacy is None:
         raise NotOwnedError(
             f"{folder} is not empty and was not written by this suite (it holds "
             f"{folder_summary(folder)}): choose a new or empty folder for {what}"
         )
-    _write(folder, tool, set(legacy or ()) & present)
+    if not dry_run:
+        os.makedirs(folder, exist_ok=True)
+        _write(folder, tool, set(legacy or ()) & present)
 
 
 def record(folder: str | os.PathLike, *names: str) -> None:
