@@ -241,7 +241,8 @@ class RNGStateHook(HookBase):
     state of rank 1, ...]}``.
 
     On resume each rank restores its own entry in ``before_train`` (this hook comes after every
-    hook whose ``before_train`` may draw). A checkpoint from another world size, or one written
+    hook whose ``before_train`` may draw; the bootstrap hook after it restores the states
+    around its rounds). A checkpoint from another world size, or one written
     outside a checkpoint iteration, restores rank 0 exactly and re-seeds the other ranks from
     (iteration, rank), with a warning.
     """
