@@ -7,7 +7,10 @@
 
 Writes OUTPUT_DIR/{config.yaml, args.json, log.txt, metrics.json, events.out.tfevents.*,
 model_*.pth, last_checkpoint, plan.json}. ``--resume`` continues exactly from last_checkpoint;
-without it an OUTPUT_DIR that already holds a run is refused.
+without it an OUTPUT_DIR that already holds a run is refused, and so is any non-empty folder
+that is not a run of the suite (OUTPUT_DIR/.cyborgs_outputs.json records what the suite writes
+there). Before training, the plan's disk estimate is checked against the free space (--force
+starts anyway).
 ``--plan-only`` prints what the config will do (phase per epoch, bootstrap rounds, iterations,
 checkpoints, disk), writes OUTPUT_DIR/plan.json and exits without training or allocating the model. Convert
 the result for transfer with tools/convert_to_detectron2.py.
@@ -242,12 +245,13 @@ def keep_config_if_changed(cfg: CfgNode) -> list[str]:
 def setup(args) -> CfgNode:
     """The run's frozen config (:func:`cyborgs.engine.setup.setup_pretrain_cfg`: merged,
     checked, epochs -> iterations), the OUTPUT_DIR checks (:func:`refuse_output_dir`,
-    :func:`keep_config_if_changed`), then
+    :func:`claim_output_dir`, :func:`check_disk`, :func:`keep_config_if_changed`), then
     detectron2's ``default_setup`` (logger, env info, OUTPUT_DIR/config.yaml, seeding), the
     cyborgs logger and OUTPUT_DIR/args.json."""
     cfg, notes = setup_pretrain_cfg(args.config_file, args.opts)
     refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
     if comm.is_main_process():
+        claim_output_dir(cfg.OUTPUT_DIR, dry_run=True)  # refusals first, nothing written
         if not args.force:
             check_disk(cfg)
         claim_output_dir(cfg.OUTPUT_DIR)
