@@ -255,6 +255,9 @@ def setup(args) -> CfgNode:
         if not args.force:
             check_disk(cfg)
         claim_output_dir(cfg.OUTPUT_DIR)
+    # The other ranks write (log.txt.rankN) only into a folder rank 0 has claimed; if rank 0
+    # refused, it exits and the launcher stops them here.
+    comm.synchronize()
     if args.resume:
         notes += keep_config_if_changed(cfg)
     default_setup(cfg, args)
