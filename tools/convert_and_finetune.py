@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from repo_paths import REPO_ROOT, TRANSFER_CONFIGS
 from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, Benchmark, config, datasets
 from cyborgs.transfer.results import SOURCE_FILE, read_source
 from cyborgs.transfer.verify import depth_opts
+from cyborgs.utils import ownership
 from cyborgs.utils.atomic import atomic_write_bytes
 from cyborgs.utils.progress import format_eta
 
@@ -81,7 +81,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="if OUTDIR holds another checkpoint's results, delete them (the benchmark folders, "
-        "backbone.pkl, results.*) instead of refusing",
+        "backbone.pkl, results.* this tool recorded writing there) instead of refusing",
     )
     return p
 
@@ -176,17 +176,30 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
-# What this tool writes into OUTDIR besides source.json; --overwrite deletes only these.
+# What this tool writes into OUTDIR besides source.json; --overwrite deletes only these, and
+# only where OUTDIR's record (cyborgs.utils.ownership) lists them.
 OUTPUTS = ("backbone.pkl", "results.md", "results.json", *BENCHMARKS)
+TOOL = "convert_and_finetune"
 
 
 def claim_outdir(outdir: str, checkpoint: str, overwrite: bool) -> None:
     """Record ``checkpoint`` in OUTDIR/source.json. Another checkpoint's results there (or
     results of an unrecorded one) are refused, or deleted with ``overwrite``: the table's "this
-    run" row would otherwise mix two checkpoints' numbers."""
+    run" row would otherwise mix two checkpoints' numbers.
+
+    OUTDIR must be new, empty or the suite's (its record, :mod:`cyborgs.utils.ownership`):
+    a folder of other files (a data root given by mistake) is refused, and ``overwrite``
+    deletes only the entries the record lists. An OUTDIR of an older version of the suite
+    (a ``source.json``, no record) is adopted: its ``source.json`` and the outputs named in
+    :data:`OUTPUTS` become recorded."""
     new = {"checkpoint": checkpoint, "sha256": sha256_of(checkpoint)}
+    legacy = None
+    if os.path.isdir(outdir) and not ownership.is_claimed(outdir):
+        if isinstance(read_source(outdir), dict):
+            legacy = [SOURCE_FILE, *OUTPUTS]
+    ownership.claim(outdir, TOOL, legacy=legacy, what="the benchmark results (OUTDIR)")
     old = read_source(outdir)
-    present = [n for n in OUTPUTS if os.path.exists(os.path.join(outdir, n))]
+    present = [n for n in OUTPUTS if os.path.lexists(os.path.join(outdir, n))]
     if old is not None and old.get("sha256") != new["sha256"]:
         what = f"checkpoint {old.get('checkpoint')} (sha256 {str(old.get('sha256'))[:12]})"
     elif old is None and present:
@@ -199,13 +212,11 @@ def claim_outdir(outdir: str, checkpoint: str, overwrite: bool) -> None:
             f"{new['sha256'][:12]}): choose a new OUTDIR, or pass --overwrite to delete them"
         )
     if what:
-        print(f"{TAG} --overwrite: deleting {', '.join(present)} in {outdir}", flush=True)
-        for name in present:
-            path = os.path.join(outdir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
+        foreign = set(present) - ownership.recorded(outdir)
+        if not foreign:
+            print(f"{TAG} --overwrite: deleting {', '.join(present)} in {outdir}", flush=True)
+        ownership.remove_recorded(outdir, present, why="--overwrite")
+    ownership.record(outdir, SOURCE_FILE)
     atomic_write_bytes(os.path.join(outdir, SOURCE_FILE), json.dumps(new, indent=2).encode())
 
 
@@ -228,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_inputs(args.checkpoint, args.benchmarks, args.demo)
         claim_outdir(args.outdir, args.checkpoint, args.overwrite)
+        # Everything this run writes into OUTDIR is recorded before it is written.
+        ownership.record(args.outdir, *OUTPUTS[:3], *args.benchmarks)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1

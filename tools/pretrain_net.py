@@ -7,7 +7,10 @@
 
 Writes OUTPUT_DIR/{config.yaml, args.json, log.txt, metrics.json, events.out.tfevents.*,
 model_*.pth, last_checkpoint, plan.json}. ``--resume`` continues exactly from last_checkpoint;
-without it an OUTPUT_DIR that already holds a run is refused.
+without it an OUTPUT_DIR that already holds a run is refused, and so is any non-empty folder
+that is not a run of the suite (OUTPUT_DIR/.cyborgs_outputs.json records what the suite writes
+there). Before training, the plan's disk estimate is checked against the free space (--force
+starts anyway).
 ``--plan-only`` prints what the config will do (phase per epoch, bootstrap rounds, iterations,
 checkpoints, disk), writes OUTPUT_DIR/plan.json and exits without training or allocating the model. Convert
 the result for transfer with tools/convert_to_detectron2.py.
@@ -36,6 +39,8 @@ from cyborgs.config_io import ConfigFileError, parse_yaml_text
 from cyborgs.engine.launch import launch_from_args
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
+from cyborgs.utils import ownership
+from cyborgs.utils.atomic import DiskFullError, format_bytes, free_bytes
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
 
@@ -125,6 +130,91 @@ def refuse_output_dir(out: str, resume: bool) -> None:
         )
 
 
+# The files a run writes directly in OUTPUT_DIR under fixed names (recorded when the folder is
+# claimed; a file of the user's under one of these names is refused, never overwritten).
+RUN_FILES = ("config.yaml", "args.json", "plan.json", "log.txt", "metrics.json",
+             "last_checkpoint", "masks")  # fmt: skip
+# What a run of an older version of the suite (which kept no record) left in OUTPUT_DIR.
+_LEGACY_RUN_FILE = re.compile(
+    r"^(config\.yaml|config\.before_resume_.+\.yaml|args\.json|plan\.json|log\.txt(\.rank\d+)?|"
+    r"metrics\.json|last_checkpoint|masks|model_(\d+|final)\.pth|events\.out\.tfevents\..+)$"
+)
+
+
+def claim_output_dir(out: str, dry_run: bool = False) -> None:
+    """Make OUTPUT_DIR the run's (:mod:`cyborgs.utils.ownership`) before anything is written
+    there: a new or empty folder, or one the suite's record marks as a pretraining run's. A
+    folder holding anything else is refused, naming it and what it holds (nothing there is
+    overwritten or deleted). A run of an older version of the suite (``last_checkpoint`` or
+    ``model_*.pth`` beside no record) is recognised and its own files recorded. ``dry_run``:
+    the refusal only, nothing written."""
+    legacy = None
+    if os.path.isdir(out) and existing_run(out) and not ownership.is_claimed(out):
+        legacy = [n for n in os.listdir(out) if _LEGACY_RUN_FILE.match(n)]
+    try:
+        ownership.claim(out, "pretrain_net", legacy=legacy, what="OUTPUT_DIR", dry_run=dry_run)
+        if not dry_run:
+            ownership.record(out, *RUN_FILES)
+    except ownership.NotOwnedError as e:
+        raise UsageError(f"OUTPUT_DIR: {e}") from None
+
+
+def _device_of(path: str) -> int | None:
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        return os.stat(p).st_dev
+    except OSError:
+        return None
+
+
+def _bytes_already_there(cfg: CfgNode) -> tuple[int, int]:
+    """(checkpoint bytes, bootstrap-round bytes) a resumed run already holds: the plan's
+    estimate is the whole run's, so only the rest is still to be written."""
+    from cyborgs.masks.store import MaskStore, store_root
+
+    out = cfg.OUTPUT_DIR
+    ckpt = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out, "model_*.pth")))
+    masks = 0
+    for name in cfg.DATASETS.TRAIN:
+        store = MaskStore(store_root(cfg, "bootstrap", name))
+        for r in store.rounds():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                masks += int(store.manifest(r)["bytes"])
+    return ckpt, masks
+
+
+def check_disk(cfg: CfgNode) -> None:
+    """Before any work: the plan's disk estimate (:mod:`cyborgs.engine.plan`: kept checkpoints
+    plus mask rounds; on resume, less what the run already holds) against the free space at
+    OUTPUT_DIR and, where it lies on another file system, the mask store. Refused with the
+    numbers (``--force`` skips this check)."""
+    from cyborgs.engine.plan import build_plan, model_counts_from_config
+
+    plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts_from_config(cfg))
+    have_ckpt, have_masks = _bytes_already_there(cfg)
+    ckpt = max(0, (plan["checkpoints"]["bytes_kept"] or 0) - have_ckpt)
+    masks = max(0, (plan["masks"]["bytes"] or 0) - have_masks)
+    out = cfg.OUTPUT_DIR
+    store = cfg.CYBORGS.MASKS.STORE_DIR or os.path.join(out, "masks")
+    needs = {out: ckpt, store: masks}
+    if _device_of(out) == _device_of(store):
+        needs = {out: ckpt + masks}
+    for where, need in needs.items():
+        free = free_bytes(where)
+        if free is not None and need > free:
+            c = plan["checkpoints"]
+            raise UsageError(
+                f"not enough disk space at {where}: the plan needs ~{format_bytes(need)} more "
+                f"(checkpoints: {c['kept']} kept x {format_bytes(c['bytes_each'])}; mask "
+                f"rounds: ~{format_bytes(plan['masks']['bytes'])}; less "
+                f"{format_bytes(have_ckpt + have_masks)} already written), "
+                f"{format_bytes(free)} free there: free some space, choose another OUTPUT_DIR "
+                "(or CYBORGS.MASKS.STORE_DIR), or pass --force to start anyway"
+            )
+
+
 def keep_config_if_changed(cfg: CfgNode) -> list[str]:
     """On --resume, before default_setup overwrites OUTPUT_DIR/config.yaml: if the new config
     differs from the run's, rename the run's to config.before_resume_<checkpoint>.yaml and
@@ -156,11 +246,19 @@ def keep_config_if_changed(cfg: CfgNode) -> list[str]:
 def setup(args) -> CfgNode:
     """The run's frozen config (:func:`cyborgs.engine.setup.setup_pretrain_cfg`: merged,
     checked, epochs -> iterations), the OUTPUT_DIR checks (:func:`refuse_output_dir`,
-    :func:`keep_config_if_changed`), then
+    :func:`claim_output_dir`, :func:`check_disk`, :func:`keep_config_if_changed`), then
     detectron2's ``default_setup`` (logger, env info, OUTPUT_DIR/config.yaml, seeding), the
     cyborgs logger and OUTPUT_DIR/args.json."""
     cfg, notes = setup_pretrain_cfg(args.config_file, args.opts)
     refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
+    if comm.is_main_process():
+        claim_output_dir(cfg.OUTPUT_DIR, dry_run=True)  # refusals first, nothing written
+        if not args.force:
+            check_disk(cfg)
+        claim_output_dir(cfg.OUTPUT_DIR)
+    # The other ranks write (log.txt.rankN) only into a folder rank 0 has claimed; if rank 0
+    # refused, it exits and the launcher stops them here.
+    comm.synchronize()
     if args.resume:
         notes += keep_config_if_changed(cfg)
     default_setup(cfg, args)
@@ -229,13 +327,18 @@ def _config_errors_as_one_line(args):
 def main(args) -> None:
     with _config_errors_as_one_line(args):
         cfg = setup(args)
-    trainer = CyborgsTrainer(cfg, args=vars(args))
-    trainer.resume_or_load(resume=args.resume)
-    if args.resume and trainer.start_iter >= trainer.max_iter:
-        logger.info("run already complete (%d/%d iterations) in %s; nothing to train",
-                    trainer.start_iter, trainer.max_iter, cfg.OUTPUT_DIR)  # fmt: skip
-        return
-    trainer.train()
+    try:
+        trainer = CyborgsTrainer(cfg, args=vars(args))
+        trainer.resume_or_load(resume=args.resume)
+        if args.resume and trainer.start_iter >= trainer.max_iter:
+            logger.info("run already complete (%d/%d iterations) in %s; nothing to train",
+                        trainer.start_iter, trainer.max_iter, cfg.OUTPUT_DIR)  # fmt: skip
+            return
+        trainer.train()
+    except DiskFullError as e:
+        # The checkpoints up to the failure are whole (atomic writes): resume from them.
+        print(f"error: {e}; free some space and continue with --resume", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def plan_only(args) -> int:
@@ -265,7 +368,11 @@ def plan_only(args) -> int:
         # the run's own plan.json describes the run; a what-if plan must not replace it
         print(f"plan not written: OUTPUT_DIR {cfg.OUTPUT_DIR} holds a run")
     elif cfg.OUTPUT_DIR:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        try:
+            claim_output_dir(cfg.OUTPUT_DIR)
+        except UsageError as e:
+            print(f"plan not written: {e}")
+            return 0
         print(f"plan written to {write_plan(plan, cfg.OUTPUT_DIR)}")
     return 0
 
@@ -279,6 +386,11 @@ def get_parser():
         help="print the plan (phases, rounds, iterations, checkpoints, disk), write "
         "OUTPUT_DIR/plan.json (not into an existing run) and exit without training or "
         "allocating the model",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start even if the plan's disk estimate exceeds the free space",
     )
     parser.add_argument(
         "--images",
@@ -323,6 +435,7 @@ def cli(argv: list[str] | None = None) -> int:
         cfg, _ = setup_pretrain_cfg(args.config_file, args.opts, schedule=False,
                                     world_size=args.num_gpus * args.num_machines)  # fmt: skip
         refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
+        claim_output_dir(cfg.OUTPUT_DIR, dry_run=True)  # claimed in setup(), after the disk
     try:
         launch_from_args(main, args)
     except ProcessExitedException as e:

@@ -24,6 +24,7 @@ from study_lib import (
     BUDGETS,
     CLAIM_RULE,
     RESULT_FILE,
+    RUN_FILE,
     STUDY_ARITHMETIC,
     VARIANTS,
     StageError,
@@ -34,6 +35,8 @@ from study_lib import (
     read_json,
     write_report,
 )
+
+from cyborgs.utils import ownership
 
 EPILOG = f"""
 Variants: {", ".join(f"{k} ({v.label})" for k, v in VARIANTS.items())}.
@@ -74,10 +77,32 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What the study writes in its root (runs/ holds every run: a stale one is deleted whole).
+STUDY_ENTRIES = ("runs", "oracle", "study.md", "study.json", "study_bars.png",
+                 "study_mask_miou.png")  # fmt: skip
+
+
+def claim_root(root: Path) -> None:
+    """The study root must be new, empty or the study's (:mod:`cyborgs.utils.ownership`); a
+    root of an older version (no record, but study.json or a run's run.json) has
+    :data:`STUDY_ENTRIES` recorded."""
+    legacy = None
+    if root.is_dir() and not ownership.is_claimed(root):
+        runs = root.glob(f"runs/*/seed*/{RUN_FILE}")
+        if (root / "study.json").is_file() or next(runs, None) is not None:
+            legacy = STUDY_ENTRIES
+    ownership.claim(root, "study", legacy=legacy, what="the study (--root)")
+    ownership.record(root, *STUDY_ENTRIES)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     root = Path(args.root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        claim_root(root)
+    except ownership.NotOwnedError as e:
+        print(f"error: --root: {e}", file=sys.stderr)
+        return 2
     budget = BUDGETS[args.budget]
     env = dict(os.environ)
     if args.data_root:

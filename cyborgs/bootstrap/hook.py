@@ -40,6 +40,7 @@ import numpy as np
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from cyborgs.engine.hooks import capture_rng_state, restore_rng_state
 from cyborgs.engine.nonfinite import NonFiniteLossError
 from cyborgs.masks.store import CorruptPointerError, MaskStore, check_unique_image_ids
 
@@ -239,17 +240,49 @@ class BootstrapHook(HookBase):
         if callable(restart):
             restart(iteration)
 
-    def after_step(self) -> None:
-        done = int(self.trainer.iter) + 1
+    def round_follows(self, iteration: int) -> bool:
+        """Whether a round runs after step ``iteration`` (the last of an epoch whose round is
+        due and not done): the checkpointer saves that step before the round."""
+        done = int(iteration) + 1
         if done % self.iters_per_epoch:
-            return
+            return False
         epoch = done // self.iters_per_epoch
-        if self._is_due(epoch) and epoch not in self.completed:
-            self._run_round(epoch)
-            self._restart_loader(done)
+        return self._is_due(epoch) and epoch not in self.completed
+
+    def after_step(self) -> None:
+        it = int(self.trainer.iter)
+        if not self.round_follows(it):
+            return
+        # The checkpointer (registered before this hook) has saved this step: a round that
+        # fails, for space or anything else, leaves the epoch's training on disk, and the
+        # resume from it runs the round again.
+        epoch = (it + 1) // self.iters_per_epoch
+        self._run_round(epoch)
+        self._restart_loader(it + 1)
+        self._checkpoint_round(it)
+
+    def _checkpoint_round(self, iteration: int) -> None:
+        """Save step ``iteration`` again, now recording the round, so that a resume from it
+        does not redo the round (main process; the checkpoint holds the same training state:
+        a round leaves weights, optimizer and RNG states as they were)."""
+        ckpt = getattr(self.trainer, "checkpointer", None)
+        if ckpt is None or not comm.is_main_process() or not getattr(ckpt, "save_dir", None):
+            return
+        name = f"model_{iteration:07d}"
+        if os.path.isfile(os.path.join(ckpt.save_dir, name + ".pth")):
+            ckpt.save(name, iteration=iteration)
 
     # ---- one round ----
     def _run_round(self, epoch: int) -> None:
+        # The global RNG streams are training's: the round leaves them as it found them, so
+        # that its checkpoints (before and after it) hold the same states.
+        state = capture_rng_state()
+        try:
+            self._run_round_inner(epoch)
+        finally:
+            restore_rng_state(state)
+
+    def _run_round_inner(self, epoch: int) -> None:
         t_round = time.perf_counter()
         round_id = epoch
         iteration = epoch * self.iters_per_epoch

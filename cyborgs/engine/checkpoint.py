@@ -25,7 +25,7 @@ import collections
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -110,6 +110,17 @@ class RunInfo:
         self.loaded = dict(state)
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a plain checkpoint (its size on disk, give or take the index)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 # Periodic checkpoints are model_0000039.pth, the end of a run model_final.pth.
 _CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
 
@@ -154,7 +165,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        atomic_write(save_file, lambda f: torch.save(data, f), size_hint=_tensor_bytes(data))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -315,7 +326,10 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         save_dir = self.checkpointer.save_dir
         if not save_dir or not os.path.isdir(save_dir):
             return
-        removed = remove_stale_temp_files(save_dir)
+        # Only temp files of this hook's own outputs: OUTPUT_DIR may hold other files.
+        prefix = re.escape(self.file_prefix)
+        ours = re.compile(rf"{prefix}_(\d+|final)\.pth|last_checkpoint")
+        removed = remove_stale_temp_files(save_dir, targets=ours)
         if removed:
             logger.info(
                 f"Removed {len(removed)} temp file(s) left by an interrupted write: {removed}"
@@ -328,10 +342,26 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
             ]
             self.recent_checkpoints = sorted(existing, key=_iteration_of)
 
+    def __init__(
+        self,
+        checkpointer: Any,
+        period: int,
+        max_iter: int | None = None,
+        max_to_keep: int | None = None,
+        file_prefix: str = "model",
+        also_at: Callable[[int], bool] | None = None,
+    ) -> None:
+        """detectron2's arguments, plus ``also_at(iteration)``: True after steps that must be
+        checkpointed whatever the period (the last step of an epoch a bootstrap round
+        follows, so that a failing round cannot lose the epoch's training)."""
+        super().__init__(checkpointer, period, max_iter, max_to_keep, file_prefix)
+        self.also_at = also_at
+
     def step(self, iteration: int, **kwargs: Any) -> None:
         iteration = int(iteration)
         state = {"iteration": iteration, **kwargs}
-        if (iteration + 1) % self.period == 0:
+        extra = self.also_at is not None and self.also_at(iteration)
+        if (iteration + 1) % self.period == 0 or extra:
             self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", **state)
             if self.max_to_keep is not None:
                 path = self.checkpointer.get_checkpoint_file()

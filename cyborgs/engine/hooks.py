@@ -4,13 +4,16 @@ Order in :meth:`CyborgsTrainer.build_hooks` (detectron2 runs hooks in registrati
 
     IterationTimer
     LossScheduleHook   before_step: sets model.contrastive_weight / vmf_weight / vmf_num_clusters
-    BootstrapHook      after_step of an epoch's last step: a bootstrap round (cyborgs.bootstrap),
-                       before the checkpointer so a checkpoint records the round it follows
     EMAHook            after_step:  model.update_target(momentum(iter))
     LRScheduler        after_step
     RNGStateHook       after_step: gathers every rank's RNG states on checkpoint iterations;
-                       before_train: restores them, after every hook whose before_train draws
-    PeriodicCheckpointer (main process; after EMA so the saved target is the updated one)
+                       before_train: restores them
+    PeriodicCheckpointer (main process; after EMA so the saved target is the updated one; also
+                       after the last step of an epoch a bootstrap round follows)
+    BootstrapHook      after_step of an epoch's last step: a bootstrap round (cyborgs.bootstrap),
+                       after the checkpointer so the epoch is on disk if the round fails; then
+                       the same checkpoint again, now recording the round (rounds leave the
+                       global RNG states as they found them)
     PeriodicWriter       (main process)
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,19 +241,26 @@ class RNGStateHook(HookBase):
     state of rank 1, ...]}``.
 
     On resume each rank restores its own entry in ``before_train`` (this hook comes after every
-    hook whose ``before_train`` may draw). A checkpoint from another world size, or one written
+    hook whose ``before_train`` may draw; the bootstrap hook after it restores the states
+    around its rounds). A checkpoint from another world size, or one written
     outside a checkpoint iteration, restores rank 0 exactly and re-seeds the other ranks from
     (iteration, rank), with a warning.
     """
 
-    def __init__(self, checkpoint_period: int = 0) -> None:
+    def __init__(
+        self, checkpoint_period: int = 0, also_at: Callable[[int], bool] | None = None
+    ) -> None:
+        """``also_at``: the checkpointer's extra checkpoint iterations (before bootstrap
+        rounds), which need every rank's states as well."""
         self.period = int(checkpoint_period)
+        self.also_at = also_at
         self._pending: list[dict[str, Any]] | None = None
         self._gathered: tuple[int, list[dict[str, Any]]] | None = None  # (iter, states)
 
     def _is_checkpoint_iter(self, it: int) -> bool:
         last = it >= self.trainer.max_iter - 1
-        return last or (self.period > 0 and (it + 1) % self.period == 0)
+        extra = self.also_at is not None and self.also_at(it)
+        return last or extra or (self.period > 0 and (it + 1) % self.period == 0)
 
     def after_step(self) -> None:
         if comm.get_world_size() > 1 and self._is_checkpoint_iter(int(self.trainer.iter)):

@@ -148,9 +148,11 @@ def build_plan(
         )
 
     # detectron2's PeriodicCheckpointer: model_{iter} after every step with (iter + 1) % period
-    # == 0, the newest CHECKPOINTS_TO_KEEP of them kept, plus model_final.
+    # == 0, and after the last step before each bootstrap round (a failing round must not lose
+    # the epoch), the newest CHECKPOINTS_TO_KEEP of them kept, plus model_final.
     period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
-    periodic = max_iter // period if period > 0 else 0
+    before_rounds = [e for e in rounds if e > 0 and not (period > 0 and e * ipe % period == 0)]
+    periodic = (max_iter // period if period > 0 else 0) + len(before_rounds)
     keep = int(cfg.SOLVER.CHECKPOINTS_TO_KEEP)
     kept = (min(periodic, keep) if keep > 0 else periodic) + 1
     ckpt_bytes = None

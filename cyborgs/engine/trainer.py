@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cyborgs.config import ConfigError
 from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer
+from cyborgs.utils.atomic import DiskFullError
 
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
@@ -189,6 +190,16 @@ class _CyborgsStep(SimpleTrainer):
             if files:
                 self.num_skipped += len(files)
                 logger.warning(f"Skipped {len(files)} unreadable image(s): {files[:5]}")
+
+
+def _disk_full_in_one_line(record: logging.LogRecord) -> bool:
+    """detectron2 logs any training exception with its traceback; a full disk is one line (the
+    file, the space needed and free), the torch traceback only hides it."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, DiskFullError):
+        record.msg, record.args = f"Exception during training: {exc}", ()
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
@@ -351,8 +362,9 @@ class CyborgsTrainer(DefaultTrainer):
 
         ``cyborgs.bootstrap.BootstrapHook(cfg, iters_per_epoch=...)`` runs rounds in
         ``after_step`` at epoch boundaries (and a missed one in ``before_train``), then calls
-        :meth:`restart_data_loader`. It sits before the checkpointer, so a checkpoint records
-        the rounds completed before it.
+        :meth:`restart_data_loader`. It sits after the checkpointer, which saves the step
+        before each round (``round_follows``); the hook saves that step again once the round
+        is done, so the checkpoint records it.
         """
         if self.cfg.CYBORGS.MASKS.SOURCE != "bootstrap":
             return None
@@ -365,22 +377,29 @@ class CyborgsTrainer(DefaultTrainer):
         bootstrap = self.build_bootstrap_hook()
         # the console ETA adds the rounds still to come (build_writers)
         self._pending_rounds = getattr(bootstrap, "pending_rounds", None)
+        # The step before a round is checkpointed whatever the period (see BootstrapHook).
+        before_round = getattr(bootstrap, "round_follows", None)
         ret: list[hooks.HookBase | None] = [
             hooks.IterationTimer(),
             self.loss_schedule,
-            bootstrap,
             EMAHook(cfg.CYBORGS.EMA.BASE_MOMENTUM, cfg.CYBORGS.EMA.SCHEDULE),
             hooks.LRScheduler(),
             # every rank: gathers the RNG states the checkpointer saves next (a collective)
-            RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD),
+            RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, also_at=before_round),
         ]
         if comm.is_main_process():
             keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
             ret.append(
                 PeriodicCheckpointer(
-                    self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=keep or None
+                    self.checkpointer,
+                    cfg.SOLVER.CHECKPOINT_PERIOD,
+                    max_to_keep=keep or None,
+                    also_at=before_round,
                 )
             )
+        # after the checkpointer: the epoch before a round is on disk if the round fails
+        ret.append(bootstrap)
+        if comm.is_main_process():
             ret.append(
                 TimedPeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
             )
@@ -425,7 +444,12 @@ class CyborgsTrainer(DefaultTrainer):
         from .checkpoint import check_plain
 
         check_plain(self.state_dict(), where="trainer state")
-        super().train()
+        train_log = logging.getLogger("detectron2.engine.train_loop")
+        train_log.addFilter(_disk_full_in_one_line)
+        try:
+            super().train()
+        finally:
+            train_log.removeFilter(_disk_full_in_one_line)
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:

@@ -47,6 +47,7 @@ from PIL import Image
 
 from cyborgs.data.image_io import display_path
 from cyborgs.utils.atomic import atomic_write_bytes
+from cyborgs.utils.ownership import NotOwnedError
 
 from .cell_grid import CellCentre, cell_centre_from_manifest, upsample_label_map
 
@@ -121,6 +122,45 @@ def check_unique_image_ids(dicts: Iterable[dict]) -> None:
         seen[key] = name
 
 
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # cyborgs.utils.atomic's temp files
+
+
+def _foreign_in_round_dir(d: str) -> list[str]:
+    """Entries of round directory ``d`` that this store does not write: anything but
+    ``manifest.json``, hash shards (``ab/``) and, inside them, label maps and the temp files of
+    their atomic writes."""
+    foreign = []
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name)
+        if name == _MANIFEST or (_TEMP.match(name) and os.path.isfile(path)):
+            continue
+        if not (_SHARD.match(name) and os.path.isdir(path) and not os.path.islink(path)):
+            foreign.append(name)
+            continue
+        for f in sorted(os.listdir(path)):
+            fp = os.path.join(path, f)
+            ok = f.endswith(".png") or _TEMP.match(f)
+            if not (ok and os.path.isfile(fp) and not os.path.islink(fp)):
+                foreign.append(os.path.join(name, f))
+    return foreign
+
+
+def _remove_round_dir(d: str) -> None:
+    """Delete an earlier (partial or stale) round directory, which must hold nothing but what
+    the store writes: a folder of someone else's files under the round's name is refused,
+    naming them, and nothing is deleted."""
+    foreign = _foreign_in_round_dir(d) if os.path.isdir(d) and not os.path.islink(d) else [d]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise NotOwnedError(
+            f"{d} would be replaced by a new mask round, but it holds files the mask store did "
+            f"not write ({shown}; {len(foreign)} in all); nothing was deleted: move them away, "
+            "or choose another OUTPUT_DIR / CYBORGS.MASKS.STORE_DIR"
+        )
+    shutil.rmtree(d)
+
+
 def upsample_nearest(label_map: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label map (source index = floor(i * in / out), like
     ``torch.nn.functional.interpolate(mode="nearest")``)."""
@@ -169,7 +209,7 @@ class MaskStore:
     # ---- writing ----
     def begin_round(self, round_id: int, *, replace_current: bool = False) -> None:
         """Start writing round ``round_id``; any earlier (partial or stale) directory of that id
-        is removed. The current round cannot be rewritten while readers may use it, unless
+        is removed, if it holds only the store's files (else :class:`NotOwnedError`). The current round cannot be rewritten while readers may use it, unless
         ``replace_current``: then 'current' first points at no round (readers see none)."""
         if replace_current and (self.pointer_problem() or self.current_round() == int(round_id)):
             self.set_current(None)
@@ -180,7 +220,7 @@ class MaskStore:
             )
         d = self.round_dir(round_id)
         if os.path.exists(d):
-            shutil.rmtree(d)
+            _remove_round_dir(d)
         os.makedirs(d, exist_ok=True)
 
     def write(self, round_id: int, image_id: Any, label_map: np.ndarray) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -56,8 +58,62 @@ def _mode_for(path: str) -> int:
         return 0o666 & ~_current_umask()
 
 
+def format_bytes(n: float | None) -> str:
+    """``1.5 GB`` (decimal units, as ``df -H``)."""
+    if n is None:
+        return "unknown"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space (ENOSPC, or EDQUOT: over quota). Its message is one
+    line: the file, the space it needed and the space left where it was written."""
+
+    def __init__(self, path: str, needed: int | None, free: int | None) -> None:
+        super().__init__(errno.ENOSPC, "No space left on device", path)
+        self.needed, self.free = needed, free
+
+    def __str__(self) -> str:
+        need = f"~{format_bytes(self.needed)}" if self.needed else "more space"
+        return (
+            f"no space left on device writing {self.filename}: it needs {need}, "
+            f"{format_bytes(self.free)} free on that file system"
+        )
+
+
+def _out_of_space(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it was raised from is ENOSPC / EDQUOT (torch's zip writer
+    reports a full disk as ``RuntimeError: unexpected pos``, the OSError only chained)."""
+    for _ in range(10):
+        if e is None:
+            return False
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``path`` (its nearest existing parent); None if
+    unknown."""
+    p = os.path.abspath(os.fspath(path))
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
 def atomic_write(
-    path: str | os.PathLike, write: Callable[[BinaryIO], object], fsync: bool = True
+    path: str | os.PathLike,
+    write: Callable[[BinaryIO], object],
+    fsync: bool = True,
+    size_hint: int | None = None,
 ) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, then ``os.replace`` it onto ``path``.
 
@@ -70,6 +126,9 @@ def atomic_write(
     which would hide checkpoints, masks and caches from the rest of a team): an existing
     ``path``'s mode is kept, a new one gets ``0o666 & ~umask``. Owner and group are not
     copied: the new file is the writer's, as when a new file is created.
+
+    A write that fails for lack of space raises :class:`DiskFullError` naming ``path``, the
+    space needed (``size_hint`` bytes, else at least what was written) and the space free.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -83,30 +142,43 @@ def atomic_write(
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else None
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _out_of_space(e):
+            raise DiskFullError(path, size_hint or written, free_bytes(directory)) from e
         raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
     """:func:`atomic_write` of a bytes payload."""
-    atomic_write(path, lambda f: f.write(data), fsync=fsync)
+    atomic_write(path, lambda f: f.write(data), fsync=fsync, size_hint=len(data))
 
 
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
+def remove_stale_temp_files(
+    directory: str | os.PathLike, targets: re.Pattern[str] | None = None
+) -> list[str]:
     """Remove the temp files an interrupted :func:`atomic_write` left directly in ``directory``.
 
-    Call it only when no write into ``directory`` can be in flight (e.g. when a run starts);
-    returns the names removed. Subdirectories are not touched.
+    ``targets`` (a pattern of destination basenames): only temp files of those destinations
+    are removed, e.g. ``.model_0000039.pth.<random>.tmp`` for ``model_\\d+\\.pth``; a file of
+    someone else's that merely looks like a temp file keeps its place unless it names one of
+    the caller's own files. Call it only when no write into ``directory`` can be in flight
+    (e.g. when a run starts); returns the names removed. Subdirectories are not touched.
     """
     removed = []
     with os.scandir(directory) as entries:
         for entry in entries:
-            if _TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed.append(entry.name)
+            if not (_TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            # ".<basename>.<random>.tmp": the basename may hold dots itself
+            target = entry.name[1:].rsplit(".", 2)[0]
+            if targets is not None and not targets.fullmatch(target):
+                continue
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(entry.name)
     return sorted(removed)

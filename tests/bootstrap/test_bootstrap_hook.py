@@ -302,3 +302,34 @@ def test_data_set_ids_sharing_a_mask_key_are_refused_up_front(tmp_path):
         BootstrapHook(settings=SETTINGS, round_fn=_FakeRounds(),
                       datasets=[("demo", dicts, MaskStore(str(tmp_path)))],
                       iters_per_epoch=3, warmup_epochs=2, period_epochs=4)  # fmt: skip
+
+
+def test_a_round_leaves_the_global_rng_states_alone(tmp_path):
+    """The step before a round is checkpointed before and again after it, and on several ranks
+    both saves hold the states gathered before it: a round that drew from the global RNGs
+    would make a resume from the second save differ from the run that went on."""
+    import random
+
+    import torch
+
+    from cyborgs.engine.hooks import capture_rng_state
+
+    fake = _FakeRounds()
+
+    def drawing(*args, **kwargs):
+        torch.rand(3), np.random.rand(), random.random()
+        return fake(*args, **kwargs)
+
+    hook = _hook(MaskStore(str(tmp_path)), drawing, warmup=1, period=0)
+    hook.trainer = trainer = _Trainer(3 * 4)
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        hook.before_train()
+        trainer.iter = storage.iter = 2  # the last step of epoch 0: round 1 follows
+        before = capture_rng_state()
+        hook.after_step()
+    after = capture_rng_state()
+    assert [r for r, _ in fake.calls] == [1]
+    assert torch.equal(before["torch"], after["torch"])
+    assert torch.equal(before["numpy"]["keys"], after["numpy"]["keys"])
+    assert before["python"] == after["python"]

@@ -2,8 +2,8 @@
 
 tools/pretrain_net.py runs as a subprocess on the tiny demo set: 24 images / batch 8 = 3
 iterations per epoch, epoch 0 is the vMF warm-up, the bootstrap round (round 1) runs after
-iteration 2, epoch 1 trains on its masks. Checkpoints every 2 iterations, so the last one
-before the round is model_0000001.pth. The killed run goes through ``slow_mask_writes.py``
+iteration 2, epoch 1 trains on its masks. Checkpoints every 2 iterations, and the step before a
+round always: the last one before the round is model_0000002.pth (the warm-up epoch is kept). The killed run goes through ``slow_mask_writes.py``
 (next to this file), which sleeps after each label map written, to stretch the round; the test
 watches the store and kills the process as soon as the first maps of round 1 exist and its
 manifest does not -- a real kill in the middle of a round.
@@ -102,10 +102,13 @@ def test_sigkill_during_bootstrap_round_then_resume(tiny_data_root, tmp_path) ->
 
     n_at_kill = _kill_during_round(out, tiny_data_root, round_dir, timeout_s=240)
     # Killed mid-round: a partial round directory that nothing points at, and the last
-    # checkpoint precedes the round (iteration 1; the round follows iteration 2).
+    # checkpoint is the step the round follows (iteration 2), written before the round.
     assert 0 < n_at_kill < len(image_ids)
     assert store.current_round() is None and store.rounds() == []
-    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert (out / "last_checkpoint").read_text() == "model_0000002.pth"
+    assert safe_load(str(out / "model_0000002.pth"))["trainer"]["hooks"]["BootstrapHook"] == {
+        "completed": []
+    }
     assert not (out / "model_final.pth").exists()
 
     res = subprocess.run(
@@ -117,7 +120,7 @@ def test_sigkill_during_bootstrap_round_then_resume(tiny_data_root, tmp_path) ->
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    assert "Starting training from iteration 2" in res.stderr + res.stdout
+    assert "Starting training from iteration 3" in res.stderr + res.stdout
 
     # The round is complete and current: manifest, pointer, one map per image, uint8 ids.
     assert store.rounds() == [1] and store.current_round() == 1
@@ -137,10 +140,10 @@ def test_sigkill_during_bootstrap_round_then_resume(tiny_data_root, tmp_path) ->
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".tmp-") or p.suffix == ".tmp"]
     assert leftovers == []
 
-    # The round's metrics reached metrics.json (at the iteration the round followed).
+    # The round's metrics reached metrics.json (rerun before the resumed run's first step, 3).
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     boot = [r for r in rows if any(k.startswith("bootstrap/") for k in r)]
-    assert boot and boot[0]["iteration"] == 2
+    assert boot and boot[0]["iteration"] == 3
     for k in ("bootstrap/time_s", "bootstrap/images_per_s", "bootstrap/bytes_per_image"):
         assert k in boot[0] and boot[0][k] > 0, k
     assert 2 <= boot[0]["bootstrap/k_mean"] <= K_MAX

@@ -291,7 +291,12 @@ def test_stale_temp_files_removed_on_start(tmp_path) -> None:
     stale = [".model_0000009.pth.k2j3_x9a.tmp", ".last_checkpoint.abc123.tmp"]
     for name in stale:
         (tmp_path / name).write_bytes(b"partial")
-    kept = ["notes.tmp", "model_0000004.pth", "last_checkpoint", ".hidden"]
+    # A user's files that match the temp-file pattern but name no file of the checkpointer's
+    # (the audit's case: a new run into a folder that is not a run deleted them).
+    users = [".notes.txt.draft.tmp", ".config.yaml.abc123.tmp"]
+    for name in users:
+        (tmp_path / name).write_bytes(b"the user's " + name.encode())
+    kept = ["notes.tmp", "model_0000004.pth", "last_checkpoint", ".hidden", *users]
     (tmp_path / "notes.tmp").write_text("a user's file, not one of ours")
     (tmp_path / ".hidden").write_text("x")
     (tmp_path / "masks").mkdir()
@@ -299,6 +304,7 @@ def test_stale_temp_files_removed_on_start(tmp_path) -> None:
     _hook(SafeCheckpointer(m, str(tmp_path), save_to_disk=True), keep=3)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(kept)
     assert (tmp_path / "masks" / ".r.png.abc.tmp").exists()
+    assert all((tmp_path / n).read_bytes() == b"the user's " + n.encode() for n in users)
 
 
 def test_checkpoints_to_keep_counts_checkpoints_from_before_a_restart(tmp_path) -> None:

@@ -62,6 +62,11 @@ def test_demo_plan_phases_rounds_and_checkpoints(tmp_path: Path) -> None:
     assert plan["masks"]["bytes"] == int(plan["masks"]["bytes_per_image_estimate"] * 400 * 2)
     assert plan["disk_bytes_estimate"] == 4 * (state + momentum) + plan["masks"]["bytes"]
 
+    # off the period, the step before each round (12, 38) is checkpointed as well:
+    # model_0000019, _39, _59, the two before the rounds, and model_final
+    other = build_plan(_cfg("SOLVER.CHECKPOINT_PERIOD", "20"), 400, model_counts(model))
+    assert (other["checkpoints"]["written"], other["checkpoints"]["kept"]) == (6, 4)
+
     text = format_plan(plan)
     assert "epochs 2, 4: contrastive + vMF" in text and "epochs 1, 3" in text
     path = write_plan(plan, str(tmp_path))

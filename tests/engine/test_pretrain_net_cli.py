@@ -210,3 +210,117 @@ def test_base_cycle_and_missing_base_are_one_line(tmp_path, capsys) -> None:
     line = _refused(["--plan-only", "--config-file", str(a), "OUTPUT_DIR", str(out)], capsys)
     assert line == f"error: {b}: _BASE_ gone.yaml not found (looked for {tmp_path / 'gone.yaml'})"
     assert not out.exists()
+
+
+def _user_folder(out: Path) -> dict[str, bytes]:
+    """A folder of the user's whose names collide with what a run writes (the audit's case)."""
+    files = {
+        "config.yaml": b"my: config\n",
+        "plan.json": b'{"mine": 1}',
+        "args.json": b"[]",
+        ".notes.txt.abc123.tmp": b"draft",
+        "masks/bootstrap/demo/round_0001/ab/x.png": b"my png",
+    }
+    for rel, data in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    return files
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_that_is_not_a_run_is_refused(tiny_data_root, tmp_path, capsys, resume) -> None:
+    out = tmp_path / "mine"
+    files = _user_folder(out)
+    argv = ["--config-file", DEMO, "OUTPUT_DIR", str(out)]
+    line = _refused((["--resume"] if resume else []) + argv, capsys)
+    assert f"{out} is not empty and was not written by this suite" in line
+    assert ".notes.txt.abc123.tmp, args.json, config.yaml, masks, plan.json (5 entries)" in line
+    assert _tree(out) == files
+    # setup() (each process's path) refuses too, before default_setup writes config.yaml
+    with pytest.raises(tool.UsageError, match="not written by this suite"):
+        tool.setup(tool.get_parser().parse_args(argv))
+    assert _tree(out) == files
+    # --plan-only prints the plan but does not write plan.json there
+    assert tool.cli(["--plan-only", "--images", "24", *argv]) == 0
+    assert "plan not written: OUTPUT_DIR: " in capsys.readouterr().out
+    assert _tree(out) == files
+
+
+def test_a_claimed_folder_takes_new_runs_and_an_older_run_is_adopted(tmp_path, capsys) -> None:
+    from cyborgs.utils.ownership import RECORD, recorded
+
+    out = tmp_path / "planned"
+    argv = ["--plan-only", "--images", "24", "--config-file", DEMO, "OUTPUT_DIR", str(out)]
+    assert tool.cli(argv) == 0 and "plan written" in capsys.readouterr().out
+    assert {"plan.json", "config.yaml", "masks"} <= recorded(out)
+    tool.claim_output_dir(str(out))  # a run into the planned folder: accepted
+    # A run of the previous version (no record): its files recorded, a note of the user's not.
+    old = tmp_path / "old_run"
+    _fake_run(old)
+    (old / "notes.txt").write_text("mine")
+    tool.claim_output_dir(str(old))
+    assert recorded(old) >= {"model_final.pth", "last_checkpoint", "plan.json", "config.yaml"}
+    assert "notes.txt" not in recorded(old) and (old / RECORD).is_file()
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_with_numbers(
+    tiny_data_root, tmp_path, capsys, monkeypatch
+) -> None:
+    """The plan's own estimate (kept checkpoints + mask rounds) against the free space at
+    OUTPUT_DIR, before anything is written; --force starts anyway."""
+    from cyborgs.engine.plan import build_plan, model_counts_from_config
+    from cyborgs.engine.setup import setup_pretrain_cfg
+
+    out = tmp_path / "run"
+    opts = ["OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "8"]
+    cfg, _ = setup_pretrain_cfg(DEMO, opts)
+    plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts_from_config(cfg))
+    need = plan["disk_bytes_estimate"]
+    assert need > 10_000_000  # R18 checkpoints
+    monkeypatch.setattr(tool, "free_bytes", lambda p: need - 1)
+    args = tool.get_parser().parse_args(["--config-file", DEMO, *opts])
+    with pytest.raises(tool.UsageError) as e:
+        tool.setup(args)
+    line = str(e.value)
+    assert f"not enough disk space at {out}" in line and "--force" in line
+    assert f"needs ~{tool.format_bytes(need)} more" in line
+    assert f"{tool.format_bytes(need - 1)} free there" in line
+    assert not out.exists()  # nothing written
+    monkeypatch.setattr(tool, "free_bytes", lambda p: need)
+    tool.setup(args)
+    assert (out / "config.yaml").is_file()
+    # --force skips the check
+    monkeypatch.setattr(tool, "free_bytes", lambda p: 0)
+    other = tmp_path / "forced"
+    opts[1] = str(other)
+    tool.setup(tool.get_parser().parse_args(["--force", "--config-file", DEMO, *opts]))
+    assert (other / "config.yaml").is_file()
+
+
+def test_a_full_disk_during_training_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    from cyborgs.utils.atomic import DiskFullError
+
+    class _Trainer:
+        def __init__(self, cfg, args=None) -> None:
+            self.start_iter, self.max_iter = 0, 10
+
+        def resume_or_load(self, resume) -> None:
+            pass
+
+        def train(self) -> None:
+            raise DiskFullError(str(tmp_path / "model_0000009.pth"), 45_000_000, 1_000)
+
+    monkeypatch.setattr(tool, "setup", lambda args: tool.CfgNode({"OUTPUT_DIR": str(tmp_path)}))
+    monkeypatch.setattr(tool, "CyborgsTrainer", _Trainer)
+    with pytest.raises(SystemExit) as e:
+        tool.main(tool.get_parser().parse_args(["--config-file", DEMO]))
+    assert e.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: no space left on device writing {tmp_path / 'model_0000009.pth'}: it needs "
+        "~45.0 MB, 1.0 kB free on that file system; free some space and continue with --resume"
+    )

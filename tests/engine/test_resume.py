@@ -262,3 +262,102 @@ def test_resume_after_crash_recovers_without_a_human(tmp_path) -> None:
     assert sorted(p.name for p in out.glob("model_*.pth")) == [
         "model_0000007.pth", "model_0000008.pth", "model_final.pth"
     ]  # fmt: skip
+
+
+class _ModelRounds:
+    """Stands in for bootstrap_shard: each map holds a number derived from the online weights
+    and from a draw of the global torch RNG (a real round must leave training's RNG streams
+    alone); fails once, out of space, in round ``fail_on``."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.fail_on = fail_on
+        self.calls: list[int] = []
+
+    def __call__(self, model, settings, dicts, store, round_id, *, iteration, world_size, rank):
+        import errno
+
+        self.calls.append(round_id)
+        w = float(model.backbone[0].weight.detach().double().abs().sum()) + float(torch.rand(1))
+        for n, d in enumerate(dicts):
+            if round_id == self.fail_on and n == 1:
+                self.fail_on = None
+                raise OSError(errno.ENOSPC, "No space left on device", "round_0002/x.png")
+            store.write(round_id, d["image_id"], np.full((2, 2), int(w * 1e4) % 251, np.uint8))
+        return {"k_values": [2], "time_s": 0.1, "images": len(dicts), "bytes": 10}
+
+
+def _train_with_rounds(cfg, rounds: _ModelRounds, resume: bool = False) -> _TinyTrainer:
+    from cyborgs.bootstrap.hook import BootstrapHook
+    from cyborgs.bootstrap.round import RoundSettings
+    from cyborgs.masks.store import MaskStore
+
+    seed_all_rng(0)
+    cfg = _final(cfg)
+    settings = RoundSettings(
+        features=("res3.2",), group_size=16, k_min=2, k_max=8, kmeans_iters=5,
+        backend="torch", input_size=0, border_pad=0, batch_size=4, seed=0, crf=False,
+        num_workers=0, max_aspect_ratio=10.0,
+    )  # fmt: skip
+    dicts = [{"image_id": i, "file_name": f"{i}.png", "height": 8, "width": 8} for i in range(3)]
+    store = MaskStore(f"{cfg.OUTPUT_DIR}/masks")
+
+    class T(_TinyTrainer):
+        def build_bootstrap_hook(self):
+            return BootstrapHook(
+                settings=settings, round_fn=rounds, datasets=[("tiny", dicts, store)],
+                iters_per_epoch=self.iters_per_epoch, warmup_epochs=1, period_epochs=2,
+            )  # fmt: skip
+
+    t = T(cfg)
+    t.resume_or_load(resume=resume)
+    t.train()
+    return t
+
+
+def test_a_failed_round_keeps_the_epoch_and_the_resume_reruns_it(tmp_path) -> None:
+    """Rounds after epochs 1 and 2 (iterations 2 and 5); no periodic checkpoint falls there.
+    Round 2 fails for space: the step before it is on disk, and the resume from it runs the
+    round again and continues bit for bit as the run that never failed."""
+    import json
+
+    def cfg(name):
+        c = _cfg(str(tmp_path / name))
+        c.SOLVER.CHECKPOINT_PERIOD = 100
+        return c
+
+    straight_rounds = _ModelRounds()
+    straight = _train_with_rounds(cfg("a"), straight_rounds)
+    assert straight_rounds.calls == [1, 2]
+    # the step before each round is checkpointed, after the round with the round recorded
+    saved = safe_load(str(tmp_path / "a" / "model_0000005.pth"))
+    assert saved["iteration"] == 5 and saved["trainer"]["hooks"]["BootstrapHook"] == {
+        "completed": [1, 2]
+    }
+
+    failing = _ModelRounds(fail_on=2)
+    with pytest.raises(OSError, match="No space left"):
+        _train_with_rounds(cfg("b"), failing)
+    assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000005.pth"
+    saved = safe_load(str(tmp_path / "b" / "model_0000005.pth"))
+    assert saved["trainer"]["hooks"]["BootstrapHook"] == {"completed": [1]}
+
+    resumed = _train_with_rounds(cfg("b"), failing, resume=True)
+    assert resumed.start_iter == 6 and failing.calls == [1, 2, 2]
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    fa = safe_load(str(tmp_path / "a" / "model_final.pth"))
+    fb = safe_load(str(tmp_path / "b" / "model_final.pth"))
+    ra, rb = fa["trainer"]["hooks"]["RNGStateHook"], fb["trainer"]["hooks"]["RNGStateHook"]
+    assert torch.equal(ra["ranks"][0]["torch"], rb["ranks"][0]["torch"])
+    # the rerun round wrote the masks the uninterrupted run wrote
+    for r in (1, 2):
+        ma = json.loads((tmp_path / "a" / "masks" / f"round_{r:04d}" / "manifest.json").read_text())
+        mb = json.loads((tmp_path / "b" / "masks" / f"round_{r:04d}" / "manifest.json").read_text())
+        assert ma["bytes"] == mb["bytes"] and ma["num_images"] == mb["num_images"] == 3
+    from cyborgs.masks.store import MaskStore
+
+    a, b = MaskStore(str(tmp_path / "a" / "masks")), MaskStore(str(tmp_path / "b" / "masks"))
+    for r in (1, 2):
+        for i in range(3):
+            assert np.array_equal(a.read(i, round_id=r), b.read(i, round_id=r)), (r, i)

@@ -180,3 +180,27 @@ def test_read_of_a_damaged_map_is_a_mask_file_error(tmp_path, damage):
         store.read(2)
     assert isinstance(e.value, FileNotFoundError)  # what callers caught before
     np.testing.assert_array_equal(store.read(3), _map(3))
+
+
+def test_a_round_directory_of_someone_elses_files_is_not_wiped(tmp_path):
+    """The audit's case: files inside masks/bootstrap/<set>/round_0001/ that the store did not
+    write were deleted when a round began there. They survive byte for byte, named in the
+    error; a directory holding only the store's own files (maps, temp files, manifest) is
+    still replaced."""
+    from cyborgs.utils.ownership import NotOwnedError
+
+    store = MaskStore(str(tmp_path))
+    d = tmp_path / "round_0001"
+    files = {"notes.txt": b"mine", "ab/photo.jpg": b"\xff\xd8 not a map", "cd/x.png": b"png"}
+    for rel, data in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    with pytest.raises(NotOwnedError, match=r"ab/photo\.jpg, notes\.txt; 2 in all"):
+        store.begin_round(1)
+    assert {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()} == files
+    (d / "notes.txt").unlink()
+    (d / "ab" / "photo.jpg").unlink()
+    (d / "ab" / ".k.png.abc123.tmp").write_bytes(b"partial")
+    (d / "manifest.json").write_text("{}")
+    store.begin_round(1)
+    assert list(d.iterdir()) == []

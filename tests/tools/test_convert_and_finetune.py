@@ -269,3 +269,71 @@ def test_config_names_resolve_against_transfer_configs(tmp_path: Path) -> None:
         resolve("nope.yaml")
     with pytest.raises(FileNotFoundError, match="transfer config file not found: demo_voc"):
         get_transfer_cfg("demo_voc_det_C4.yaml")  # a name, not a path
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_overwrite_never_deletes_what_the_suite_did_not_write(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]], capsys: pytest.CaptureFixture
+) -> None:
+    """The audit's case: OUTDIR pointed at a data root (or a folder of the user's own notes in
+    folders named like benchmarks) with --overwrite deleted them."""
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    _r18_checkpoint(a)
+    b.write_bytes(a.read_bytes() + b"other")
+    data = tmp_path / "datasets"
+    for rel in ("lvis/lvis_v1_val.json", "cityscapes/gtFine/x.png", "voc_det/notes.txt"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(rel.encode() * 3)
+    before = _tree(data)
+    for extra in ([], ["--overwrite"]):
+        assert caf.main([str(a), str(data), "voc07_svm", "--demo", *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"{data} is not empty and was not written by this suite" in err
+        assert "cityscapes, lvis, voc_det (3 entries)" in err
+        assert len(err.strip().splitlines()) == 1 and recorded == []
+        assert _tree(data) == before and "deleting" not in capsys.readouterr().out
+
+    # The suite's OUTDIR, then a benchmark-named folder of the user's inside it: --overwrite
+    # for another checkpoint refuses naming it and deletes nothing.
+    out = tmp_path / "out"
+    assert caf.main([str(a), str(out), "voc07_svm", "--demo"]) == 0
+    (out / "lvis").mkdir()
+    (out / "lvis" / "notes.txt").write_text("mine")
+    (out / "backbone.pkl").write_bytes(b"converted")  # the fake converter's stand-in
+    before = _tree(out)
+    recorded.clear()
+    capsys.readouterr()
+    assert caf.main([str(b), str(out), "voc07_svm", "--demo", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite: lvis in" in err and "not recorded as written by this suite" in err
+    assert "nothing was deleted" in err and recorded == [] and _tree(out) == before
+    # Without the user's folder, --overwrite deletes what the record lists and runs.
+    (out / "lvis" / "notes.txt").rename(tmp_path / "notes.txt")
+    (out / "lvis").rmdir()
+    assert caf.main([str(b), str(out), "voc07_svm", "--demo", "--overwrite"]) == 0
+    assert f"--overwrite: deleting backbone.pkl in {out}" in capsys.readouterr().out
+
+
+def test_an_outdir_of_the_older_driver_is_adopted(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]]
+) -> None:
+    """An OUTDIR written before the record existed (source.json, benchmark folders) keeps
+    working: its own outputs become recorded, anything else in it stays untouched."""
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    _r18_checkpoint(a)
+    b.write_bytes(a.read_bytes() + b"other")
+    out = tmp_path / "out"
+    (out / "voc07_svm").mkdir(parents=True)
+    (out / "voc07_svm" / "metrics_final.json").write_text("{}")
+    (out / "source.json").write_text(json.dumps({"checkpoint": "/old.pth", "sha256": "ab" * 32}))
+    (out / "notes.txt").write_text("mine")
+    assert caf.main([str(b), str(out), "voc07_svm", "--demo", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "source.json").read_text())["checkpoint"] == str(b)
+    from cyborgs.utils.ownership import recorded as recorded_entries
+
+    assert "notes.txt" not in recorded_entries(out)
+    assert {"source.json", "voc07_svm", "backbone.pkl"} <= recorded_entries(out)

@@ -383,3 +383,34 @@ def test_bootstrapped_runs_are_redone_when_mask_placement_changes(tmp_path: Path
         r.variant.name: r.status for r in plan_runs(tmp_path, ["cyborgs", "whole"], [0], micro)
     }
     assert status == {"cyborgs": "stale", "whole": "done"}
+
+
+def test_a_root_the_study_did_not_write_is_refused(tmp_path: Path, capsys) -> None:
+    """--root at a folder of other files: refused in one line before anything is written
+    (a stale run is deleted whole, and the report files are overwritten, only under a root the
+    study owns). A root of an older study (runs/, study.md, no record) is adopted."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import study as study_tool
+    finally:
+        sys.path.pop(0)
+    from cyborgs.utils.ownership import recorded
+
+    root = tmp_path / "mine"
+    (root / "runs").mkdir(parents=True)
+    (root / "runs" / "notes.txt").write_bytes(b"mine")
+    (root / "data.csv").write_bytes(b"1,2")
+    assert study_tool.main(["--root", str(root), "--report-only"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --root: {root} is not empty and was not written by this")
+    assert "data.csv, runs (2 entries)" in line
+    assert sorted(p.name for p in root.rglob("*")) == ["data.csv", "notes.txt", "runs"]
+
+    old = tmp_path / "old_study"
+    (old / "runs" / "cyborgs" / "seed0").mkdir(parents=True)
+    (old / "runs" / "cyborgs" / "seed0" / "run.json").write_text('{"fingerprint": {}}')
+    (old / "study.md").write_text("# old report")
+    (old / "notes.txt").write_text("mine")
+    study_tool.claim_root(old)
+    assert {"runs", "study.md", "study.json"} <= recorded(old)
+    assert "notes.txt" not in recorded(old)

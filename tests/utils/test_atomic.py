@@ -77,3 +77,39 @@ def test_existing_file_keeps_its_mode(tmp_path, umask):
         atomic_write_bytes(path, b"new")
         assert path.read_bytes() == b"new"
         assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_out_of_space_is_one_line_naming_the_file_and_the_space(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as ``RuntimeError: unexpected pos`` with the
+    ENOSPC only chained (seen on a 1 MB tmpfs); the error raised names the file, the space it
+    needed and the space free, and the old file survives."""
+    import errno
+
+    from cyborgs.utils.atomic import DiskFullError
+
+    path = tmp_path / "model_0000009.pth"
+    atomic_write_bytes(path, b"old")
+    monkeypatch.setattr(atomic, "free_bytes", lambda p: 123_000)
+
+    def like_torch_save(f):
+        f.write(b"x" * 600)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("unexpected pos 704")  # noqa: B904 - as torch: context only
+
+    with pytest.raises(DiskFullError) as e:
+        atomic_write(path, like_torch_save, size_hint=4_500_000)
+    line = str(e.value)
+    assert line == (
+        f"no space left on device writing {path}: it needs ~4.5 MB, 123.0 kB free on that "
+        "file system"
+    )
+    assert e.value.errno == errno.ENOSPC and "\n" not in line
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    # without a size hint: at least what was written before the failure
+    with pytest.raises(DiskFullError, match="it needs ~600 B"):
+        atomic_write(path, like_torch_save)
+    # other failures are left as they are
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        atomic_write(path, lambda f: (_ for _ in ()).throw(RuntimeError("unexpected pos")))
