@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from detectron2.config import configurable
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
@@ -101,32 +102,24 @@ def round_epochs(
 
 
 class BootstrapHook(HookBase):
-    """``BootstrapHook(cfg)`` (what ``CyborgsTrainer`` builds) or, explicitly, with keyword
-    arguments (tests, custom loops): ``settings`` (:class:`RoundSettings`), ``datasets``
-    ((name, dataset dicts, store) each) and the schedule; ``round_fn`` defaults to
-    :func:`bootstrap_shard`, ``iters_per_epoch`` to the trainer's."""
+    """``BootstrapHook(cfg, iters_per_epoch=...)`` (what ``CyborgsTrainer`` builds; detectron2's
+    ``@configurable``: keyword arguments given beside ``cfg`` override what :meth:`from_config`
+    reads) or, explicitly, with keyword arguments (tests, custom loops): ``settings``
+    (:class:`RoundSettings`), ``datasets`` ((name, dataset dicts, store) each) and the schedule;
+    ``round_fn`` defaults to :func:`bootstrap_shard`, ``iters_per_epoch`` to the trainer's."""
 
+    @configurable
     def __init__(
         self,
-        cfg=None,
         *,
-        settings: RoundSettings | None = None,
+        settings: RoundSettings,
+        datasets: Sequence[tuple[str, Sequence[dict], MaskStore]],
+        warmup_epochs: int,
+        period_epochs: int,
         round_fn: RoundFn | None = None,
-        datasets: Sequence[tuple[str, Sequence[dict], MaskStore]] | None = None,
         iters_per_epoch: int | None = None,
-        warmup_epochs: int | None = None,
-        period_epochs: int | None = None,
         quality_fns: dict[str, QualityFn] | None = None,
     ):
-        if cfg is not None:
-            d = _kwargs_from_config(cfg)
-            settings = settings or d["settings"]
-            datasets = datasets if datasets is not None else d["datasets"]
-            warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-            period_epochs = d["period_epochs"] if period_epochs is None else period_epochs
-            quality_fns = d["quality_fns"] if quality_fns is None else quality_fns
-        if settings is None or datasets is None or warmup_epochs is None or period_epochs is None:
-            raise ValueError("BootstrapHook needs cfg, or settings, datasets and the schedule")
         if warmup_epochs < 0 or period_epochs < 0:
             raise ValueError(
                 "CYBORGS.WARMUP_EPOCHS and CYBORGS.BOOTSTRAP.PERIOD_EPOCHS must be >= 0"
@@ -143,6 +136,29 @@ class BootstrapHook(HookBase):
         self.completed: list[int] = []
         self.round_seconds: list[float] = []  # wall time of each round run by this process
         self._visual_dicts: dict[str, list[dict]] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        """Round settings, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), the
+        schedule, and the mask-quality function of each data set with a labeled twin."""
+        from detectron2.data import DatasetCatalog
+
+        from cyborgs.masks.store import store_root
+
+        datasets, quality = [], {}
+        for name in cfg.DATASETS.TRAIN:
+            dicts = DatasetCatalog.get(name)
+            datasets.append((name, dicts, MaskStore(store_root(cfg, "bootstrap", name))))
+            q = ground_truth_quality(name, dicts)
+            if q is not None:
+                quality[name] = q
+        return {
+            "settings": RoundSettings.from_cfg(cfg),
+            "datasets": datasets,
+            "warmup_epochs": cfg.CYBORGS.WARMUP_EPOCHS,
+            "period_epochs": cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS,
+            "quality_fns": quality,
+        }
 
     @property
     def iters_per_epoch(self) -> int:
@@ -460,25 +476,3 @@ class BootstrapHook(HookBase):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.completed = sorted(int(e) for e in state_dict.get("completed", []))
-
-
-def _kwargs_from_config(cfg) -> dict[str, Any]:
-    """Round settings, one store per ``cfg.DATASETS.TRAIN`` entry (``store_root``), schedule."""
-    from detectron2.data import DatasetCatalog
-
-    from cyborgs.masks.store import store_root
-
-    datasets, quality = [], {}
-    for name in cfg.DATASETS.TRAIN:
-        dicts = DatasetCatalog.get(name)
-        datasets.append((name, dicts, MaskStore(store_root(cfg, "bootstrap", name))))
-        q = ground_truth_quality(name, dicts)
-        if q is not None:
-            quality[name] = q
-    return {
-        "settings": RoundSettings.from_cfg(cfg),
-        "datasets": datasets,
-        "warmup_epochs": cfg.CYBORGS.WARMUP_EPOCHS,
-        "period_epochs": cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS,
-        "quality_fns": quality,
-    }

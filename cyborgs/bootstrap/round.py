@@ -30,6 +30,7 @@ around barriers). Both finish with the same manifest, :func:`round_manifest`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -358,7 +359,6 @@ class _Tally:
     kmeans_s: float = 0.0
     write_s: float = 0.0
     bytes: int = 0
-    groups: int = 0
     k_values: list[int] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
 
@@ -396,146 +396,242 @@ def bootstrap_shard(
     s = settings
     if kmeans is None:
         from cyborgs.clustering import spherical_kmeans as kmeans
-    if s.crf:
-        from .crf import crf_refine_to_grid
     t_start = time.perf_counter()
-
     net = model.module if hasattr(model, "module") else model
-    device = next(net.parameters()).device
-    pixel_mean = getattr(net, "pixel_mean", None)
-    pad_value = (
-        pixel_mean.detach().float().flatten().cpu()
-        if isinstance(pixel_mean, torch.Tensor) and pixel_mean.numel() == 3
-        else torch.zeros(3)
-    )
-
-    stride = _grid_stride(net, s.features, device)
-    # Where each cell looks on the resized image: the manifest records it, so every consumer
-    # puts the stored map on the pixels its features came from (cyborgs.masks.cell_grid).
-    rf_stride, rf_offset = measure_cell_grid(net, s.features, device)
-    if rf_stride != stride:
-        raise RuntimeError(
-            f"bootstrap features {list(s.features)}: stride {stride} on a blank canvas but "
-            f"{rf_stride} from the receptive field"
-        )
-    cell_grid = cell_grid_record(stride, rf_offset)
-    if s.border_pad % stride:
-        raise ValueError(
-            f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
-            f"feature stride {stride} of {list(s.features)}"
-        )
+    tally = _Tally()
+    encoder = _Encoder(net, s, tally)
     indices = shard_indices(len(dataset_dicts), round_id, s.seed, world_size, rank)
-    loader = torch.utils.data.DataLoader(
-        _ImageList(dataset_dicts, indices, s.input_size, s.max_aspect_ratio, stride, s.max_pixels),
+    images = _good_images(_image_loader(dataset_dicts, indices, s, encoder.stride), round_id, tally)
+    # Images stored so far, with rate and ETA, per rank (the summary line below ends it).
+    progress = Progress(len(indices), f"bootstrap round {round_id} (rank {rank}/{world_size})",
+                        logger)  # fmt: skip
+
+    # The procedure (paper §3.3, METHOD.md §3): unit-norm features of each image, grouped; per
+    # group K ~ U{K_MIN..K_MAX}, joint spherical k-means, every location to its nearest
+    # prototype; the label maps stored.
+    with _eval_mode(net), _closing(progress):
+        for g, group in enumerate(_groups(encoder.encode(images, s.batch_size), s.group_size)):
+            t0 = time.perf_counter()
+            x = torch.cat([f.flatten(1).T for _, _, f in group])  # the group's locations [N, D]
+            _check_finite_group(x, group, round_id, iteration)
+            rng = np.random.default_rng([int(s.seed), int(round_id), int(rank), g])
+            centroids, labels = _cluster_group(x, rng, s, kmeans)
+            tally.k_values.append(int(centroids.shape[0]))
+            _sync(x.device)
+            t1 = time.perf_counter()
+            tally.kmeans_s += t1 - t0
+            tally.bytes += _store_group(store, round_id, group, labels, centroids, s.crf,
+                                        encoder.cell_grid["centre"])  # fmt: skip
+            tally.write_s += time.perf_counter() - t1
+            progress.update(len(group))
+
+    stats = _shard_stats(tally, round_id, s, len(indices), time.perf_counter() - t_start,
+                         encoder.cell_grid)  # fmt: skip
+    _log_shard(stats, round_id, rank, world_size)
+    return stats
+
+
+def _cluster_group(
+    x: torch.Tensor, rng: np.random.Generator, s: RoundSettings, kmeans: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prototypes [K, D] of a group's unit-norm locations ``x`` [N, D] and each location's
+    label: K ~ U{k_min..k_max} from ``rng`` (capped at N), spherical k-means seeded from
+    ``rng``, then the nearest prototype (max cosine), explicitly, whatever the backend."""
+    k = min(int(rng.integers(s.k_min, s.k_max + 1)), x.shape[0])
+    seed = int(rng.integers(2**31 - 1))
+    centroids, _ = kmeans(x, k, iters=s.kmeans_iters, seed=seed, backend=s.backend)
+    centroids = F.normalize(centroids.float().to(x.device), dim=1)
+    return centroids, (x @ centroids.T).argmax(dim=1)
+
+
+def _store_group(
+    store: MaskStore,
+    round_id: int,
+    group: Sequence[tuple[Any, np.ndarray, torch.Tensor]],
+    labels: torch.Tensor,
+    centroids: torch.Tensor,
+    crf: bool,
+    cell_centre: float,
+) -> int:
+    """Each image's slice of the group's ``labels`` as its label map (CRF-refined if ``crf``),
+    ids compacted, written to ``store``; returns the bytes written."""
+    if crf:
+        from .crf import crf_refine_to_grid
+    written, start = 0, 0
+    for image_id, im, f in group:
+        h, w = f.shape[-2:]
+        lm = labels[start : start + h * w].view(h, w)
+        start += h * w
+        if crf:
+            lm = crf_refine_to_grid(im, f, centroids, lm, cell_centre)
+        written += store.write(
+            round_id, image_id, compact_labels(lm.cpu().numpy().astype(np.uint8))
+        )
+    return written
+
+
+class _Encoder:
+    """The online backbone as a round uses it: images in, each image's unit-norm feature map
+    [D, h, w] out (cropped to the image, mirrored frame removed). Measures, once, the map's
+    stride and where its cells sit (``cell_grid``, for the manifest); adds forward seconds
+    to the tally."""
+
+    def __init__(self, net: torch.nn.Module, s: RoundSettings, tally: _Tally) -> None:
+        self.net, self.features, self.border_pad, self.tally = (
+            net,
+            list(s.features),
+            s.border_pad,
+            tally,
+        )
+        self.device = next(net.parameters()).device
+        pixel_mean = getattr(net, "pixel_mean", None)
+        self.pad_value = (
+            pixel_mean.detach().float().flatten().cpu()
+            if isinstance(pixel_mean, torch.Tensor) and pixel_mean.numel() == 3
+            else torch.zeros(3)
+        )
+        self.stride = _grid_stride(net, s.features, self.device)
+        # Where each cell looks on the resized image: the manifest records it, so every consumer
+        # puts the stored map on the pixels its features came from (cyborgs.masks.cell_grid).
+        rf_stride, rf_offset = measure_cell_grid(net, s.features, self.device)
+        if rf_stride != self.stride:
+            raise RuntimeError(
+                f"bootstrap features {self.features}: stride {self.stride} on a blank canvas "
+                f"but {rf_stride} from the receptive field"
+            )
+        self.cell_grid = cell_grid_record(self.stride, rf_offset)
+        if s.border_pad % self.stride:
+            raise ValueError(
+                f"CYBORGS.BOOTSTRAP.BORDER_PAD={s.border_pad} is not a multiple of the bootstrap "
+                f"feature stride {self.stride} of {self.features}"
+            )
+
+    def encode(self, images, batch_size: int):
+        """``(image_id, image, feats)`` of every ``(image_id, image)``, a batch of
+        ``batch_size`` at a time (each batch split into forwards of bounded canvas, order
+        kept); yields one list per batch."""
+        batch: list[tuple[Any, np.ndarray]] = []
+        for item in images:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield self._encode_batch(batch)
+                batch = []
+        if batch:
+            yield self._encode_batch(batch)
+
+    def _encode_batch(self, batch: list[tuple[Any, np.ndarray]]) -> list:
+        pad2 = 2 * self.border_pad
+        shapes = [(im.shape[0] + pad2, im.shape[1] + pad2) for _, im in batch]
+        out: list = []
+        for chunk in _canvas_chunks(shapes):
+            out += self._forward([batch[i] for i in chunk])
+        return out
+
+    def _forward(self, part: list[tuple[Any, np.ndarray]]) -> list:
+        x = _pad_batch([im for _, im in part], self.pad_value, self.device, self.border_pad)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        feats = extract_bootstrap_features(self.net, x, self.features)
+        _sync(self.device)
+        self.tally.forward_s += time.perf_counter() - t0
+        stride = self.stride
+        if tuple(feats.shape[-2:]) != (x.shape[-2] // stride, x.shape[-1] // stride):
+            raise RuntimeError(
+                f"bootstrap features {self.features} of a {tuple(x.shape[-2:])} canvas are "
+                f"{tuple(feats.shape[-2:])}, not the canvas / {stride} the round measured"
+            )
+        o = self.border_pad // stride
+        out = []
+        for (image_id, im), f in zip(part, feats, strict=True):
+            fh, fw = im.shape[0] // stride, im.shape[1] // stride  # exact: sides are multiples
+            out.append((image_id, im, f[:, o : o + fh, o : o + fw]))
+        return out
+
+
+def _image_loader(
+    dataset_dicts: Sequence[dict], indices: np.ndarray, s: RoundSettings, multiple: int
+) -> torch.utils.data.DataLoader:
+    """``(image_id, image or None, reason or None)`` of the shard's images, in order."""
+    return torch.utils.data.DataLoader(
+        _ImageList(
+            dataset_dicts, indices, s.input_size, s.max_aspect_ratio, multiple, s.max_pixels
+        ),  # fmt: skip
         batch_size=None,
         collate_fn=_identity,  # keep numpy images (the default converts them to tensors)
         num_workers=s.num_workers,
         prefetch_factor=4 if s.num_workers > 0 else None,
     )
 
-    tally = _Tally()
-    # Images stored so far, with rate and ETA, per rank (the summary line below ends it).
-    progress = Progress(len(indices), f"bootstrap round {round_id} (rank {rank}/{world_size})",
-                        logger)  # fmt: skip
-    pending: list[tuple[Any, np.ndarray, torch.Tensor]] = []  # (image_id, image, feats[D,h,w])
-    batch: list[tuple[Any, np.ndarray]] = []
 
-    def forward(part: list[tuple[Any, np.ndarray]]) -> None:
-        x = _pad_batch([im for _, im in part], pad_value, device, s.border_pad)
-        _sync(device)
-        t0 = time.perf_counter()
-        feats = extract_bootstrap_features(net, x, list(s.features))
-        _sync(device)
-        tally.forward_s += time.perf_counter() - t0
-        if tuple(feats.shape[-2:]) != (x.shape[-2] // stride, x.shape[-1] // stride):
-            raise RuntimeError(
-                f"bootstrap features {list(s.features)} of a {tuple(x.shape[-2:])} canvas are "
-                f"{tuple(feats.shape[-2:])}, not the canvas / {stride} the round measured"
-            )
-        o = s.border_pad // stride
-        for (image_id, im), f in zip(part, feats, strict=True):
-            fh, fw = im.shape[0] // stride, im.shape[1] // stride  # exact: sides are multiples
-            pending.append((image_id, im, f[:, o : o + fh, o : o + fw]))
+def _good_images(loader, round_id: int, tally: _Tally):
+    """``(image_id, image)`` of the images the reader accepts; the others are named in a
+    warning and tallied."""
+    for image_id, im, reason in loader:
+        if im is None:
+            logger.warning(f"bootstrap round {round_id}: skipping bad image {reason}")
+            tally.skipped.append(reason)
+            continue
+        yield image_id, im
 
-    def flush_batch() -> None:
-        pad2 = 2 * s.border_pad
-        shapes = [(im.shape[0] + pad2, im.shape[1] + pad2) for _, im in batch]
-        for chunk in _canvas_chunks(shapes):  # bounded canvas, order kept
-            forward([batch[i] for i in chunk])
-        batch.clear()
 
-    def cluster_group(items) -> None:
-        t0 = time.perf_counter()
-        flat = [f.flatten(1).T for _, _, f in items]  # [h*w, D] each
-        x = torch.cat(flat)
-        _check_finite_group(x, items, round_id, iteration)
-        rng = np.random.default_rng([int(s.seed), int(round_id), int(rank), tally.groups])
-        k = min(int(rng.integers(s.k_min, s.k_max + 1)), x.shape[0])
-        gseed = int(rng.integers(2**31 - 1))
-        centroids, _ = kmeans(x, k, iters=s.kmeans_iters, seed=gseed, backend=s.backend)
-        centroids = F.normalize(centroids.float().to(x.device), dim=1)
-        # Nearest prototype (max cosine) of every location, explicitly, whatever the backend.
-        labels = (x @ centroids.T).argmax(dim=1)
-        tally.k_values.append(int(centroids.shape[0]))
-        _sync(x.device)
-        t1 = time.perf_counter()
-        tally.kmeans_s += t1 - t0
-        start = 0
-        for image_id, im, f in items:
-            h, w = f.shape[-2:]
-            lm = labels[start : start + h * w].view(h, w)
-            start += h * w
-            if s.crf:
-                lm = crf_refine_to_grid(im, f, centroids, lm, cell_grid["centre"])
-            lm_np = compact_labels(lm.cpu().numpy().astype(np.uint8))
-            tally.bytes += store.write(round_id, image_id, lm_np)
-        tally.write_s += time.perf_counter() - t1
-        tally.groups += 1
-        progress.update(len(items))
+def _groups(batches, group_size: int):
+    """Consecutive groups of ``group_size`` items (the last may be smaller) from lists of
+    items; a group is formed as soon as a list completes it."""
+    pending: list = []
+    for items in batches:
+        pending += items
+        while len(pending) >= group_size:
+            yield pending[:group_size]
+            del pending[:group_size]
+    while pending:
+        yield pending[:group_size]
+        del pending[:group_size]
 
+
+@contextlib.contextmanager
+def _eval_mode(net: torch.nn.Module):
     was_training = net.training
     net.eval()
     try:
-        for image_id, im, reason in loader:
-            if im is None:
-                logger.warning(f"bootstrap round {round_id}: skipping bad image {reason}")
-                tally.skipped.append(reason)
-                continue
-            batch.append((image_id, im))
-            if len(batch) == s.batch_size:
-                flush_batch()
-            while len(pending) >= s.group_size:
-                cluster_group(pending[: s.group_size])
-                del pending[: s.group_size]
-        if batch:
-            flush_batch()
-        while pending:
-            cluster_group(pending[: s.group_size])
-            del pending[: s.group_size]
+        yield
     finally:
         net.train(was_training)
+
+
+@contextlib.contextmanager
+def _closing(progress: Progress):
+    try:
+        yield
+    finally:
         progress.close(summary=False)
 
-    skipped, k_values = tally.skipped, tally.k_values
-    n = len(indices) - len(skipped)
-    total = time.perf_counter() - t_start
-    stats: dict[str, Any] = {
+
+def _shard_stats(
+    tally: _Tally, round_id: int, s: RoundSettings, num_images: int, total: float, cell_grid
+) -> dict[str, Any]:
+    """The stats :func:`bootstrap_shard` returns (see there)."""
+    n = num_images - len(tally.skipped)
+    return {
         "round": int(round_id),
         "features": list(s.features),
         "images": n,
-        "skipped_images": len(skipped),
-        "skipped_files": skipped,
+        "skipped_images": len(tally.skipped),
+        "skipped_files": tally.skipped,
         "time_s": total,
         "images_per_s": n / total if total > 0 else 0.0,
         "forward_s": tally.forward_s,
         "forward_share": tally.forward_s / total if total > 0 else 0.0,
         "kmeans_s": tally.kmeans_s,  # clustering + assignment
         "write_s": tally.write_s,  # (CRF,) relabel, PNG encode, atomic write
-        "k_values": k_values,
+        "k_values": tally.k_values,
         "bytes": tally.bytes,
         "bytes_per_image": tally.bytes / max(n, 1),
         "cell_grid": cell_grid,
     }
+
+
+def _log_shard(stats: dict[str, Any], round_id: int, rank: int, world_size: int) -> None:
+    skipped, k_values = stats["skipped_files"], stats["k_values"]
     if skipped:
         logger.warning(
             f"bootstrap round {round_id} (rank {rank}): {len(skipped)} bad image(s) skipped "
@@ -547,14 +643,13 @@ def bootstrap_shard(
         round_id,
         rank,
         world_size,
-        n,
-        total,
+        stats["images"],
+        stats["time_s"],
         stats["images_per_s"],
         100 * stats["forward_share"],
         float(np.mean(k_values)) if k_values else 0.0,
         stats["bytes_per_image"],
     )
-    return stats
 
 
 def _check_finite_group(x: torch.Tensor, items: Sequence, round_id: int, iteration: int) -> None:
