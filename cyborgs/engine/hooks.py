@@ -3,7 +3,7 @@
 Order in :meth:`CyborgsTrainer.build_hooks` (detectron2 runs hooks in registration order)::
 
     IterationTimer
-    LossScheduleHook   before_step: sets model.contrastive_weight / vmf_weight / vmf_num_clusters
+    LossScheduleHook   before_step: sets model.<term>_weight (every loss term) / vmf_num_clusters
     EMAHook            after_step:  model.update_target(momentum(iter))
     LRScheduler        after_step
     RNGStateHook       after_step: gathers every rank's RNG states on checkpoint iterations;
@@ -33,6 +33,7 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cyborgs.modeling.loss_terms import loss_terms
 from cyborgs.solver.schedule import ema_momentum
 
 __all__ = [
@@ -89,12 +90,19 @@ class LossPhase:
 
     epoch: int
     name: str  # "vmf_warmup" | "contrastive"
-    contrastive_weight: float
-    vmf_weight: float
+    weights: dict[str, float]  # loss term name (``cyborgs.modeling.loss_terms``) -> weight
     # K of the vMF k-means is drawn uniformly from {vmf_k_min..vmf_k_max} for each step
     # (equal bounds: a fixed K); see LossScheduleHook.vmf_k_at_iter.
     vmf_k_min: int
     vmf_k_max: int
+
+    @property
+    def contrastive_weight(self) -> float:
+        return self.weights.get("contrastive", 0.0)
+
+    @property
+    def vmf_weight(self) -> float:
+        return self.weights.get("vmf", 0.0)
 
 
 class LossScheduleHook(HookBase):
@@ -102,7 +110,8 @@ class LossScheduleHook(HookBase):
 
     * epochs ``e < CYBORGS.WARMUP_EPOCHS``: vMF only (contrastive 0, vMF 1, K = VMF.WARMUP_K);
     * afterwards: contrastive ``CYBORGS.CONTRASTIVE_WEIGHT``; vMF ``VMF.LAMBDA`` in epochs with
-      ``e % VMF.PERIOD_EPOCHS == 0``, else 0 (LAMBDA 0: never); K drawn per step
+      ``e % VMF.PERIOD_EPOCHS == 0``, else 0 (LAMBDA 0: never); every loss term's weight comes
+      from its declaration (``cyborgs.modeling.loss_terms``); K drawn per step
       from {BOOTSTRAP.K_MIN..K_MAX} (``VMF.K_SAMPLING "uniform"``, METHOD.md §4) or ``VMF.K``
       (``"fixed"``). The draw is seeded by the step alone (:meth:`vmf_k_at_iter`), so every
       rank and a resumed run use the same K at the same step.
@@ -147,19 +156,21 @@ class LossScheduleHook(HookBase):
                 f"vMF K range {self.k_range} (CYBORGS.VMF.K_SAMPLING {v.K_SAMPLING!r}: "
                 "BOOTSTRAP.K_MIN..K_MAX or VMF.K) must satisfy 1 <= min <= max"
             )
-        self.lam = float(v.LAMBDA)
         self.period = int(v.PERIOD_EPOCHS)
-        self.contrastive_weight = float(cfg.CYBORGS.CONTRASTIVE_WEIGHT)
+        self.terms = loss_terms()
+        self.weights = {t.name: t.configured_weight(cfg) for t in self.terms}
         self.current: LossPhase | None = None
         self.epoch_started = False
         self.warmup_just_ended = False
 
     def phase_at_epoch(self, epoch: int) -> LossPhase:
         if epoch < self.warmup_epochs:
-            return LossPhase(epoch, "vmf_warmup", 0.0, 1.0, self.warmup_k, self.warmup_k)
-        vmf_on = epoch % self.period == 0
-        w = self.lam if vmf_on else 0.0
-        return LossPhase(epoch, "contrastive", self.contrastive_weight, w, *self.k_range)
+            w = {t.name: float(t.warmup_weight) for t in self.terms}
+            return LossPhase(epoch, "vmf_warmup", w, self.warmup_k, self.warmup_k)
+        periodic_on = epoch % self.period == 0
+        w = {t.name: self.weights[t.name] if periodic_on or not t.periodic else 0.0
+             for t in self.terms}  # fmt: skip
+        return LossPhase(epoch, "contrastive", w, *self.k_range)
 
     def phase_at_iter(self, iteration: int) -> LossPhase:
         return self.phase_at_epoch(iteration // self.ipe)
@@ -179,20 +190,20 @@ class LossScheduleHook(HookBase):
         self.epoch_started = it % self.ipe == 0
         self.warmup_just_ended = it == self.warmup_epochs * self.ipe
         model = unwrap_model(self.trainer.model)
-        model.contrastive_weight = p.contrastive_weight
-        model.vmf_weight = p.vmf_weight
+        for t in self.terms:
+            setattr(model, t.weight_attr(), p.weights[t.name])
         model.vmf_num_clusters = self.vmf_k_at_iter(it)
         # The vMF k-means init is seeded by the step, so a resumed run matches a straight one.
         model.vmf_step = int(it)
         if self.epoch_started or it == self.trainer.start_iter:
+            weights = ", ".join(f"{t.weight_attr()}={p.weights[t.name]}" for t in self.terms)
             logger.info(
-                f"Epoch {p.epoch} ({p.name}): contrastive_weight={p.contrastive_weight}, "
-                f"vmf_weight={p.vmf_weight}, vMF K in [{p.vmf_k_min}, {p.vmf_k_max}]"
+                f"Epoch {p.epoch} ({p.name}): {weights}, vMF K in [{p.vmf_k_min}, {p.vmf_k_max}]"
             )
         s = self.trainer.storage
         s.put_scalar("epoch", p.epoch, smoothing_hint=False)
-        s.put_scalar("contrastive_weight", p.contrastive_weight, smoothing_hint=False)
-        s.put_scalar("vmf_weight", p.vmf_weight, smoothing_hint=False)
+        for t in self.terms:
+            s.put_scalar(t.weight_attr(), p.weights[t.name], smoothing_hint=False)
         # The K in use this step (drawn per step after the warm-up).
         s.put_scalar("vmf_num_clusters", model.vmf_num_clusters, smoothing_hint=False)
 

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
+from cyborgs.modeling.loss_terms import loss_terms
 from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule
 from cyborgs.utils.atomic import atomic_write_bytes
 
-from .hooks import LossScheduleHook
+from .hooks import LossPhase, LossScheduleHook
 
 __all__ = [
     "PLAN_FILE",
@@ -52,6 +53,8 @@ _STAGE_STRIDE = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 _FIXED_STORED_SOURCES = ("felzenszwalb", "selective_search", "ground_truth")
 
 PHASE_LABELS = {"vmf_warmup": "vMF warm-up", "contrastive": "contrastive"}
+# The loss term each phase is named after (the label names the others when they are on).
+_PHASE_TERM = {"vmf_warmup": "vmf", "contrastive": "contrastive"}
 
 
 def model_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -97,10 +100,15 @@ def estimate_mask_bytes_per_image(cfg: CfgNode) -> float:
     return MASK_BYTES_HEADER + MASK_BYTES_PER_CELL * cells
 
 
-def phase_label(contrastive_weight: float, vmf_weight: float, name: str) -> str:
-    if name != "contrastive":
-        return PHASE_LABELS.get(name, name)
-    return "contrastive + vMF" if vmf_weight > 0 else "contrastive"
+def phase_label(phase: LossPhase) -> str:
+    """The phase's name and the other loss terms it has on: ``vMF warm-up``, ``contrastive``,
+    ``contrastive + vMF``."""
+    others = [
+        t.label
+        for t in loss_terms()
+        if t.name != _PHASE_TERM.get(phase.name) and phase.weights.get(t.name, 0.0) > 0
+    ]
+    return " + ".join([PHASE_LABELS.get(phase.name, phase.name), *others])
 
 
 def build_plan(
@@ -137,9 +145,8 @@ def build_plan(
             {
                 "epoch": e,
                 "iterations": [e * ipe, min((e + 1) * ipe, max_iter)],
-                "phase": phase_label(p.contrastive_weight, p.vmf_weight, p.name),
-                "contrastive_weight": p.contrastive_weight,
-                "vmf_weight": p.vmf_weight,
+                "phase": phase_label(p),
+                **{f"{n}_weight": w for n, w in p.weights.items()},
                 # K of the vMF k-means: drawn per step from [min, max] (equal: fixed)
                 "vmf_k": [p.vmf_k_min, p.vmf_k_max],
                 "bootstrap_round": e if e in rounds else None,  # runs before the epoch's 1st step
@@ -302,9 +309,12 @@ def format_plan(plan: dict[str, Any]) -> str:
     for n, (phase, eps) in enumerate(phases):
         ex = next(e for e in plan["per_epoch"] if e["phase"] == phase)
         text = _epoch_list(eps, rest_of_span=n == len(phases) - 1)
+        weights = ", ".join(
+            f"{t.label} {ex[t.weight_attr()]:g}" for t in loss_terms() if t.weight_attr() in ex
+        )
         lines.append(
-            f"  epoch{'s' if len(eps) > 1 else ''} {text}: {phase} (contrastive {ex['contrastive_weight']:g}, "
-            f"vMF {ex['vmf_weight']:g}, K {_k_text(ex['vmf_k'])})"
+            f"  epoch{'s' if len(eps) > 1 else ''} {text}: {phase} ({weights}, "
+            f"K {_k_text(ex['vmf_k'])})"
         )
     rounds = [r["epoch"] for r in plan["bootstrap_rounds"]]
     if plan["mask_source"] == "bootstrap":

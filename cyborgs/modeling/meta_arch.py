@@ -11,9 +11,11 @@ Choices where the paper is silent:
   BN as in BYOL); its running statistics are overwritten by ``update_target`` anyway.
 - The backbone keeps every stage (res2..res5) even when the losses read fewer, so the exported
   checkpoint is a complete ResNet; ``forward_taps`` only computes the stages a step needs.
-- Phase attributes start as: ``contrastive_weight`` = CYBORGS.CONTRASTIVE_WEIGHT,
-  ``vmf_weight`` = 0 and ``vmf_num_clusters`` = CYBORGS.VMF.K; the schedule hook sets them
-  every step (K drawn per step after the warm-up, see ``LossScheduleHook``).
+- Phase attributes start as: ``<term>_weight`` per loss term (``loss_terms.py``) at its weight
+  in a contrastive epoch without the vMF term (``contrastive_weight`` =
+  CYBORGS.CONTRASTIVE_WEIGHT, ``vmf_weight`` = 0) and ``vmf_num_clusters`` = CYBORGS.VMF.K; the
+  schedule hook sets them every step (K drawn per step after the warm-up, see
+  ``LossScheduleHook``).
 
 Accelerator path (CYBORGS.GPU.*, see ``precision.py``): "auto" is resolved from the model's
 device whenever it changes (``.to()``/``.cuda()``, via ``_apply``) and again at every forward,
@@ -28,8 +30,9 @@ so a model built on the CPU and then moved to CUDA - what ``build_model`` does -
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -37,23 +40,30 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..config import SYNC_NORMS, mask_id_width
+from ..config import SYNC_NORMS, VMF_FEATURES, mask_id_width
 from ..data.device_augment import apply_photometric, stack_photometric
 from .backbone_taps import forward_taps, tap_channels, validate_taps
 from .fusion import fuse_features, fused_channels
 from .heads import MLPHead
+from .loss_terms import LOSS_TERM_REGISTRY, LossInputs, LossTerm, loss_terms
 from .losses.mask_contrastive import MaskContrastiveLoss
 from .losses.vmf_clustering import VMFClusteringLoss
 from .mask_pooling import masks_to_grid, pool_by_mask, sample_mask_ids
 from .precision import autocast, bf16_enabled, channels_last_enabled, parse_switch
 
-__all__ = ["CYBORGS"]
+__all__ = [
+    "CYBORGS",
+    "AcceleratorSettings",
+    "ContrastiveSettings",
+    "InputSettings",
+    "MaskContrastiveTerm",
+    "VMFSettings",
+    "VMFTerm",
+]
 
 logger = logging.getLogger(__name__)
 
 _ALL_STAGES = ["res2", "res3", "res4", "res5"]
-# CYBORGS.VMF.FEATURE (the key naming the map) -> the constructor's ``vmf_feature``.
-_VMF_FEATURE_ARG = {"BOOTSTRAP.FEATURES": "bootstrap", "FUSION_FEATURES": "fused"}
 
 
 def _put_scalars(**kv: float) -> None:
@@ -65,6 +75,127 @@ def _put_scalars(**kv: float) -> None:
     storage.put_scalars(**kv)
 
 
+def _pretraining_backbone_cfg(cfg):
+    """A copy of ``cfg`` whose backbone trains as pretraining needs (warning on each change)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.RESNETS.NORM == "FrozenBN":
+        # Pretraining learns every layer with batch statistics; detectron2's default
+        # FrozenBN (meant for fine-tuning from ImageNet) would train nothing in the norms.
+        logger.warning("CYBORGS pretraining: MODEL.RESNETS.NORM 'FrozenBN' -> 'BN'")
+        cfg.MODEL.RESNETS.NORM = "BN"
+    if cfg.MODEL.BACKBONE.FREEZE_AT != 0:
+        logger.warning(
+            f"CYBORGS pretraining trains the whole backbone: MODEL.BACKBONE.FREEZE_AT "
+            f"{cfg.MODEL.BACKBONE.FREEZE_AT} -> 0"
+        )
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    # Keep every stage so the exported checkpoint is a complete ResNet (see module doc).
+    cfg.MODEL.RESNETS.OUT_FEATURES = list(_ALL_STAGES)
+    if cfg.INPUT.FORMAT != "RGB":
+        logger.warning(
+            f"INPUT.FORMAT is {cfg.INPUT.FORMAT!r} but the two-view mapper always gives RGB; "
+            "MODEL.PIXEL_MEAN/PIXEL_STD are applied in RGB order"
+        )
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveSettings:
+    """The mask-contrastive branch (METHOD.md §2; keys of ``cyborgs/config.py``, same names).
+
+    Attributes:
+        fusion_features: maps fused for the contrastive loss (``CYBORGS.FUSION_FEATURES``).
+        projector_hidden_dim, projector_out_dim: BYOL MLP sizes of projector and predictor.
+        num_sampled_masks: mask ids sampled per view (``CYBORGS.NUM_SAMPLED_MASKS``).
+        max_mask_ids: id width of the masks (``mask_id_width(cfg)``), >= 2.
+        temperature: softmax temperature (``CYBORGS.TEMPERATURE``).
+        head_norm: "BN" or "SyncBN" in the projector/predictor (from_config: "SyncBN" when
+            MODEL.RESNETS.NORM is any of detectron2's synchronised norms, as BYOL
+            synchronises its heads when the backbone is).
+        gather_distributed: negatives from every rank.
+    """
+
+    fusion_features: tuple[str, ...]
+    projector_hidden_dim: int
+    projector_out_dim: int
+    num_sampled_masks: int
+    max_mask_ids: int
+    temperature: float
+    head_norm: str = "BN"
+    gather_distributed: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fusion_features", tuple(self.fusion_features))
+        if not self.fusion_features:
+            raise ValueError("CYBORGS.FUSION_FEATURES must name at least one feature map")
+        if self.num_sampled_masks <= 0:
+            raise ValueError(
+                f"CYBORGS.NUM_SAMPLED_MASKS must be positive, got {self.num_sampled_masks}"
+            )
+        if not 2 <= self.max_mask_ids:
+            raise ValueError(f"max_mask_ids must be >= 2 (mask_id_width), got {self.max_mask_ids}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VMFSettings:
+    """The vMF clustering-consistency branch (METHOD.md §4; ``CYBORGS.VMF.*``).
+
+    Attributes:
+        feature: the map it reads, as CYBORGS.VMF.FEATURE names it: "BOOTSTRAP.FEATURES" or
+            "FUSION_FEATURES".
+        kappa, k, kmeans_iters, inter_grid, distance, kmeans_backend: ``CYBORGS.VMF.KAPPA``,
+            ``K``, ``KMEANS_ITERS``, ``INTER_GRID``, ``DISTANCE``, ``KMEANS_BACKEND``.
+    """
+
+    feature: str
+    kappa: float
+    k: int
+    kmeans_iters: int
+    inter_grid: int
+    distance: str
+    kmeans_backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.feature not in VMF_FEATURES:
+            raise ValueError(
+                f"CYBORGS.VMF.FEATURE must be one of {VMF_FEATURES}, got {self.feature!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSettings:
+    """Image normalisation: MODEL.PIXEL_MEAN / PIXEL_STD, RGB, 3 values each."""
+
+    pixel_mean: tuple[float, ...]
+    pixel_std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
+        object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN / PIXEL_STD must have 3 (RGB) values, got "
+                f"{list(self.pixel_mean)} / {list(self.pixel_std)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorSettings:
+    """CUDA path switches (``precision.py``): "auto" (on iff the model is on CUDA), "on",
+    "off" (CYBORGS.GPU.CHANNELS_LAST / CYBORGS.GPU.BF16); parsed on construction, so a bad
+    value fails before the model is built."""
+
+    channels_last: str | bool = "auto"
+    bf16: str | bool = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "channels_last", parse_switch(self.channels_last, "CYBORGS.GPU.CHANNELS_LAST")
+        )
+        object.__setattr__(self, "bf16", parse_switch(self.bf16, "CYBORGS.GPU.BF16"))
+
+
 @META_ARCH_REGISTRY.register()
 class CYBORGS(nn.Module):
     """Mask-contrastive + vMF-clustering pretrainer.
@@ -73,8 +204,9 @@ class CYBORGS(nn.Module):
     ``{"views": [{"image": uint8[3,S,S] RGB, "mask": int64 or uint8 [S,S], "box": float[4],
     "flip": bool}, {...}], ...}``; a view may also carry ``"photometric"`` (its drawn
     parameters, CYBORGS.AUG.DEVICE), applied here batched on the model's device before
-    normalisation (``cyborgs.data.device_augment``). Output: ``{"loss_mask_contrastive", "loss_vmf"}``, each
-    present only when its weight is positive.
+    normalisation (``cyborgs.data.device_augment``). Output: one ``loss_*`` entry per registered loss term
+    (``loss_terms.py``: ``loss_mask_contrastive``, ``loss_vmf``), each present only when its
+    weight is positive.
     """
 
     @configurable
@@ -82,158 +214,111 @@ class CYBORGS(nn.Module):
         self,
         *,
         backbone: nn.Module,
-        fusion_features: Sequence[str],
         bootstrap_features: Sequence[str],
-        projector_hidden_dim: int,
-        projector_out_dim: int,
-        num_sampled_masks: int,
-        max_mask_ids: int,
-        temperature: float,
-        vmf_kappa: float,
-        vmf_k: int,
-        vmf_kmeans_iters: int,
-        vmf_inter_grid: int,
-        vmf_distance: str,
-        vmf_feature: str,
-        contrastive_weight: float,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        vmf_weight: float = 0.0,
-        vmf_kmeans_backend: str = "torch",
-        gather_distributed: bool = True,
-        channels_last: str | bool = "auto",
-        bf16: str | bool = "auto",
-        head_norm: str = "BN",
+        contrastive: ContrastiveSettings,
+        vmf: VMFSettings,
+        inputs: InputSettings,
+        accelerator: AcceleratorSettings = AcceleratorSettings(),
+        loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         """
         Args:
             backbone: the online encoder (a detectron2 ResNet for block taps like "res3.2").
-            fusion_features: maps fused for the contrastive loss (CYBORGS.FUSION_FEATURES).
             bootstrap_features: map(s) clustered (CYBORGS.BOOTSTRAP.FEATURES), also the vMF
-                feature when ``vmf_feature == "bootstrap"``.
-            vmf_feature: "bootstrap" or "fused" (CYBORGS.VMF.FEATURE).
-            vmf_weight: initial weight of the vMF term (the schedule hook sets it).
-            channels_last, bf16: "auto" (on iff the model is on CUDA), "on", "off"
-                (CYBORGS.GPU.CHANNELS_LAST / CYBORGS.GPU.BF16).
-            head_norm: "BN" or "SyncBN" in the projector/predictor (from_config: "SyncBN" when
-                MODEL.RESNETS.NORM is any of detectron2's synchronised norms, as BYOL
-                synchronises its heads when the backbone is).
-            Other args: see ``cyborgs/config.py`` (same names).
+                feature when ``vmf.feature == "BOOTSTRAP.FEATURES"``.
+            contrastive, vmf, inputs, accelerator: the settings of each part.
+            loss_weights: initial weight per loss term name (absent: 0); the schedule hook
+                sets them every step.
         """
         super().__init__()
-        self.fusion_features = list(fusion_features)
         self.bootstrap_features = list(bootstrap_features)
-        if not self.fusion_features:
-            raise ValueError("CYBORGS.FUSION_FEATURES must name at least one feature map")
         if not self.bootstrap_features:
             raise ValueError("CYBORGS.BOOTSTRAP.FEATURES must name at least one feature map")
-        if vmf_feature not in ("bootstrap", "fused"):
-            raise ValueError(
-                f"CYBORGS.VMF.FEATURE must be 'bootstrap' or 'fused', got {vmf_feature!r}"
-            )
-        if num_sampled_masks <= 0:
-            raise ValueError(f"CYBORGS.NUM_SAMPLED_MASKS must be positive, got {num_sampled_masks}")
-        if not 2 <= max_mask_ids:
-            raise ValueError(f"max_mask_ids must be >= 2 (mask_id_width), got {max_mask_ids}")
-        # Parsed early so a bad value fails before the deep copies below.
-        self.channels_last_mode = parse_switch(channels_last, "CYBORGS.GPU.CHANNELS_LAST")
-        self.bf16_mode = parse_switch(bf16, "CYBORGS.GPU.BF16")
+        self.fusion_features = list(contrastive.fusion_features)
         validate_taps(backbone, self.fusion_features, "CYBORGS.FUSION_FEATURES")
         validate_taps(backbone, self.bootstrap_features, "CYBORGS.BOOTSTRAP.FEATURES")
+        self.channels_last_mode = accelerator.channels_last
+        self.bf16_mode = accelerator.bf16
 
         self.backbone = backbone
-        channels = tap_channels(backbone, self.fusion_features + self.bootstrap_features)
-        in_dim = fused_channels(channels, self.fusion_features)
-        self.projector = MLPHead(in_dim, projector_hidden_dim, projector_out_dim, head_norm)
-        self.predictor = MLPHead(
-            projector_out_dim, projector_hidden_dim, projector_out_dim, head_norm
+        self._build_contrastive_branch(contrastive)
+        self.vmf_feature = vmf.feature
+        self.vmf_loss = VMFClusteringLoss(
+            kappa=vmf.kappa,
+            num_clusters=vmf.k,
+            kmeans_iters=vmf.kmeans_iters,
+            inter_grid=vmf.inter_grid,
+            distance=vmf.distance,
+            kmeans_backend=vmf.kmeans_backend,
         )
+        # Phase attributes, set by the schedule hook (docs/DESIGN.md "Model").
+        weights = dict(loss_weights or {})
+        for term in loss_terms():
+            setattr(self, term.weight_attr(), float(weights.pop(term.name, 0.0)))
+        if weights:
+            raise ValueError(f"loss_weights name unregistered loss terms: {sorted(weights)}")
+        self.vmf_num_clusters = int(vmf.k)
+        # Training step, set by the schedule hook: seeds the vMF k-means init so a resumed run
+        # draws the same prototypes as an uninterrupted one.
+        self.vmf_step = 0
+
+        self.register_buffer("pixel_mean", torch.tensor(inputs.pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(inputs.pixel_std).view(-1, 1, 1), False)
+        # Layout the backbones are in now; ``_sync_memory_format`` keeps it = the resolved mode.
+        self._backbones_channels_last = False
+        self._sync_memory_format()
+
+    def _build_contrastive_branch(self, s: ContrastiveSettings) -> None:
+        """Projector g, predictor q, the EMA targets f_ξ, g_ξ and the loss (BYOL, METHOD.md §2)."""
+        channels = tap_channels(self.backbone, self.fusion_features + self.bootstrap_features)
+        in_dim = fused_channels(channels, self.fusion_features)
+        hidden, out = s.projector_hidden_dim, s.projector_out_dim
+        self.projector = MLPHead(in_dim, hidden, out, s.head_norm)
+        self.predictor = MLPHead(out, hidden, out, s.head_norm)
         # Target f_ξ and g_ξ start equal to the online ones (BYOL) and only move by EMA.
         self.target_backbone = copy.deepcopy(self.backbone)
         self.target_projector = copy.deepcopy(self.projector)
         for p in list(self.target_backbone.parameters()) + list(self.target_projector.parameters()):
             p.requires_grad_(False)
-
-        self.num_sampled_masks = int(num_sampled_masks)
-        self.max_mask_ids = int(max_mask_ids)
-        self.vmf_feature = vmf_feature
+        self.num_sampled_masks = int(s.num_sampled_masks)
+        self.max_mask_ids = int(s.max_mask_ids)
         self.contrastive_loss = MaskContrastiveLoss(
-            temperature=temperature, gather_distributed=gather_distributed
+            temperature=s.temperature, gather_distributed=s.gather_distributed
         )
-        self.vmf_loss = VMFClusteringLoss(
-            kappa=vmf_kappa,
-            num_clusters=vmf_k,
-            kmeans_iters=vmf_kmeans_iters,
-            inter_grid=vmf_inter_grid,
-            distance=vmf_distance,
-            kmeans_backend=vmf_kmeans_backend,
-        )
-        # Phase attributes, set by the schedule hook (docs/DESIGN.md "Model").
-        self.contrastive_weight = float(contrastive_weight)
-        self.vmf_weight = float(vmf_weight)
-        self.vmf_num_clusters = int(vmf_k)
-        # Training step, set by the schedule hook: seeds the vMF k-means init so a resumed run
-        # draws the same prototypes as an uninterrupted one.
-        self.vmf_step = 0
-
-        if len(pixel_mean) != 3 or len(pixel_std) != 3:
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN / PIXEL_STD must have 3 (RGB) values, got {pixel_mean} / "
-                f"{pixel_std}"
-            )
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        # Layout the backbones are in now; ``_sync_memory_format`` keeps it = the resolved mode.
-        self._backbones_channels_last = False
-        self._sync_memory_format()
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         # No validate_cyborgs_config here: cyborgs.engine.setup validated the config once; a
-        # config assembled by hand is checked by the constructor's own argument checks.
+        # config assembled by hand is checked by the settings' own argument checks.
         c = cfg.CYBORGS
-        cfg = cfg.clone()
-        cfg.defrost()
-        if cfg.MODEL.RESNETS.NORM == "FrozenBN":
-            # Pretraining learns every layer with batch statistics; detectron2's default
-            # FrozenBN (meant for fine-tuning from ImageNet) would train nothing in the norms.
-            logger.warning("CYBORGS pretraining: MODEL.RESNETS.NORM 'FrozenBN' -> 'BN'")
-            cfg.MODEL.RESNETS.NORM = "BN"
-        if cfg.MODEL.BACKBONE.FREEZE_AT != 0:
-            logger.warning(
-                f"CYBORGS pretraining trains the whole backbone: MODEL.BACKBONE.FREEZE_AT "
-                f"{cfg.MODEL.BACKBONE.FREEZE_AT} -> 0"
-            )
-            cfg.MODEL.BACKBONE.FREEZE_AT = 0
-        # Keep every stage so the exported checkpoint is a complete ResNet (see module doc).
-        cfg.MODEL.RESNETS.OUT_FEATURES = list(_ALL_STAGES)
-        if cfg.INPUT.FORMAT != "RGB":
-            logger.warning(
-                f"INPUT.FORMAT is {cfg.INPUT.FORMAT!r} but the two-view mapper always gives RGB; "
-                "MODEL.PIXEL_MEAN/PIXEL_STD are applied in RGB order"
-            )
+        cfg = _pretraining_backbone_cfg(cfg)
         return {
             "backbone": build_backbone(cfg),
-            "fusion_features": list(c.FUSION_FEATURES),
             "bootstrap_features": list(c.BOOTSTRAP.FEATURES),
-            "projector_hidden_dim": c.PROJECTOR_HIDDEN_DIM,
-            "projector_out_dim": c.PROJECTOR_OUT_DIM,
-            "num_sampled_masks": c.NUM_SAMPLED_MASKS,
-            "max_mask_ids": mask_id_width(cfg),
-            "temperature": c.TEMPERATURE,
-            "vmf_kappa": c.VMF.KAPPA,
-            "vmf_k": c.VMF.K,
-            "vmf_kmeans_iters": c.VMF.KMEANS_ITERS,
-            "vmf_inter_grid": c.VMF.INTER_GRID,
-            "vmf_distance": c.VMF.DISTANCE,
-            "vmf_feature": _VMF_FEATURE_ARG.get(c.VMF.FEATURE, c.VMF.FEATURE),
-            "vmf_kmeans_backend": c.VMF.KMEANS_BACKEND,
-            "contrastive_weight": c.CONTRASTIVE_WEIGHT,
-            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": list(cfg.MODEL.PIXEL_STD),
-            "channels_last": c.GPU.CHANNELS_LAST,
-            "bf16": c.GPU.BF16,
-            "head_norm": "SyncBN" if cfg.MODEL.RESNETS.NORM in SYNC_NORMS else "BN",
+            "contrastive": ContrastiveSettings(
+                fusion_features=tuple(c.FUSION_FEATURES),
+                projector_hidden_dim=c.PROJECTOR_HIDDEN_DIM,
+                projector_out_dim=c.PROJECTOR_OUT_DIM,
+                num_sampled_masks=c.NUM_SAMPLED_MASKS,
+                max_mask_ids=mask_id_width(cfg),
+                temperature=c.TEMPERATURE,
+                head_norm="SyncBN" if cfg.MODEL.RESNETS.NORM in SYNC_NORMS else "BN",
+            ),
+            "vmf": VMFSettings(
+                feature=c.VMF.FEATURE,
+                kappa=c.VMF.KAPPA,
+                k=c.VMF.K,
+                kmeans_iters=c.VMF.KMEANS_ITERS,
+                inter_grid=c.VMF.INTER_GRID,
+                distance=c.VMF.DISTANCE,
+                kmeans_backend=c.VMF.KMEANS_BACKEND,
+            ),
+            "inputs": InputSettings(tuple(cfg.MODEL.PIXEL_MEAN), tuple(cfg.MODEL.PIXEL_STD)),
+            "accelerator": AcceleratorSettings(c.GPU.CHANNELS_LAST, c.GPU.BF16),
+            # a contrastive epoch's weights without the periodic (vMF) terms
+            "loss_weights": {
+                t.name: 0.0 if t.periodic else t.configured_weight(cfg) for t in loss_terms()
+            },
         }
 
     @property
@@ -354,42 +439,44 @@ class CYBORGS(nn.Module):
             raise RuntimeError(
                 "CYBORGS has no inference forward; use model.extract_features(images, names)"
             )
-        use_c = self.contrastive_weight > 0
-        use_v = self.vmf_weight > 0
-        if not (use_c or use_v):
+        weights = {t: float(getattr(self, t.weight_attr())) for t in loss_terms()}
+        active = [t for t, w in weights.items() if w > 0]
+        if not active:
             raise ValueError(
-                "both model.contrastive_weight and model.vmf_weight are 0: no loss to train"
+                f"every loss weight is 0 ({', '.join('model.' + t.weight_attr() for t in weights)})"
+                ": no loss to train"
             )
         self._sync_memory_format()  # cheap flag check; the real work happens in ``_apply``
         images, masks, boxes, flips = self._unpack(batched_inputs)
 
-        vmf_names = (
-            self.bootstrap_features if self.vmf_feature == "bootstrap" else self.fusion_features
-        )
-        names = (self.fusion_features if use_c else []) + (vmf_names if use_v else [])
+        names = [n for t in active for n in t.features(self)]
         online = [self._backbone_features(self.backbone, img, names) for img in images]
         with torch.no_grad():
             target = [self._backbone_features(self.target_backbone, img, names) for img in images]
+        inputs = LossInputs(online, target, masks, boxes, flips)
+        return {t.output: weights[t] * t.compute(self, inputs) for t in active}
 
-        losses: dict[str, torch.Tensor] = {}
-        if use_c:
-            losses["loss_mask_contrastive"] = self.contrastive_weight * self._contrastive(
-                online, target, masks
-            )
-        if use_v:
-            on = tuple(fuse_features(f, vmf_names) for f in online)
-            tg = tuple(fuse_features(f, vmf_names).detach() for f in target)
-            parts = self.vmf_loss(
-                on, tg, boxes, flips, num_clusters=self.vmf_num_clusters, seed=self.vmf_step
-            )
-            losses["loss_vmf"] = self.vmf_weight * parts["total"]
-            _put_scalars(
-                **{
-                    "cyborgs/vmf_intra": float(parts["intra"].detach()),
-                    "cyborgs/vmf_inter": float(parts["inter"].detach()),
-                }
-            )
-        return losses
+    def vmf_feature_names(self) -> list[str]:
+        """The maps the vMF term reads (CYBORGS.VMF.FEATURE)."""
+        if self.vmf_feature == "BOOTSTRAP.FEATURES":
+            return self.bootstrap_features
+        return self.fusion_features
+
+    def _vmf(self, inputs: LossInputs) -> torch.Tensor:
+        names = self.vmf_feature_names()
+        on = tuple(fuse_features(f, names) for f in inputs.online)
+        tg = tuple(fuse_features(f, names).detach() for f in inputs.target)
+        parts = self.vmf_loss(
+            on, tg, inputs.boxes, inputs.flips, num_clusters=self.vmf_num_clusters,
+            seed=self.vmf_step,
+        )  # fmt: skip
+        _put_scalars(
+            **{
+                "cyborgs/vmf_intra": float(parts["intra"].detach()),
+                "cyborgs/vmf_inter": float(parts["inter"].detach()),
+            }
+        )
+        return parts["total"]
 
     def _contrastive(self, online: list[dict], target: list[dict], masks: list) -> torch.Tensor:
         preds, targs, ids_all, counts = [], [], [], {}
@@ -456,6 +543,43 @@ class CYBORGS(nn.Module):
             return self._backbone_features(self.backbone, self._normalize(images), list(names))
         finally:
             self.backbone.train(was_training)
+
+
+# The pretrainer's loss terms (loss_terms.py), in the order of its loss dict.
+@LOSS_TERM_REGISTRY.register()
+class MaskContrastiveTerm(LossTerm):
+    """Mask-contrastive loss on the fused features (paper §3.2, METHOD.md §2); off during the
+    vMF warm-up, CYBORGS.CONTRASTIVE_WEIGHT afterwards."""
+
+    name, output, label = "contrastive", "loss_mask_contrastive", "contrastive"
+    weight_key = "CYBORGS.CONTRASTIVE_WEIGHT"
+    warmup_weight, periodic = 0.0, False
+
+    @staticmethod
+    def features(model: CYBORGS) -> list[str]:
+        return list(model.fusion_features)
+
+    @staticmethod
+    def compute(model: CYBORGS, inputs: LossInputs) -> torch.Tensor:
+        return model._contrastive(inputs.online, inputs.target, inputs.masks)
+
+
+@LOSS_TERM_REGISTRY.register()
+class VMFTerm(LossTerm):
+    """vMF clustering consistency (paper §3.4, METHOD.md §4, eq. 3-4): weight 1 alone during
+    the warm-up, then CYBORGS.VMF.LAMBDA every VMF.PERIOD_EPOCHS epochs."""
+
+    name, output, label = "vmf", "loss_vmf", "vMF"
+    weight_key = "CYBORGS.VMF.LAMBDA"
+    warmup_weight, periodic = 1.0, True
+
+    @staticmethod
+    def features(model: CYBORGS) -> list[str]:
+        return list(model.vmf_feature_names())
+
+    @staticmethod
+    def compute(model: CYBORGS, inputs: LossInputs) -> torch.Tensor:
+        return model._vmf(inputs)
 
 
 def _ids_per_image(grid: torch.Tensor) -> torch.Tensor:

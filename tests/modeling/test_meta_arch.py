@@ -1,5 +1,7 @@
 """The CYBORGS meta-architecture: building, training forward, gradients, EMA, features."""
 
+import dataclasses
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -8,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 import cyborgs.modeling  # noqa: F401  (registers CYBORGS)
 from cyborgs.config import add_cyborgs_config
-from cyborgs.modeling.meta_arch import CYBORGS
+from cyborgs.modeling.meta_arch import CYBORGS, ContrastiveSettings, InputSettings, VMFSettings
 
 SIZE = 64
 
@@ -87,29 +89,35 @@ def test_heads_synchronise_when_the_backbone_does(norm):
 
 def test_builds_from_kwargs_and_validates_taps(model):
     kw = dict(
-        fusion_features=["res5"],
         bootstrap_features=["res3.1"],
-        projector_hidden_dim=16,
-        projector_out_dim=8,
-        num_sampled_masks=2,
-        max_mask_ids=257,
-        temperature=0.1,
-        vmf_kappa=10.0,
-        vmf_k=4,
-        vmf_kmeans_iters=3,
-        vmf_inter_grid=3,
-        vmf_distance="vmf",
-        vmf_feature="bootstrap",
-        contrastive_weight=1.0,
-        pixel_mean=[0.0] * 3,
-        pixel_std=[1.0] * 3,
+        contrastive=ContrastiveSettings(
+            fusion_features=("res5",),
+            projector_hidden_dim=16,
+            projector_out_dim=8,
+            num_sampled_masks=2,
+            max_mask_ids=257,
+            temperature=0.1,
+        ),
+        vmf=VMFSettings(
+            feature="BOOTSTRAP.FEATURES",
+            kappa=10.0,
+            k=4,
+            kmeans_iters=3,
+            inter_grid=3,
+            distance="vmf",
+        ),  # fmt: skip
+        inputs=InputSettings(pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3),
+        loss_weights={"contrastive": 1.0},
     )
     m = CYBORGS(backbone=model.backbone, **kw)
     assert m.projector[0].in_features == 512
     with pytest.raises(ValueError, match=r"BOOTSTRAP.FEATURES.*res3\.0', 'res3\.1'"):
         CYBORGS(backbone=model.backbone, **{**kw, "bootstrap_features": ["res3.2"]})
     with pytest.raises(ValueError, match="VMF.FEATURE"):
-        CYBORGS(backbone=model.backbone, **{**kw, "vmf_feature": "bogus"})
+        CYBORGS(
+            backbone=model.backbone,
+            **{**kw, "vmf": dataclasses.replace(kw["vmf"], feature="bogus")},
+        )
 
 
 def test_train_forward_losses_and_gradients(model):
@@ -223,7 +231,9 @@ def test_online_and_target_of_a_view_share_sampled_ids(model, monkeypatch):
     assert calls[0][1].shape == (2, model.num_sampled_masks)
 
 
-@pytest.mark.parametrize("feature,channels,hw", [("bootstrap", 128, 8), ("fused", 896, 2)])
+@pytest.mark.parametrize(
+    "feature,channels,hw", [("BOOTSTRAP.FEATURES", 128, 8), ("FUSION_FEATURES", 896, 2)]
+)
 def test_vmf_loss_sees_the_configured_feature(model, monkeypatch, feature, channels, hw):
     seen = {}
     real = model.vmf_loss.forward
