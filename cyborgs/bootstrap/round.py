@@ -477,12 +477,8 @@ class _Encoder:
     to the tally."""
 
     def __init__(self, net: torch.nn.Module, s: RoundSettings, tally: _Tally) -> None:
-        self.net, self.features, self.border_pad, self.tally = (
-            net,
-            list(s.features),
-            s.border_pad,
-            tally,
-        )
+        self.net, self.tally = net, tally
+        self.features, self.border_pad = list(s.features), s.border_pad
         self.device = next(net.parameters()).device
         pixel_mean = getattr(net, "pixel_mean", None)
         self.pad_value = (

@@ -204,9 +204,9 @@ class CYBORGS(nn.Module):
     ``{"views": [{"image": uint8[3,S,S] RGB, "mask": int64 or uint8 [S,S], "box": float[4],
     "flip": bool}, {...}], ...}``; a view may also carry ``"photometric"`` (its drawn
     parameters, CYBORGS.AUG.DEVICE), applied here batched on the model's device before
-    normalisation (``cyborgs.data.device_augment``). Output: one ``loss_*`` entry per registered loss term
-    (``loss_terms.py``: ``loss_mask_contrastive``, ``loss_vmf``), each present only when its
-    weight is positive.
+    normalisation (``cyborgs.data.device_augment``). Output: one ``loss_*`` entry per
+    registered loss term (``loss_terms.py``: ``loss_mask_contrastive``, ``loss_vmf``), each
+    present only when its weight is positive.
     """
 
     @configurable
