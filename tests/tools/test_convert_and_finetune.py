@@ -13,15 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import convert_and_finetune as caf  # tools/ (tests/conftest.py)
 import pytest
+import repo_paths
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_and_finetune as caf  # noqa: E402
-import repo_paths  # noqa: E402
-
-sys.path.pop(0)
 
 
 def _opt(cmd: list[str], key: str) -> str:
