@@ -25,7 +25,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# tools/ on the path, as for the scripts in it: this benchmark builds its model as the tool does
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 TARGET_OUTSIDE_SHARE = 0.25
 
 
@@ -64,9 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
                                "--root", data_root, "--preset", args.preset])  # fmt: skip
     os.environ["CYBORGS_DEMO_DATASETS"] = data_root
 
+    from bootstrap_masks import build_model_and_cfg
+
     from cyborgs.bootstrap.round import RoundSettings, run_bootstrap_round
     from cyborgs.masks.store import MaskStore
-    from tools.bootstrap_masks import build_model_and_cfg
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = ["MODEL.DEVICE", device]

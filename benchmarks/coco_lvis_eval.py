@@ -38,9 +38,7 @@ import time
 import numpy as np
 from pycocotools import mask as mask_util
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cyborgs.transfer.faster_eval import (  # noqa: E402
+from cyborgs.transfer.faster_eval import (
     COCO_METRICS,
     LVIS_METRICS,
     _faster_coco,

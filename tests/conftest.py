@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-# The tools import their siblings (repo_paths, study_lib) as a script does, with tools/ on
-# sys.path; tests that import a tool as ``tools.<name>`` need the same.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+# Tests import a tool as the tools import each other: as a top-level module from tools/ (or
+# tools/dev/) on sys.path, where Python puts a script's own folder (docs/DESIGN.md, "tools/").
+_TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path[:0] = [str(_TOOLS), str(_TOOLS / "dev")]
 
 try:
     import torch

@@ -17,8 +17,6 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     """CYBORGS model with ``weights`` loaded (never executing code: SafeCheckpointer), eval mode,

@@ -7,13 +7,13 @@
 BENCHMARK: voc07_svm in1pct in10pct voc_det coco_inst (Table 1, the default) and lvis
 cityscapes coco_stuff_fcn coco_stuff_probe (appendix); "all" = every one. --demo runs the
 demo_* twins (small configs, demo data under $CYBORGS_DEMO_DATASETS). --runs N repeats VOC
-detection N times (MoCo reports the mean of 5). The checkpoint and every data set are
+detection (every benchmark the table marks repeatable) N times (MoCo reports the mean of 5). The checkpoint and every data set are
 checked before anything trains. Results: OUTDIR/results.md and OUTDIR/results.json.
 Relative paths (CKPT, OUTDIR, $CYBORGS_DEMO_DATASETS, $DETECTRON2_DATASETS) are relative to the
 current directory, as for tools/pretrain_net.py. OUTDIR/source.json records the checkpoint (path
 and sha256): more benchmarks of the same checkpoint may be added to an OUTDIR later; results of
 another checkpoint are refused (use a new OUTDIR, or --overwrite to delete the old results).
-The benchmarks, their configs and data sets: cyborgs.transfer.benchmarks.BENCHMARKS.
+The benchmarks, their configs and data sets: cyborgs.transfer.table.BENCHMARKS.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from repo_paths import REPO_ROOT, TRANSFER_CONFIGS
 
-from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, Benchmark, config, datasets
 from cyborgs.transfer.results import SOURCE_FILE, read_source
+from cyborgs.transfer.table import BENCHMARKS, TABLES, Benchmark, config, datasets, names_in
 from cyborgs.transfer.verify import depth_opts
 from cyborgs.utils import ownership
 from cyborgs.utils.atomic import atomic_write_bytes
@@ -76,7 +76,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--demo", action="store_true", help="run the demo_* twins")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per train_net run")
-    p.add_argument("--runs", type=int, default=1, help="VOC detection runs (MoCo: mean of 5)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs of each repeatable benchmark: VOC detection (MoCo: mean of 5)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -92,12 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names: list[str] = []
     for name in args.benchmarks:
         if name == "all":
-            names += [*TABLE1, *APPENDIX]
+            names += [n for table in TABLES for n in names_in(table)]
         elif name in BENCHMARKS:
             names.append(name)
         else:
             p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)} or all")
-    args.benchmarks = names or list(TABLE1)
+    args.benchmarks = names or list(names_in("table1"))
     if args.num_gpus < 1 or args.runs < 1:
         p.error(f"--num-gpus and --runs must be >= 1 (got {args.num_gpus} and {args.runs})")
     return args
@@ -115,9 +120,12 @@ def tool(name: str, *args: str) -> list[str]:
     return [sys.executable, str(TOOLS / name), *args]
 
 
-def probe_feature(depth: int) -> str:
-    """The linear probe reads the last block of res3: res3.1 of R18 (2 blocks), else res3.2."""
-    return "res3.1" if depth == 18 else "res3.2"
+def probe_feature(depth: int, feature: str = "res3.2") -> str:
+    """``feature`` (``<stage>.<block>``) of a ResNet-``depth``: R18 has two blocks per stage, so
+    its block index is capped at 1 (res3.2 -> res3.1, the last block of res3); every other
+    depth has at least three per stage (a block it lacks is train_net's error)."""
+    stage, block = feature.split(".")
+    return f"{stage}.{min(int(block), 1)}" if depth == 18 else feature
 
 
 def commands(
@@ -137,12 +145,12 @@ def commands(
     if b.evaluator != "train_net":
         raise ValueError(f"benchmark {b.name!r}: unknown evaluator {b.evaluator!r}")
     extra: list[str] = []
-    if b.name == "coco_stuff_probe":
-        feature = probe_feature(depth)
+    if b.probe_feature:
+        feature = probe_feature(depth, b.probe_feature)
         extra = ["MODEL.LINEAR_PROBE.FEATURE", feature, "MODEL.SEM_SEG_HEAD.IN_FEATURES"]
         extra.append(f'["{feature}"]')
     dirs = [out]
-    if b.name == "voc_det" and runs > 1:
+    if b.repeatable and runs > 1:
         dirs = [os.path.join(out, f"run{r}") for r in range(1, runs + 1)]
     cfg = TRANSFER_CONFIGS / config(b.name, demo)
     # Relative to the working directory where it can be (run from the repository root):
@@ -176,10 +184,16 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
-# What this tool writes into OUTDIR besides source.json; --overwrite deletes only these, and
-# only where OUTDIR's record (cyborgs.utils.ownership) lists them.
-OUTPUTS = ("backbone.pkl", "results.md", "results.json", *BENCHMARKS)
+# What this tool writes into OUTDIR besides source.json (and a folder per benchmark of the
+# table, :func:`outputs`); --overwrite deletes only these, and only where OUTDIR's record
+# (cyborgs.utils.ownership) lists them.
+FILES = ("backbone.pkl", "results.md", "results.json")
 TOOL = "convert_and_finetune"
+
+
+def outputs() -> tuple[str, ...]:
+    """Every entry this tool may write into OUTDIR besides source.json."""
+    return (*FILES, *BENCHMARKS)
 
 
 def claim_outdir(outdir: str, checkpoint: str, overwrite: bool) -> None:
@@ -191,15 +205,15 @@ def claim_outdir(outdir: str, checkpoint: str, overwrite: bool) -> None:
     a folder of other files (a data root given by mistake) is refused, and ``overwrite``
     deletes only the entries the record lists. An OUTDIR of an older version of the suite
     (a ``source.json``, no record) is adopted: its ``source.json`` and the outputs named in
-    :data:`OUTPUTS` become recorded."""
+    :func:`outputs` become recorded."""
     new = {"checkpoint": checkpoint, "sha256": sha256_of(checkpoint)}
     legacy = None
     if os.path.isdir(outdir) and not ownership.is_claimed(outdir):
         if isinstance(read_source(outdir), dict):
-            legacy = [SOURCE_FILE, *OUTPUTS]
+            legacy = [SOURCE_FILE, *outputs()]
     ownership.claim(outdir, TOOL, legacy=legacy, what="the benchmark results (OUTDIR)")
     old = read_source(outdir)
-    present = [n for n in OUTPUTS if os.path.lexists(os.path.join(outdir, n))]
+    present = [n for n in outputs() if os.path.lexists(os.path.join(outdir, n))]
     if old is not None and old.get("sha256") != new["sha256"]:
         what = f"checkpoint {old.get('checkpoint')} (sha256 {str(old.get('sha256'))[:12]})"
     elif old is None and present:
@@ -240,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(args.checkpoint, args.benchmarks, args.demo)
         claim_outdir(args.outdir, args.checkpoint, args.overwrite)
         # Everything this run writes into OUTDIR is recorded before it is written.
-        ownership.record(args.outdir, *OUTPUTS[:3], *args.benchmarks)
+        ownership.record(args.outdir, *FILES, *args.benchmarks)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1

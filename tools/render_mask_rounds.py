@@ -19,9 +19,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cyborgs.utils.mask_vis import colorize, mask_grid  # noqa: E402
+from cyborgs.utils.mask_vis import colorize, mask_grid
 
 __all__ = ["colorize", "main", "render"]
 

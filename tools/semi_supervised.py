@@ -10,12 +10,11 @@ Writes OUTPUT_DIR/metrics_final.json ({"classification": {"top1", "top5"}}).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from protocol_run import begin, finish
 from torch.utils.data import DataLoader, Dataset
 
 from cyborgs.transfer.image_data import (
@@ -26,7 +25,6 @@ from cyborgs.transfer.image_data import (
     train_transform,
 )
 from cyborgs.transfer.preflight import check_datasets
-from cyborgs.transfer.results import METRICS_FILE, write_metrics
 from cyborgs.transfer.semi_supervised import (
     FinetuneSchedule,
     ResNetClassifier,
@@ -70,14 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    # detectron2's log-file line format (run_demo.sh picks progress lines from it)
-    logging.basicConfig(level=logging.INFO, datefmt="%m/%d %H:%M:%S",
-                        format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")  # fmt: skip
-
-    if not os.path.isfile(args.weights):
-        raise FileNotFoundError(
-            f"--weights {args.weights} not found: run tools/convert_to_detectron2.py"
-        )
+    begin(args.weights)
     train_name = f"{args.prefix}imagenet_train_{args.subset}"
     val_name = f"{args.prefix}imagenet_val"
     check_datasets([train_name, val_name])
@@ -96,14 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     # Linear LR scaling from the protocol's batch 256.
     finetune(model, train, sched, lr_scale=args.batch_size / 256, device=args.device)
     res = evaluate_topk(model, val, device=args.device)
-    record = {
-        "protocol": "in1pct" if args.subset == "1percent" else "in10pct",
-        "config": f"{args.epochs} ep, lr {args.lr}, head x{mult}, batch {args.batch_size}",
-        "weights": args.weights,
-        "datasets": {"train": [train_name], "test": [val_name]},
-        "results": {"classification": res},
-    }
-    write_metrics(os.path.join(args.output_dir, METRICS_FILE), record)
+    protocol = "in1pct" if args.subset == "1percent" else "in10pct"
+    config = f"{args.epochs} ep, lr {args.lr}, head x{mult}, batch {args.batch_size}"
+    record = finish(args.output_dir, protocol, config, args.weights, train_name, val_name,
+                    {"classification": res})  # fmt: skip
     print(f"{record['protocol']}: top-1 {res['top1']:.2f} top-5 {res['top5']:.2f}")
     return record
 

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def panels(model, cfg, image: np.ndarray, k: int) -> np.ndarray:
@@ -62,11 +59,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
 
+    from bootstrap_masks import build_model_and_cfg
     from PIL import Image
 
     from cyborgs.bootstrap.receptive_field import measure_cell_grid
     from cyborgs.bootstrap.round import load_resized_image
-    from tools.bootstrap_masks import build_model_and_cfg
 
     model, cfg = build_model_and_cfg(args.config_file, args.weights, args.opts)
     stride, _ = measure_cell_grid(model, list(cfg.CYBORGS.BOOTSTRAP.FEATURES))

@@ -10,16 +10,14 @@ Writes OUTPUT_DIR/metrics_final.json ({"voc07_cls": {"mAP": ..., "AP-<class>": .
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from protocol_run import begin, finish
 
 from cyborgs.transfer.image_data import build_pretrained_resnet
 from cyborgs.transfer.preflight import check_datasets
-from cyborgs.transfer.results import METRICS_FILE, write_metrics
 from cyborgs.transfer.voc07_svm import extract_features, voc07_svm_map
 
 
@@ -49,14 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    # detectron2's log-file line format (run_demo.sh picks progress lines from it)
-    logging.basicConfig(level=logging.INFO, datefmt="%m/%d %H:%M:%S",
-                        format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")  # fmt: skip
-
-    if not os.path.isfile(args.weights):
-        raise FileNotFoundError(
-            f"--weights {args.weights} not found: run tools/convert_to_detectron2.py"
-        )
+    begin(args.weights)
     check_datasets([args.train, args.test])
     check_classification_sets({"--train": args.train, "--test": args.test})
     model = build_pretrained_resnet(args.weights, args.depth).to(args.device)
@@ -71,14 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         difficult[split] = np.array([d["difficult"] for d in dicts])
     res = voc07_svm_map(feats["train"], labels["train"], feats["test"], labels["test"],
                         difficult["test"], names)  # fmt: skip
-    record = {
-        "protocol": "voc07_svm",
-        "config": f"resize {args.resize}, crop {args.crop}, res5 GAP, LinearSVC",
-        "weights": args.weights,
-        "datasets": {"train": [args.train], "test": [args.test]},
-        "results": {"voc07_cls": res},
-    }
-    write_metrics(os.path.join(args.output_dir, METRICS_FILE), record)
+    config = f"resize {args.resize}, crop {args.crop}, res5 GAP, LinearSVC"
+    record = finish(args.output_dir, "voc07_svm", config, args.weights, args.train, args.test,
+                    {"voc07_cls": res})  # fmt: skip
     print(f"VOC07 SVM mAP: {res['mAP']:.2f}")
     return record
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
+from cyborgs.masks.registry import is_precomputed
 from cyborgs.modeling.loss_terms import loss_terms
 from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule
 from cyborgs.utils.atomic import atomic_write_bytes
@@ -49,8 +50,6 @@ MASK_BYTES_HEADER = 100
 # Shape assumed for the estimate: COCO's typical 4:3 images.
 _ASPECT = 4 / 3
 _STAGE_STRIDE = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
-# Sources computed into the mask store once (one round); "whole" and "grid" store nothing.
-_FIXED_STORED_SOURCES = ("felzenszwalb", "selective_search", "ground_truth")
 
 PHASE_LABELS = {"vmf_warmup": "vMF warm-up", "contrastive": "contrastive"}
 # The loss term each phase is named after (the label names the others when they are on).
@@ -169,7 +168,7 @@ def build_plan(
     if source == "bootstrap":
         mask_rounds = len(rounds)
         bpi: float | None = estimate_mask_bytes_per_image(cfg)
-    elif source in _FIXED_STORED_SOURCES:
+    elif is_precomputed(source):  # the registry says which sources store one round
         mask_rounds, bpi = 1, None  # computed once at image resolution: size not estimated
     else:
         mask_rounds, bpi = 0, 0.0

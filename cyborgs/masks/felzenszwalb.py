@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import MASK_SOURCE_REGISTRY, precomputed
 
 __all__ = ["felzenszwalb_mask", "cap_ids_by_size", "FelzenszwalbMaskSource"]
 
@@ -78,6 +78,7 @@ class FelzenszwalbMaskSource:
 
 
 @MASK_SOURCE_REGISTRY.register()
+@precomputed
 def felzenszwalb(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
     """``CYBORGS.MASKS.SOURCE: felzenszwalb``. Felzenszwalb-Huttenlocher segments
     (``CYBORGS.MASKS.FH_*``), computed once per data set and cached.

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import MASK_SOURCE_REGISTRY, precomputed
 from .store import upsample_nearest
 
 __all__ = [
@@ -156,6 +156,7 @@ class GroundTruthMaskSource:
 
 
 @MASK_SOURCE_REGISTRY.register()
+@precomputed
 def ground_truth(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
     """``CYBORGS.MASKS.SOURCE: ground_truth``. Instance masks of the data set's labeled twin (an
     upper bound), cached.

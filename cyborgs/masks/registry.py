@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from detectron2.utils.registry import Registry
 
-__all__ = ["MASK_SOURCE_REGISTRY", "build_mask_source", "check_source_image", "mask_source_names"]
+__all__ = [
+    "MASK_SOURCE_REGISTRY",
+    "build_mask_source",
+    "check_source_image",
+    "is_precomputed",
+    "mask_source_names",
+    "precomputed",
+]
 
 MASK_SOURCE_REGISTRY = Registry("MASK_SOURCE")
 MASK_SOURCE_REGISTRY.__doc__ = """
@@ -31,6 +40,9 @@ two-view mapper then crops each view's mask from it directly instead of building
 full-resolution map first (``gridded_label_map`` preferred; sources with neither are called as
 above). A source must be picklable (it runs inside data-loader workers). A
 source that needs an optional dependency imports it when it computes, never at registration.
+A factory whose source computes its masks once per data set into the mask store
+(``cyborgs.masks.precompute.cached_mask_source``) is also marked ``@precomputed``, so that what
+reads the registry without building the source (the run's plan: disk, rounds kept) knows.
 """
 
 
@@ -41,6 +53,27 @@ def check_source_image(image, source: str) -> None:
             f"mask source {source!r} expects an image np.ndarray[H, W, 3], got "
             f"{type(image).__name__} with shape {getattr(image, 'shape', None)}"
         )
+
+
+def precomputed(factory: Callable) -> Callable:
+    """Mark a mask-source factory whose masks are computed once per data set into the mask store
+    (one stored round); put it under ``@MASK_SOURCE_REGISTRY.register()``."""
+    factory.precomputed = True
+    return factory
+
+
+def is_precomputed(name: str) -> bool:
+    """Whether the registered source ``name`` stores one precomputed round (:func:`precomputed`)."""
+    return bool(getattr(_factory(name), "precomputed", False))
+
+
+def _factory(name: str) -> Callable:
+    names = mask_source_names()
+    if name not in names:
+        raise KeyError(
+            f"CYBORGS.MASKS.SOURCE={name!r} is not a mask source; expected one of {names}"
+        )
+    return MASK_SOURCE_REGISTRY.get(name)
 
 
 def mask_source_names() -> list[str]:
@@ -55,10 +88,4 @@ def build_mask_source(cfg, dataset_name: str):
     ``MASK_SOURCE_REGISTRY`` contract. Raises KeyError naming the registered sources for a
     name that is not one of them.
     """
-    name = cfg.CYBORGS.MASKS.SOURCE
-    names = mask_source_names()
-    if name not in names:
-        raise KeyError(
-            f"CYBORGS.MASKS.SOURCE={name!r} is not a mask source; expected one of {names}"
-        )
-    return MASK_SOURCE_REGISTRY.get(name)(cfg, dataset_name)
+    return _factory(cfg.CYBORGS.MASKS.SOURCE)(cfg, dataset_name)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .precompute import cached_mask_source
-from .registry import MASK_SOURCE_REGISTRY
+from .registry import MASK_SOURCE_REGISTRY, precomputed
 
 __all__ = ["selective_search_boxes", "boxes_to_mask", "selective_search_mask", "HAS_XIMGPROC"]
 
@@ -215,6 +215,7 @@ class SelectiveSearchMaskSource:
 
 
 @MASK_SOURCE_REGISTRY.register()
+@precomputed
 def selective_search(cfg, dataset_name: str) -> Callable[[dict, np.ndarray], np.ndarray]:
     """``CYBORGS.MASKS.SOURCE: selective_search``. Selective-search boxes painted into a label map,
     computed once per data set and cached (OpenCV's ximgproc when present, else a built-in

@@ -17,7 +17,7 @@ from cyborgs.transfer.faster_eval import EVAL_BACKENDS, FasterCOCOEvaluator, Fas
 from cyborgs.utils.env import HAS_D2_OPS
 
 # Classification types: evaluated by their own protocols (benchmark evaluators of the same name
-# in cyborgs.transfer.benchmarks), not by a detectron2 model.
+# in cyborgs.transfer.table), not by a detectron2 model.
 _OWN_PROTOCOL = {"voc_cls": "voc07_svm", "imagenet_cls": "semi_supervised"}
 
 

@@ -1,5 +1,5 @@
 """Per-run metrics files and the Table 1 / appendix summary (METHOD.md §6); the columns come from
-:data:`cyborgs.transfer.benchmarks.BENCHMARKS`."""
+:data:`cyborgs.transfer.table.BENCHMARKS`, looked up when a summary is made."""
 
 from __future__ import annotations
 
@@ -10,21 +10,13 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, columns
+from cyborgs.transfer.table import BENCHMARKS, columns, names_in, paper_value
 from cyborgs.utils.atomic import atomic_write_bytes
 
 METRICS_FILE = "metrics_final.json"
 # The checkpoint an output directory's benchmarks were run from ({"checkpoint": absolute path,
 # "sha256": of the file}), written by tools/convert_and_finetune.py: the table names it.
 SOURCE_FILE = "source.json"
-
-# The published CYBORGS row of Table 1: (benchmark, task, metric) -> value.
-PAPER_ROW: dict[tuple[str, str, str], float] = {
-    (n, c.task, c.metric): c.paper
-    for n, b in BENCHMARKS.items()
-    for c in b.columns
-    if c.paper is not None
-}
 
 
 def _plain(obj: Any) -> Any:
@@ -115,7 +107,7 @@ def summarize(runs: dict[str, list[dict]], cells: list[tuple[str, str, str, str]
                 "metric": metric,
                 "value": value,
                 "runs": len(recs),
-                "paper": PAPER_ROW.get((protocol, task, metric)),
+                "paper": paper_value(protocol, task, metric),
                 "sources": [r["_path"] for r in recs],
                 "config": sorted({str(r.get("config", "")) for r in recs if r.get("config")}),
             }
@@ -172,7 +164,8 @@ def collect(outdir: str) -> dict[str, Any]:
     if not os.path.isdir(outdir):
         raise FileNotFoundError(f"results directory not found: {outdir}")
     runs = load_runs(outdir)
-    table1, appendix = summarize(runs, columns(TABLE1)), summarize(runs, columns(APPENDIX))
+    table1 = summarize(runs, columns(names_in("table1")))
+    appendix = summarize(runs, columns(names_in("appendix")))
     source = read_source(outdir)
     md = ["# CYBORGS transfer results", ""]
     if source:

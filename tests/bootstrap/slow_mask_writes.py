@@ -42,7 +42,7 @@ def main() -> None:
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     delay_s, tool = float(sys.argv[1]), sys.argv[2]
-    sys.path.insert(0, REPO)  # as the tools do: the checkout's cyborgs, not an installed one
+    sys.path.insert(0, REPO)  # the checkout's cyborgs, whatever is installed
     _patch_writes(delay_s)
     sys.argv = [tool, *sys.argv[3:]]
     runpy.run_path(tool, run_name="__main__")

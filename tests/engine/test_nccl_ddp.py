@@ -1,4 +1,4 @@
-"""One NCCL DDP training step of the real trainer (CUDA only; run by tools/gpu_check.sh).
+"""One NCCL DDP training step of the real trainer (CUDA only; run by tools/dev/gpu_check.sh).
 
 detectron2 wraps a model in DistributedDataParallel only when the world has more than one
 process, and NCCL refuses two ranks on one GPU, so a one-GPU machine could never exercise the

@@ -9,7 +9,6 @@ every later epoch that is a multiple of BOOTSTRAP.PERIOD_EPOCHS, never at the en
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -90,11 +89,7 @@ def test_no_warmup_fixed_source_and_paper_schedule() -> None:
 
 
 def test_plan_only_cli_builds_no_model(tiny_data_root, tmp_path, monkeypatch, capsys) -> None:
-    sys.path.insert(0, str(REPO))
-    try:
-        import tools.pretrain_net as pretrain_net
-    finally:
-        sys.path.pop(0)
+    import pretrain_net  # tools/ (tests/conftest.py)
 
     def _no_build(*a, **k):
         raise AssertionError("--plan-only must not build the model")

@@ -42,8 +42,6 @@ from cyborgs.engine.weights_io import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # the tools' main() functions are called in-process
-    sys.path.insert(0, str(REPO))
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -399,7 +397,7 @@ def test_real_converted_pkl_and_real_pth_load(tmp_path) -> None:
 
 # ---- the entry points' own main(), in-process ----
 def _pretrain_args(argv: list[str]) -> argparse.Namespace:
-    from tools.pretrain_net import get_parser
+    from pretrain_net import get_parser
 
     return get_parser().parse_args(argv)
 
@@ -410,7 +408,7 @@ _PRETRAIN_OPTS = ["SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_WORKERS", "0",
 
 @pytest.mark.parametrize("name", ["dotted-p4", "os.system-zip"])
 def test_pretrain_net_main_refuses_weights(tiny_data_root, crafted, tmp_path, name) -> None:
-    from tools.pretrain_net import main
+    from pretrain_net import main
 
     files, marker = crafted
     path, glob = files[name]
@@ -423,7 +421,7 @@ def test_pretrain_net_main_refuses_weights(tiny_data_root, crafted, tmp_path, na
 
 
 def test_pretrain_net_main_resume_refuses_planted_checkpoint(tiny_data_root, crafted, tmp_path):
-    from tools.pretrain_net import main
+    from pretrain_net import main
 
     files, marker = crafted
     out = tmp_path / "out"
@@ -445,8 +443,7 @@ def test_pretrain_net_main_resume_refuses_planted_checkpoint(tiny_data_root, cra
 
 def test_train_net_main_refuses_weights(tiny_data_root, crafted, tmp_path) -> None:
     from detectron2.engine import default_argument_parser
-
-    from tools.train_net import main
+    from train_net import main
 
     files, marker = crafted
     for name, extra in (("dotted-p4", ["--eval-only"]), ("builtins.eval-legacy", [])):
@@ -462,8 +459,8 @@ def test_train_net_main_refuses_weights(tiny_data_root, crafted, tmp_path) -> No
 
 
 def test_classification_tools_main_refuse_weights(tiny_data_root, crafted, tmp_path) -> None:
-    from tools.semi_supervised import main as semi_main
-    from tools.voc07_svm import main as voc_main
+    from semi_supervised import main as semi_main
+    from voc07_svm import main as voc_main
 
     files, marker = crafted
     voc = ["--train", "demo_voc_2007_cls_trainval", "--test", "demo_voc_2007_cls_test"]
@@ -480,8 +477,8 @@ def test_classification_tools_main_refuse_weights(tiny_data_root, crafted, tmp_p
 
 
 def test_mask_tools_main_refuse_weights(crafted, tmp_path) -> None:
-    from tools.bootstrap_masks import main as bootstrap_main
-    from tools.visualize_masks import main as visualize_main
+    from bootstrap_masks import main as bootstrap_main
+    from visualize_masks import main as visualize_main
 
     files, marker = crafted
     cfg = ["--config-file", str(REPO / "pretrain_configs/demo_R18.yaml")]
@@ -496,7 +493,7 @@ def test_mask_tools_main_refuse_weights(crafted, tmp_path) -> None:
 
 
 def test_convert_main_refuses_weights(crafted, tmp_path) -> None:
-    from tools.convert_to_detectron2 import main
+    from convert_to_detectron2 import main
 
     files, marker = crafted
     path, glob = files["builtins.eval-zip"]

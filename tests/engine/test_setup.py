@@ -78,7 +78,7 @@ def test_without_a_schedule_nothing_is_derived_or_counted(monkeypatch) -> None:
 
 # ---- old key names: mapped once, with a note, then gone from the final config ----
 
-# the overrides tools/study_lib.py passes (old names), as (key, value)
+# the overrides tools/dev/study_lib.py passes (old names), as (key, value)
 _STUDY_FIXED_MASKS = [
     ("CYBORGS.VMF.WARMUP_EPOCHS", 0),
     ("CYBORGS.VMF.PERIOD_EPOCHS", 0),

@@ -13,15 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import convert_and_finetune as caf  # tools/ (tests/conftest.py)
 import pytest
+import repo_paths
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_and_finetune as caf  # noqa: E402
-import repo_paths  # noqa: E402
-
-sys.path.pop(0)
 
 
 def _opt(cmd: list[str], key: str) -> str:
@@ -337,3 +334,63 @@ def test_an_outdir_of_the_older_driver_is_adopted(
 
     assert "notes.txt" not in recorded_entries(out)
     assert {"source.json", "voc07_svm", "backbone.pkl"} <= recorded_entries(out)
+
+
+def test_recipe_add_a_benchmark(
+    tiny_data_root, tmp_path: Path, recorded: list[list[str]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    """DESIGN.md's "add a benchmark": an entry in the table is all the driver and the results
+    summary need (its configs here are existing ones; a real benchmark adds its own two)."""
+    from cyborgs.transfer import table
+    from cyborgs.transfer.results import collect, write_metrics
+
+    dummy = table.Benchmark(
+        "dummy_probe",
+        "train_net",
+        ("coco_stuff_10k_sem_seg_train", "coco_stuff_10k_sem_seg_test"),
+        "table1",
+        (table.Column("Dummy mIoU", "sem_seg", "mIoU", 12.5),),
+        "a probe of res4 block 2, repeated",
+        config="coco_stuff10k_linear_probe.yaml",
+        demo_config="demo_coco_stuff10k_linear_probe.yaml",
+        probe_feature="res4.2",
+        repeatable=True,
+    )
+    monkeypatch.setitem(table.BENCHMARKS, dummy.name, dummy)
+
+    # The driver's arguments: named, in "all" and in the default (Table 1) set.
+    assert caf.parse_args(["c", "o", "dummy_probe"]).benchmarks == ["dummy_probe"]
+    assert "dummy_probe" in caf.parse_args(["c", "o"]).benchmarks
+    assert "dummy_probe" in caf.parse_args(["c", "o", "all"]).benchmarks
+    # Its commands: the table's probe feature (capped for R18), --runs repeats it.
+    runs = caf.commands(dummy, "w.pkl", "out", 18, True, 1, 2)
+    assert [_opt(c, "OUTPUT_DIR") for c in runs] == [
+        os.path.join("out", "dummy_probe", f"run{r}") for r in (1, 2)
+    ]
+    assert _opt(runs[0], "MODEL.LINEAR_PROBE.FEATURE") == "res4.1"
+    (r50,) = caf.commands(dummy, "w.pkl", "out", 50, False, 1, 1)
+    assert _opt(r50, "MODEL.SEM_SEG_HEAD.IN_FEATURES") == '["res4.2"]'
+
+    # A whole run: data sets checked, the benchmark run, its folder recorded, so that
+    # --overwrite for another checkpoint deletes it.
+    a, b, out = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "out"
+    _r18_checkpoint(a)
+    b.write_bytes(a.read_bytes() + b"other")
+    assert caf.main([str(a), str(out), "dummy_probe", "--demo"]) == 0
+    assert "data sets present for: dummy_probe" in capsys.readouterr().out
+    assert [Path(c[1]).name for c in recorded] == [
+        "convert_to_detectron2.py", "train_net.py", "collect_results.py",
+    ]  # fmt: skip
+    (out / "dummy_probe").mkdir()
+    assert caf.main([str(b), str(out), "voc07_svm", "--demo", "--overwrite"]) == 0
+    assert not (out / "dummy_probe").exists()
+
+    # The results summary: its column in Table 1, next to its paper value.
+    write_metrics(
+        str(out / "dummy_probe" / "metrics_final.json"),
+        {"protocol": "dummy_probe", "results": {"sem_seg": {"mIoU": 20.0}}},
+    )
+    cell = next(c for c in collect(str(out))["table1"] if c["column"] == "Dummy mIoU")
+    assert (cell["value"], cell["paper"], cell["runs"]) == (20.0, 12.5, 1)
+    assert "a probe of res4 block 2, repeated" in (out / "results.md").read_text()

@@ -11,13 +11,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import install_detectron2 as inst  # tools/ (tests/conftest.py)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import install_detectron2 as inst  # noqa: E402
-
-sys.path.pop(0)
 
 ARCHIVES = ROOT / ".cache" / "patched-wheels" / "archives"
 # NumPy removed these aliases of Python builtins in 1.24.

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import bootstrap_masks  # tools/ (tests/conftest.py)
 import numpy as np
+import visualize_masks
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from tools import bootstrap_masks, visualize_masks  # noqa: E402
-
-sys.path.pop(0)
 
 CONFIG = str(ROOT / "pretrain_configs" / "demo_R18.yaml")
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
+import render_mask_rounds  # tools/ (tests/conftest.py)
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import render_mask_rounds  # noqa: E402
-
-sys.path.pop(0)
 
 
 def test_renders_each_complete_round_and_skips_partial(tiny_data_root, tmp_path):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cyborgs.transfer.benchmarks import APPENDIX, TABLE1, columns
 from cyborgs.transfer.results import collect, write_metrics
+from cyborgs.transfer.table import columns, names_in
 
 
 def fake(outdir, sub, protocol, results):
@@ -31,8 +31,8 @@ def test_every_column_filled_and_runs_averaged(tmp_path):
         fake(tmp_path, p, p, {"sem_seg": {"mIoU": 40.0}})
 
     data = collect(str(tmp_path))
-    assert [c["column"] for c in data["table1"]] == [h for h, *_ in columns(TABLE1)]
-    assert [c["column"] for c in data["appendix"]] == [h for h, *_ in columns(APPENDIX)]
+    assert [c["column"] for c in data["table1"]] == [h for h, *_ in columns(names_in("table1"))]
+    assert [c["column"] for c in data["appendix"]] == [h for h, *_ in columns(names_in("appendix"))]
     assert all(c["value"] is not None for c in data["table1"] + data["appendix"])
     voc_ap = next(c for c in data["table1"] if c["column"] == "VOC AP")
     assert voc_ap["value"] == 51.0 and voc_ap["runs"] == 2 and voc_ap["paper"] == 58.0

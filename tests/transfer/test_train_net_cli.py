@@ -55,11 +55,7 @@ def test_train_net_cli_writes_final_metrics(tiny_data_root, tmp_path):
 def _train_net():
     spec = importlib.util.spec_from_file_location("train_net_cli", ROOT / "tools" / "train_net.py")
     train_net = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "tools"))  # as when run as a script: its sibling modules
-    try:
-        spec.loader.exec_module(train_net)
-    finally:
-        sys.path.pop(0)
+    spec.loader.exec_module(train_net)  # its sibling modules: tools/ (tests/conftest.py)
     return train_net
 
 

@@ -4,7 +4,6 @@ random or truncated files; "expects a .pkl" / "expects a .pth" for the wrong kin
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -77,8 +76,7 @@ def test_wrong_kind_of_weights_file(r18_converted_pkl, tmp_path) -> None:
 
 
 def test_convert_tool_says_not_a_checkpoint(bad_files, tmp_path) -> None:
-    sys.path.insert(0, str(REPO))
-    from tools.convert_to_detectron2 import main
+    from convert_to_detectron2 import main  # tools/ (tests/conftest.py)
 
     with pytest.raises(NotACheckpointError, match=r"text\.pth is not a checkpoint"):
         main([str(bad_files["text.pth"]), str(tmp_path / "o.pkl")])

@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, as the tools import
+# tools/ on the path, as Python puts it there for the scripts in it: the tools' modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from repo_paths import REPO_ROOT as REPO  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""tools/gpu_check.sh / gpu_check.py on this CPU machine: arguments, bundle and CUDA errors,
+"""tools/dev/gpu_check.sh / gpu_check.py on this CPU machine: arguments, bundle and CUDA errors,
 and the driver's bookkeeping (install, one JSON per check, timeouts, summary, exit status)
 with stand-in checks. The CUDA checks themselves run on a GPU machine."""
 
@@ -13,15 +13,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import gpu_check  # tools/dev/ (tests/conftest.py)
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tools" / "gpu_check.sh"
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "tools" / "dev" / "gpu_check.sh"
 PY_VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
-sys.path.insert(0, str(ROOT / "tools"))
-import gpu_check  # noqa: E402
-
-sys.path.pop(0)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -58,7 +55,7 @@ def _bundle(tmp_path: Path, python: str = "3.11") -> Path:
 def test_wrong_number_of_arguments_prints_usage(args):
     res = _run(*args)
     assert res.returncode == 2
-    assert "usage: tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR" in res.stderr
+    assert "usage: tools/dev/gpu_check.sh BUNDLE_DIR RESULTS_DIR" in res.stderr
 
 
 def test_help_exits_zero():
@@ -249,7 +246,7 @@ def test_a_signal_kills_the_running_check_and_still_writes_the_summary(tmp_path,
     pids = tmp_path / "pids"
     env = {**os.environ, "PYTHON": sys.executable}
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(ROOT / "tools"), "bundle", "results", str(pids)],
+        [sys.executable, "-c", DRIVER, str(ROOT / "tools" / "dev"), "bundle", "results", str(pids)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

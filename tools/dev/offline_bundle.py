@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Build the wheelhouse that ``tools/gpu_check.sh`` installs on an offline CUDA machine.
+"""Build the wheelhouse that ``tools/dev/gpu_check.sh`` installs on an offline CUDA machine.
 
-    .venv/bin/python tools/offline_bundle.py --python 3.12 --out bundle/ [--max-mib 60]
+    .venv/bin/python tools/dev/offline_bundle.py --python 3.12 --out bundle/ [--max-mib 60]
 
 Run it where the package index is reachable, in the suite's environment (``make install``):
 the patched pure-Python detectron2 wheel comes from ``tools/install_detectron2.py`` (its cache),
@@ -33,11 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+# tools/ on the path, as Python puts it there for the scripts in it: the tools' modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import install_detectron2  # noqa: E402
-
-sys.path.pop(0)
+from repo_paths import REPO_ROOT as ROOT  # noqa: E402
 
 # Imported by the GPU checks (beyond torch/torchvision), with what they need in turn.
 BUNDLED: tuple[str, ...] = (
@@ -166,7 +165,7 @@ def write_manifest(out: Path, meta: dict) -> None:
         f"CYBORGS offline bundle for CPython {meta['python']}, Linux x86-64 "
         f"(manylinux wheels for glibc <= {meta['glibc']}).",
         f"{len(meta['wheels'])} wheels, {meta['total_mib']:.1f} MiB (budget {meta['max_mib']}).",
-        "Install: tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR (pip --no-index --no-deps --target).",
+        "Install: tools/dev/gpu_check.sh BUNDLE_DIR RESULTS_DIR (pip --no-index --no-deps --target).",
         "",
         "Bundled (imported by the GPU checks):",
         *(f"  {w['file']}  {w['mib']:.2f} MiB  sha256 {w['sha256']}" for w in meta["wheels"]),

@@ -1,7 +1,7 @@
 """Small-scale study (issue 6): the paper's mask-source comparison (Fig. 5a), mask quality per
 bootstrap round (Fig. 5b) and the vMF ablation (Table 2h, λ = 0) at demo scale, with seeds.
 
-The CLI is ``tools/study.py``; this module (a tool, not part of the ``cyborgs`` library) holds
+The CLI is ``tools/dev/study.py``; this module (a tool, not part of the ``cyborgs`` library) holds
 its pieces:
 
 * :data:`VARIANTS`: variant name -> config overrides on ``pretrain_configs/demo_R18.yaml``;

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The offline GPU check behind ``tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR``.
+"""The offline GPU check behind ``tools/dev/gpu_check.sh BUNDLE_DIR RESULTS_DIR``.
 
 On a CUDA machine with Python and PyTorch preinstalled and no network: installs the wheels of
-``tools/offline_bundle.py`` into a temporary prefix (``pip install --no-index --no-deps
+``tools/dev/offline_bundle.py`` into a temporary prefix (``pip install --no-index --no-deps
 --target``: nothing is fetched or built; the preinstalled torch stays in use), puts the
 suite's checkout on ``PYTHONPATH`` (pure Python) and runs, each with its own timeout and all
 within ``BUDGET_S`` (8 minutes on one H100/H200), in this order:
@@ -44,7 +44,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# tools/ on the path, as Python puts it there for the scripts in it: the tools' modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from repo_paths import REPO_ROOT as REPO  # noqa: E402
+
 BUDGET_S = 480.0
 # Importing torch and initialising CUDA takes seconds on a healthy machine; a hung driver or
 # GPU must fail the run, not block it.
@@ -52,7 +55,7 @@ PROBE_TIMEOUT_S = 60.0
 INSTALL_TIMEOUT_S = 45.0  # pip unpacking ~40 MiB of wheels, no network
 LOADER_MAX_WORKERS = 16
 NCCL_TEST = "tests/engine/test_nccl_ddp.py"
-USAGE = "usage: tools/gpu_check.sh BUNDLE_DIR RESULTS_DIR"
+USAGE = "usage: tools/dev/gpu_check.sh BUNDLE_DIR RESULTS_DIR"
 
 IMPORTS = """
 import importlib, json, sys
@@ -103,10 +106,12 @@ def fail(msg: str) -> None:
 
 def read_manifest(bundle: Path) -> dict:
     if not bundle.is_dir():
-        fail(f"{bundle}: no such bundle folder (build one with tools/offline_bundle.py)")
+        fail(f"{bundle}: no such bundle folder (build one with tools/dev/offline_bundle.py)")
     manifest = bundle / "manifest.json"
     if not manifest.is_file():
-        fail(f"{bundle}: not a bundle, it has no manifest.json (tools/offline_bundle.py writes it)")
+        fail(
+            f"{bundle}: not a bundle, it has no manifest.json (tools/dev/offline_bundle.py writes it)"
+        )
     try:
         meta = json.loads(manifest.read_text())
         wheels = [bundle / w["file"] for w in meta["wheels"]]
@@ -147,7 +152,7 @@ def check_python(python: str, meta: dict) -> dict:
     if info["py"] != meta.get("python"):
         fail(
             f"the bundle was built for Python {meta.get('python')}, {python} is {info['py']}: "
-            f"rebuild it with tools/offline_bundle.py --python {info['py']}"
+            f"rebuild it with tools/dev/offline_bundle.py --python {info['py']}"
         )
     return info
 

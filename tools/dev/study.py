@@ -3,7 +3,7 @@
 seeds, evaluate each checkpoint (demo COCO-Stuff linear probe mIoU, demo VOC detection AP), track
 bootstrapped mask mIoU per round, and decide the paper's claims (Fig. 5a, Fig. 5b, Table 2h).
 
-    tools/study.py --root output/study [--seeds 0 1 2] [--variants ...] [--budget study]
+    tools/dev/study.py --root output/study [--seeds 0 1 2] [--variants ...] [--budget study]
         [--data-root datasets/demo]
 
 Resumable: each (variant, seed) run lives in OUT/runs/<variant>/seed<k>/; a run whose
@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from study_lib import (
+# tools/ on the path, as Python puts it there for the scripts in it: the tools' modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from study_lib import (  # noqa: E402
     BUDGETS,
     CLAIM_RULE,
     RESULT_FILE,

@@ -9,8 +9,8 @@ import pytest
 from detectron2.data import DatasetCatalog
 
 import cyborgs.data.datasets  # noqa: F401  (registration)
-from cyborgs.transfer.benchmarks import APPENDIX, BENCHMARKS, TABLE1, columns, config, datasets
 from cyborgs.transfer.setup import get_transfer_cfg
+from cyborgs.transfer.table import BENCHMARKS, columns, config, datasets, names_in
 
 CONFIGS = Path(__file__).resolve().parents[2] / "transfer_configs"
 
@@ -32,12 +32,12 @@ def test_every_data_set_and_demo_twin_is_registered():
 
 
 def test_tables_and_lookups():
-    assert TABLE1 == ("voc07_svm", "in1pct", "in10pct", "voc_det", "coco_inst")
-    assert APPENDIX == ("lvis", "cityscapes", "coco_stuff_fcn", "coco_stuff_probe")
-    assert len(columns(TABLE1)) == 14 and columns(TABLE1)[0] == (
+    assert names_in("table1") == ("voc07_svm", "in1pct", "in10pct", "voc_det", "coco_inst")
+    assert names_in("appendix") == ("lvis", "cityscapes", "coco_stuff_fcn", "coco_stuff_probe")
+    assert len(columns(names_in("table1"))) == 14 and columns(names_in("table1"))[0] == (
         "VOC07 mAP", "voc07_svm", "voc07_cls", "mAP",
     )  # fmt: skip
-    assert all(c.paper is not None for n in TABLE1 for c in BENCHMARKS[n].columns)
+    assert all(c.paper is not None for n in names_in("table1") for c in BENCHMARKS[n].columns)
     assert {BENCHMARKS[n].subset for n in ("in1pct", "in10pct")} == {"1percent", "10percent"}
     with pytest.raises(ValueError, match="evaluated by voc07_svm"):
         config("voc07_svm", False)

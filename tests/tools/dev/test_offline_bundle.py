@@ -1,4 +1,4 @@
-"""tools/offline_bundle.py: wheels for the target platform, sdist-only packages built pure,
+"""tools/dev/offline_bundle.py: wheels for the target platform, sdist-only packages built pure,
 size budget, MANIFEST. pip is replaced by a fake here; the real build is a slow test."""
 
 from __future__ import annotations
@@ -6,17 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
+import offline_bundle as ob  # tools/dev/ (tests/conftest.py)
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import offline_bundle as ob  # noqa: E402
-
-sys.path.pop(0)
 
 SDIST_ONLY = {"fvcore", "antlr4-python3-runtime"}
 

@@ -1,4 +1,4 @@
-"""tools/study.py and tools/study_lib.py: variant table, aggregation, claims, resumability, and one
+"""tools/dev/study.py and study_lib.py: variant table, aggregation, claims, resumability, and one
 end-to-end micro study (slow: ~80 s idle, ~2 min on 2 loaded cores)."""
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-import study_lib as study  # noqa: E402
-from study_lib import (  # noqa: E402
+import study_lib as study  # tools/dev/ (tests/conftest.py)
+from study_lib import (
     BUDGETS,
     VARIANTS,
     aggregate,
@@ -27,7 +24,7 @@ from study_lib import (  # noqa: E402
     run_dir,
 )
 
-sys.path.pop(0)
+REPO = Path(__file__).resolve().parents[3]
 
 # The intended config of each variant (written out by hand: a typo in the table fails here).
 EXPECTED = {
@@ -347,7 +344,7 @@ def test_pretraining_only_variant(tmp_path: Path) -> None:
 def test_end_to_end_micro(tiny_data_root, tmp_path: Path) -> None:
     """random init + CYBORGS, one seed, micro budget, tiny data (~80 s idle; ~2 min loaded)."""
     out = tmp_path / "study"
-    cmd = [sys.executable, "tools/study.py", "--root", str(out), "--budget", "micro",
+    cmd = [sys.executable, "tools/dev/study.py", "--root", str(out), "--budget", "micro",
            "--seeds", "0", "--variants", "random", "cyborgs", "--data-root", str(tiny_data_root)]  # fmt: skip
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -389,11 +386,8 @@ def test_a_root_the_study_did_not_write_is_refused(tmp_path: Path, capsys) -> No
     """--root at a folder of other files: refused in one line before anything is written
     (a stale run is deleted whole, and the report files are overwritten, only under a root the
     study owns). A root of an older study (runs/, study.md, no record) is adopted."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import study as study_tool
-    finally:
-        sys.path.pop(0)
+    import study as study_tool
+
     from cyborgs.utils.ownership import recorded
 
     root = tmp_path / "mine"

@@ -7,7 +7,7 @@ a CYBORGS checkpoint, and runs the real bootstrap round (``tools/bootstrap_masks
 on a random initialisation, and on any checkpoints given with ``--checkpoint NAME=PATH``.
 Every round is scored with the same mask mIoU the BootstrapHook logs (Hungarian, per image).
 
-    tools/oracle_round.py --out output/study/oracle [--seed 0] [--iters 300]
+    tools/dev/oracle_round.py --out output/study/oracle [--seed 0] [--iters 300]
         [--checkpoint cyborgs=output/study/runs/cyborgs/seed0/pretrain/model_final.pth]
 
 Oracle training: the CYBORGS model of ``--config-file`` (R18 in the demo), its online backbone
@@ -32,9 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# tools/ on the path, as Python puts it there for the scripts in it: the tools' modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from repo_paths import REPO_ROOT as REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_SET = "demo_coco_stuff_10k_sem_seg_train"
 logger = logging.getLogger("oracle_round")
 
@@ -72,11 +73,11 @@ def train_oracle(
 ) -> dict:
     import torch
     import torch.nn.functional as F
+    from bootstrap_masks import build_model_and_cfg
 
     from cyborgs.modeling.backbone_taps import tap_channels
     from cyborgs.modeling.fusion import fuse_features
     from cyborgs.utils.atomic import atomic_write
-    from tools.bootstrap_masks import build_model_and_cfg
 
     torch.manual_seed(seed)
     model, cfg = build_model_and_cfg(config_file, "", opts)  # the round's own model and cfg

@@ -1,5 +1,8 @@
 """The transfer benchmarks of Table 1 and the appendix (METHOD.md §6): the one table that the
-convert-and-finetune driver runs and the results summary lays out.
+convert-and-finetune driver runs and the results summary lays out. Adding a benchmark is adding an
+entry to :data:`BENCHMARKS` (and, for ``train_net``, its config and demo twin): every fact the
+driver and the summary need is a field of :class:`Benchmark`, and both look the table up when
+they run (never a copy taken at import).
 
 Each benchmark is evaluated either by a detectron2 transfer config (evaluator ``"train_net"``)
 or by its own classification protocol: ``"voc07_svm"`` (:mod:`cyborgs.transfer.voc07_svm`) or
@@ -37,6 +40,11 @@ class Benchmark:
     config: str = ""  # train_net: the full-size config file name
     demo_config: str = ""  # train_net: the demo twin's config file name
     subset: str = ""  # semi_supervised: the ImageNet subset
+    # train_net linear probe: the block it reads as the paper names it (res3.2); the driver sets
+    # MODEL.LINEAR_PROBE.FEATURE and SEM_SEG_HEAD.IN_FEATURES to it, capped at the stage's last
+    # block for the backbone's depth (res3.1 of R18)
+    probe_feature: str = ""
+    repeatable: bool = False  # the driver's --runs N repeats it (MoCo: VOC detection, mean of 5)
 
 
 def _det(header: str, task: str, paper: tuple[float, float, float]) -> tuple[Column, ...]:
@@ -91,6 +99,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "Faster R-CNN R50-C4 + Res5ROIHeadsExtraNorm, VOC07+12, 24k (MoCo/VirTex)",
             config="voc_det_R50_C4_24k.yaml",
             demo_config="demo_voc_det_C4.yaml",
+            repeatable=True,
         ),
         Benchmark(
             "coco_inst",
@@ -146,13 +155,17 @@ BENCHMARKS: dict[str, Benchmark] = {
             "frozen res3.2 + 1x1 conv linear probe",
             config="coco_stuff10k_linear_probe.yaml",
             demo_config="demo_coco_stuff10k_linear_probe.yaml",
+            probe_feature="res3.2",
         ),
     ]
 }
 
-# Benchmark names in the order of the paper's columns.
-TABLE1 = tuple(n for n, b in BENCHMARKS.items() if b.table == "table1")
-APPENDIX = tuple(n for n, b in BENCHMARKS.items() if b.table == "appendix")
+
+def names_in(table: str) -> tuple[str, ...]:
+    """The benchmarks of ``table`` (one of :data:`TABLES`) in the order of the paper's columns."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
+    return tuple(n for n, b in BENCHMARKS.items() if b.table == table)
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -177,3 +190,11 @@ def config(name: str, demo: bool) -> str:
 def columns(names: tuple[str, ...] | list[str]) -> list[tuple[str, str, str, str]]:
     """``(header, benchmark, task, metric)`` of every column of the named benchmarks, in order."""
     return [(c.header, n, c.task, c.metric) for n in names for c in get_benchmark(n).columns]
+
+
+def paper_value(name: str, task: str, metric: str) -> float | None:
+    """The published CYBORGS value of benchmark ``name``'s ``task``/``metric`` column (None:
+    not in the paper's row, or no such column)."""
+    b = BENCHMARKS.get(name)
+    cols = b.columns if b is not None else ()
+    return next((c.paper for c in cols if (c.task, c.metric) == (task, metric)), None)
