@@ -324,3 +324,22 @@ def test_a_full_disk_during_training_is_one_line(tmp_path, capsys, monkeypatch) 
         f"error: no space left on device writing {tmp_path / 'model_0000009.pth'}: it needs "
         "~45.0 MB, 1.0 kB free on that file system; free some space and continue with --resume"
     )
+
+
+def test_a_refusal_from_a_fresh_process_is_the_error_line_alone(tmp_path) -> None:
+    """From the shell, the user sees only the error line: nothing printed before it (detectron2
+    and fvcore script classes with the deprecated ``torch.jit.script`` at import, which printed
+    FutureWarnings ahead of every tool's output; the detectron2 patch silences them)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("_BASE_: cfg.yaml\n")
+    res = subprocess.run(
+        [sys.executable, str(REPO / "tools/pretrain_net.py"), "--config-file", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.splitlines() == [f"error: {cfg}: _BASE_ cycle: {cfg} -> {cfg}"]
