@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
-from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule
+from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule, round_epochs
 from cyborgs.utils.atomic import atomic_write_bytes
 
 from .hooks import LossScheduleHook
@@ -108,8 +108,6 @@ def build_plan(
 ) -> dict[str, Any]:
     """The plan of ``cfg`` on ``dataset_size`` images (see the module docstring); ``counts``
     from :func:`model_counts` gives the checkpoint size (None: unknown)."""
-    from cyborgs.bootstrap.hook import round_epochs
-
     ipe = iters_per_epoch(int(dataset_size), int(cfg.SOLVER.IMS_PER_BATCH))
     lr = resolve_epoch_schedule(cfg, ipe)
     max_iter = lr.max_iter

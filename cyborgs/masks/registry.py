@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from detectron2.utils.registry import Registry
+
+from cyborgs.config.registries import MASK_SOURCE_REGISTRY
 
 __all__ = ["MASK_SOURCE_REGISTRY", "build_mask_source", "check_source_image", "mask_source_names"]
 
-MASK_SOURCE_REGISTRY = Registry("MASK_SOURCE")
 MASK_SOURCE_REGISTRY.__doc__ = """
 Registry for mask sources, one entry per value of ``cfg.CYBORGS.MASKS.SOURCE``. An entry is a
 factory registered under its own name (``@MASK_SOURCE_REGISTRY.register()`` on a function
