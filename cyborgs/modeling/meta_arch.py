@@ -118,7 +118,7 @@ class CYBORGS(nn.Module):
             head_norm: "BN" or "SyncBN" in the projector/predictor (from_config: "SyncBN" when
                 MODEL.RESNETS.NORM is any of detectron2's synchronised norms, as BYOL
                 synchronises its heads when the backbone is).
-            Other args: see ``cyborgs/config.py`` (same names).
+            Other args: see ``cyborgs/config/defaults.py`` (same names).
         """
         super().__init__()
         self.fusion_features = list(fusion_features)
