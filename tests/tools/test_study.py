@@ -86,12 +86,13 @@ EXPECTED = {
 def _merged(opts: list[str]):
     from detectron2.config import get_cfg
 
-    from cyborgs.config import add_cyborgs_config
+    from cyborgs.config import add_cyborgs_config, validate_cyborgs_config
 
     cfg = get_cfg()
     add_cyborgs_config(cfg)
     cfg.merge_from_file(str(REPO / study.PRETRAIN_CONFIG))
     cfg.merge_from_list(opts)  # KeyError on a key that does not exist
+    validate_cyborgs_config(cfg, world_size=1)  # the study's old names arrive as valid settings
     return cfg
 
 
