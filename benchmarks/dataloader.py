@@ -68,18 +68,18 @@ from detectron2.data import DatasetFromList
 from detectron2.data.build import trivial_batch_collator
 from PIL import Image
 
-from cyborgs.data import augment as augment_mod
-from cyborgs.data import two_view_mapper as mapper_mod
-from cyborgs.data.augment import TwoViewAugment, ViewAugment
 from cyborgs.data.device_augment import apply_photometric, stack_photometric
 from cyborgs.data.image_io import read_image as cyborgs_read_image
 from cyborgs.data.image_io import read_image_tensor
-from cyborgs.data.pretrain_loader import SkippingMapDataset, pretrain_dataset_dicts
-from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.masks.bootstrap import BootstrapMaskSource
 from cyborgs.masks.registry import build_mask_source
 from cyborgs.masks.store import MaskStore
+from cyborgs.pretrain_data import augment as augment_mod
+from cyborgs.pretrain_data import two_view_mapper as mapper_mod
+from cyborgs.pretrain_data.augment import TwoViewAugment, ViewAugment
+from cyborgs.pretrain_data.pretrain_loader import SkippingMapDataset, pretrain_dataset_dicts
+from cyborgs.pretrain_data.two_view_mapper import TwoViewDatasetMapper
 
 PATHS = ("cpu", "device")
 MASK_STRIDE = 8  # bootstrap maps are at res3 resolution: 60x80 for a 480x640 image

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 
-from cyborgs.data.augment import TwoViewAugment, device_augment_enabled
 from cyborgs.engine.setup import setup_pretrain_cfg
+from cyborgs.pretrain_data.augment import TwoViewAugment, device_augment_enabled
 
 TARGET_OVERHEAD = 0.15
 TARGET_PEAK_FRACTION = 0.10  # backbone work inside the step, at batch 64 (issue 13 item 4)

@@ -26,7 +26,6 @@ import datetime
 import logging
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -226,11 +225,7 @@ def _base_path(base: Any, including: str) -> str:
     return base
 
 
-def _load(
-    path: str,
-    chain: list[tuple[str, str]],
-    on_file: Callable[[str, dict, dict], None] | None,
-) -> dict:
+def _load(path: str, chain: list[tuple[str, str]]) -> dict:
     data = _parse(path)
     if data is None:
         data = {}
@@ -255,25 +250,16 @@ def _load(
                 raise ConfigFileError(path, f"{BASE_KEY} cycle: {' -> '.join(names)}")
             if not os.path.exists(base_file):
                 raise ConfigFileError(path, f"{BASE_KEY} {base} not found (looked for {base_file})")
-            _merge_into(_load(base_file, [*chain, (base_file, real)], on_file), merged, path)
+            _merge_into(_load(base_file, [*chain, (base_file, real)]), merged, path)
         _merge_into(own, merged, path)
-    if on_file is not None:
-        on_file(path, own, merged)
     return merged
 
 
-def load_yaml_config(
-    path: str | os.PathLike,
-    on_file: Callable[[str, dict, dict], None] | None = None,
-) -> dict:
+def load_yaml_config(path: str | os.PathLike) -> dict:
     """The config in ``path`` as a plain dict, its ``_BASE_`` chain merged (module docstring).
 
     Args:
         path: the YAML file.
-        on_file: called as ``on_file(file, own, merged)`` once per file of the chain, bases
-            first, after the file was merged over its bases: ``own`` is what the file itself
-            sets, ``merged`` the result so far, which it may change in place (used to map old
-            key names file by file).
 
     Raises:
         ConfigFileError: naming the file (or the including file, for a base that is missing
@@ -281,7 +267,7 @@ def load_yaml_config(
     """
     path = os.fspath(path)
     try:
-        return _load(path, [(path, os.path.realpath(path))], on_file)
+        return _load(path, [(path, os.path.realpath(path))])
     except RecursionError:  # values nested thousands deep
         raise ConfigFileError(path, "nested too deeply to be a config") from None
 

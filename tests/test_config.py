@@ -49,8 +49,6 @@ BAD = [
     (["CYBORGS.BOOTSTRAP.K_MIN", 20, "CYBORGS.BOOTSTRAP.K_MAX", 5], ["K_MIN = 20", "K_MAX = 5"]),
     (["CYBORGS.BOOTSTRAP.K_MAX", 300], ["CYBORGS.BOOTSTRAP.K_MAX = 300", "[2, 256]", "uint8"]),
     (["CYBORGS.BOOTSTRAP.K_MIN", 1], ["CYBORGS.BOOTSTRAP.K_MIN = 1", "[2, 256]"]),
-    # an old key name reaching validation means the config skipped the setup that maps it
-    (["CYBORGS.VMF.WARMUP_EPOCHS", 3], ["CYBORGS.VMF.WARMUP_EPOCHS = 3", "CYBORGS.WARMUP_EPOCHS"]),
     # one way to turn the vMF term off after the warm-up: LAMBDA 0
     (["CYBORGS.VMF.PERIOD_EPOCHS", 0], ["CYBORGS.VMF.PERIOD_EPOCHS = 0", "CYBORGS.VMF.LAMBDA 0"]),
     (["SOLVER.REFERENCE_WORLD_SIZE", 8], ["SOLVER.REFERENCE_WORLD_SIZE = 8"]),
@@ -128,7 +126,7 @@ def test_a_run_that_never_leaves_the_warmup_is_a_warning() -> None:
 
 def test_setup_rejects_inverted_k_range_before_sizing_the_data(monkeypatch) -> None:
     """The one setup validates before the (slow) data set sizing."""
-    import cyborgs.data.pretrain_loader as loader
+    import cyborgs.pretrain_data.pretrain_loader as loader
     from cyborgs.engine.setup import setup_pretrain_cfg
 
     def never(*a, **k):

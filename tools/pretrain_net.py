@@ -263,7 +263,7 @@ def setup(args) -> CfgNode:
         notes += keep_config_if_changed(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cyborgs")
-    for n in notes:  # automatic changes (CPU fallback), old key names mapped, config changes
+    for n in notes:  # automatic changes (CPU fallback), config changes
         logger.warning(n)
     if args.resume and not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         # a warning, not an error: tools/run_demo.sh and the study always pass --resume

@@ -41,9 +41,10 @@ from detectron2.config import configurable
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from cyborgs.engine.hooks import capture_rng_state, restore_rng_state
-from cyborgs.engine.nonfinite import NonFiniteLossError
 from cyborgs.masks.store import CorruptPointerError, MaskStore, check_unique_image_ids
+from cyborgs.solver.schedule import due_epochs, round_epochs
+from cyborgs.utils.nonfinite import NonFiniteLossError
+from cyborgs.utils.rng import capture_rng_state, restore_rng_state
 
 from .quality import QualityFn, ground_truth_quality
 from .round import RoundSettings, bootstrap_shard, round_manifest
@@ -81,24 +82,6 @@ def _visibility_problem(store: MaskStore, round_id: int | None, begun: bool = Fa
 # round_fn(model, settings, dataset_dicts, store, round_id, *, iteration, world_size, rank)
 #   -> this rank's stats with "k_values", "time_s", "images" (``bootstrap_shard``'s contract)
 RoundFn = Callable[..., dict]
-
-
-def due_epochs(warmup_epochs: int, period_epochs: int, max_epoch: int) -> list[int]:
-    """Epochs (< max_epoch) at whose start a round runs."""
-    out = [warmup_epochs] if warmup_epochs < max_epoch else []
-    if period_epochs > 0:
-        out += [e for e in range(warmup_epochs + 1, max_epoch) if e % period_epochs == 0]
-    return out
-
-
-def round_epochs(
-    warmup_epochs: int, period_epochs: int, max_iter: int, iters_per_epoch: int
-) -> list[int]:
-    """Epochs after which a round runs in a run of ``max_iter`` iterations: the schedule the
-    hook follows and the plan (``cyborgs.engine.plan``) prints. A round at the final boundary
-    would never be trained on, so none is due there."""
-    max_epoch = -(-int(max_iter) // int(iters_per_epoch))
-    return due_epochs(warmup_epochs, period_epochs, max_epoch)
 
 
 class BootstrapHook(HookBase):

@@ -653,7 +653,7 @@ def _check_finite_group(x: torch.Tensor, items: Sequence, round_id: int, iterati
     with the engine's non-finite message instead (the hook adds the last good checkpoint)."""
     if bool(torch.isfinite(x).all()):
         return
-    from cyborgs.engine.nonfinite import NonFiniteLossError
+    from cyborgs.utils.nonfinite import NonFiniteLossError
 
     bad = [str(image_id) for image_id, _, f in items if not bool(torch.isfinite(f).all())]
     raise NonFiniteLossError(

@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from detectron2.utils.registry import Registry
+
+from cyborgs.config.registries import KMEANS_BACKEND_REGISTRY
 
 __all__ = [
     "KMEANS_BACKEND_REGISTRY",
@@ -31,7 +32,6 @@ __all__ = [
 
 KmeansBackend = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
-KMEANS_BACKEND_REGISTRY = Registry("KMEANS_BACKEND")
 KMEANS_BACKEND_REGISTRY.__doc__ = """
 Registry for the Lloyd iterations of :func:`spherical_kmeans`, one entry per value of
 ``CYBORGS.BOOTSTRAP.KMEANS_BACKEND`` / ``CYBORGS.VMF.KMEANS_BACKEND`` ("auto" is not an entry:

@@ -43,11 +43,11 @@ from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 
+from cyborgs.data.image_ids import check_unique_image_ids
 from cyborgs.data.image_sizes import read_image_sizes, warn_unreadable
 from cyborgs.data.synthetic import THING_CLASSES
 from cyborgs.data.writers.coco import coco_category_ids
 from cyborgs.data.writers.coco_stuff import COCO_STUFF_171_CLASSES
-from cyborgs.masks.store import check_unique_image_ids
 
 __all__ = [
     "demo_root",

@@ -1,7 +1,7 @@
 """BYOL's photometric augmentation as batched tensor ops on the model's device (METHOD.md §2).
 
 With ``CYBORGS.AUG.DEVICE`` on, loader workers only decode, crop and resize (geometry) and
-*draw* every photometric parameter (:meth:`cyborgs.data.augment.ViewAugment.draw_photometric`,
+*draw* every photometric parameter (:meth:`cyborgs.pretrain_data.augment.ViewAugment.draw_photometric`,
 the same draws from the same per-sample generator as the CPU path); the model applies the ops
 here, on the whole batch of a view, before normalising (``CYBORGS._unpack``).
 

@@ -67,6 +67,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The config's defaults are the readers' defaults.
+from cyborgs.config import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = [
     "BadImageError",
     "DEFAULT_MAX_ASPECT_RATIO",
@@ -81,13 +84,6 @@ __all__ = [
     "read_image_tensor",
 ]
 
-# The default of CYBORGS.DATA.MAX_ASPECT_RATIO (the config uses this constant).
-DEFAULT_MAX_ASPECT_RATIO = 10.0
-# The default of CYBORGS.DATA.MAX_IMAGE_PIXELS: 100 MP, 300 MB as RGB uint8. COCO / LVIS
-# images are at most 640x640 (0.4 MP), Cityscapes 2048x1024 (2.1 MP); ImageNet and OpenImages
-# originals are camera photos, whose largest sensors (e.g. 11648x8736, 102 MP, medium format)
-# sit at this size; ordinary full-frame photos (24-60 MP) are well below it.
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 # At most this many skipped files are listed in a manifest (rounds, precomputed sources); the
 # count is always complete.
 MAX_LISTED_SKIPPED = 1000

@@ -26,7 +26,7 @@ from detectron2.config import CfgNode
 
 from cyborgs.masks.registry import is_precomputed
 from cyborgs.modeling.loss_terms import loss_terms
-from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule
+from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule, round_epochs
 from cyborgs.utils.atomic import atomic_write_bytes
 
 from .hooks import LossPhase, LossScheduleHook
@@ -115,8 +115,6 @@ def build_plan(
 ) -> dict[str, Any]:
     """The plan of ``cfg`` on ``dataset_size`` images (see the module docstring); ``counts``
     from :func:`model_counts` gives the checkpoint size (None: unknown)."""
-    from cyborgs.bootstrap.hook import round_epochs
-
     ipe = iters_per_epoch(int(dataset_size), int(cfg.SOLVER.IMS_PER_BATCH))
     lr = resolve_epoch_schedule(cfg, ipe)
     max_iter = lr.max_iter

@@ -7,18 +7,16 @@ as detectron2's ``DefaultTrainer`` takes ``setup(args)``'s: it changes nothing i
 
 What "final" means, in order (each step in exactly one place):
 
-1. old key names and values mapped to the current ones, with a warning
-   (:func:`cyborgs.config.resolve_deprecated_keys`);
-2. the "auto"/"on"/"off" switches written as those strings (YAML booleans accepted);
-3. no CUDA: ``MODEL.DEVICE`` cpu and SyncBN -> BN (:func:`cyborgs.config.fall_back_to_cpu`);
-4. every value checked (:func:`cyborgs.config.validate_cyborgs_config`), before anything slow;
-5. the derived values (``cyborgs.config.DERIVED_KEYS``): ``CYBORGS.DATA.NUM_IMAGES`` (the data
+1. the "auto"/"on"/"off" switches written as those strings (YAML booleans accepted);
+2. no CUDA: ``MODEL.DEVICE`` cpu and SyncBN -> BN (:func:`cyborgs.config.fall_back_to_cpu`);
+3. every value checked (:func:`cyborgs.config.validate_cyborgs_config`), before anything slow;
+4. the derived values (``cyborgs.config.DERIVED_KEYS``): ``CYBORGS.DATA.NUM_IMAGES`` (the data
    set counted once, here) and ``SOLVER.MAX_ITER = round(SOLVER.EPOCHS x iterations per
    epoch)``. The run length is ``SOLVER.EPOCHS``: a config that also sets ``SOLVER.MAX_ITER``
    (or ``NUM_IMAGES``) to anything but 0 or the derived value is rejected, never overwritten.
    The mask-id width is derived where it is used, from ``BOOTSTRAP.K_MAX``
    (:func:`cyborgs.config.mask_id_width`);
-6. frozen.
+5. frozen.
 """
 
 from __future__ import annotations
@@ -35,12 +33,10 @@ from cyborgs.config import (
     canonical_switch,
     fall_back_to_cpu,
     get_key,
-    load_pretrain_yaml,
-    rename_old_keys_in_opts,
-    resolve_deprecated_keys,
     set_key,
     validate_cyborgs_config,
 )
+from cyborgs.config_io import load_yaml_config
 from cyborgs.solver.schedule import iters_per_epoch
 
 __all__ = ["finalize_pretrain_cfg", "iters_per_epoch_of", "setup_pretrain_cfg"]
@@ -61,12 +57,12 @@ def setup_pretrain_cfg(
 
     Args:
         config_file: a pretraining YAML (``_BASE_`` allowed); "" for the defaults alone.
-        opts: ``KEY VALUE`` pairs as on the command line (old key names accepted).
+        opts: ``KEY VALUE`` pairs as on the command line.
         num_images, world_size, schedule: see :func:`finalize_pretrain_cfg`.
 
     Returns:
-        ``(cfg, notes)``: the frozen config, and one line per automatic change (old names
-        mapped, CPU fallback) for the caller to log as warnings once its logger exists.
+        ``(cfg, notes)``: the frozen config, and one line per automatic change (CPU
+        fallback) for the caller to log as warnings once its logger exists.
 
     Raises:
         FileNotFoundError: ``config_file`` does not exist.
@@ -77,9 +73,7 @@ def setup_pretrain_cfg(
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"--config-file {config_file} does not exist")
-        # Old key names are mapped per file and on the command line before merging, so a
-        # later layer wins whichever name each layer uses.
-        loaded, notes = load_pretrain_yaml(config_file)
+        loaded = load_yaml_config(config_file)
         version = loaded.get("VERSION", cfg.VERSION)
         if version != cfg.VERSION:
             raise ConfigError(
@@ -90,9 +84,7 @@ def setup_pretrain_cfg(
     # A YAML boolean merged over the (typeless) switch default is written as "on"/"off" first,
     # so that an override string merges over a string.
     _canonicalize_switches(cfg)
-    opts, opt_notes = rename_old_keys_in_opts(list(opts))
-    cfg.merge_from_list(_switch_opts_as_strings(opts))
-    notes += opt_notes
+    cfg.merge_from_list(_switch_opts_as_strings(list(opts)))
     notes += finalize_pretrain_cfg(
         cfg, num_images=num_images, world_size=world_size, schedule=schedule
     )
@@ -106,7 +98,7 @@ def finalize_pretrain_cfg(
     world_size: int | None = None,
     schedule: bool = True,
 ) -> list[str]:
-    """Steps 1-6 of the module docstring, in place on a merged, unfrozen ``cfg``; returns the
+    """Steps 1-5 of the module docstring, in place on a merged, unfrozen ``cfg``; returns the
     notes of :func:`setup_pretrain_cfg`.
 
     Args:
@@ -119,13 +111,12 @@ def finalize_pretrain_cfg(
     """
     if cfg.is_frozen():
         raise ValueError("finalize_pretrain_cfg needs an unfrozen config (it freezes it)")
-    notes = resolve_deprecated_keys(cfg)
     _canonicalize_switches(cfg)
-    notes += fall_back_to_cpu(cfg)
+    notes = fall_back_to_cpu(cfg)
     validate_cyborgs_config(cfg, world_size=world_size)
     if schedule:
         if num_images is None:
-            from cyborgs.data.pretrain_loader import pretrain_dataset_size
+            from cyborgs.pretrain_data.pretrain_loader import pretrain_dataset_size
 
             num_images = pretrain_dataset_size(cfg)
         _derive_schedule(cfg, int(num_images))

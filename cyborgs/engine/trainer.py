@@ -42,10 +42,10 @@ from torch.nn.parallel import DistributedDataParallel
 from cyborgs.config import ConfigError
 from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer
 from cyborgs.utils.atomic import DiskFullError
+from cyborgs.utils.nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
 
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
-from .nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
 from .setup import iters_per_epoch_of
 from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
 
@@ -326,7 +326,7 @@ class CyborgsTrainer(DefaultTrainer):
         """Whether :meth:`build_train_loader` honours ``start_iter`` (exact resume)."""
         if cls.build_train_loader.__func__ is not CyborgsTrainer.build_train_loader.__func__:
             return True  # a subclass's own loader: trusted to honour start_iter
-        from cyborgs.data.pretrain_loader import build_pretrain_train_loader
+        from cyborgs.pretrain_data.pretrain_loader import build_pretrain_train_loader
 
         return "start_iter" in inspect.signature(build_pretrain_train_loader).parameters
 
@@ -334,7 +334,7 @@ class CyborgsTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0) -> Any:  # type: ignore[override]
         """``build_pretrain_train_loader(cfg, start_iter=...)``: the stream must begin at
         global sample ``start_iter * IMS_PER_BATCH`` for an exact resume."""
-        from cyborgs.data.pretrain_loader import build_pretrain_train_loader
+        from cyborgs.pretrain_data.pretrain_loader import build_pretrain_train_loader
 
         if "start_iter" in inspect.signature(build_pretrain_train_loader).parameters:
             return build_pretrain_train_loader(cfg, start_iter=start_iter)

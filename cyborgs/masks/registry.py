@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from detectron2.utils.registry import Registry
+
+from cyborgs.config.registries import MASK_SOURCE_REGISTRY
 
 __all__ = [
     "MASK_SOURCE_REGISTRY",
@@ -16,7 +17,6 @@ __all__ = [
     "precomputed",
 ]
 
-MASK_SOURCE_REGISTRY = Registry("MASK_SOURCE")
 MASK_SOURCE_REGISTRY.__doc__ = """
 Registry for mask sources, one entry per value of ``cfg.CYBORGS.MASKS.SOURCE``. An entry is a
 factory registered under its own name (``@MASK_SOURCE_REGISTRY.register()`` on a function

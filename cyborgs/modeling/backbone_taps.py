@@ -14,21 +14,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from cyborgs.config.resnet import parse_tap
+
 __all__ = ["parse_tap", "validate_taps", "stages_needed", "forward_taps", "tap_channels"]
-
-
-def parse_tap(name: str) -> tuple[str, int | None]:
-    """``"res3.2"`` -> ``("res3", 2)``; ``"res4"`` -> ``("res4", None)``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"feature name must be a non-empty string, got {name!r}")
-    stage, dot, block = name.partition(".")
-    if not dot:
-        return stage, None
-    if not block.isdigit():
-        raise ValueError(
-            f"feature name {name!r} must be '<stage>' or '<stage>.<block index>' (e.g. 'res3.2')"
-        )
-    return stage, int(block)
 
 
 def stages_needed(names: Iterable[str]) -> list[str]:

@@ -102,7 +102,7 @@ def _pretraining_backbone_cfg(cfg):
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveSettings:
-    """The mask-contrastive branch (METHOD.md §2; keys of ``cyborgs/config.py``, same names).
+    """The mask-contrastive branch (METHOD.md §2; keys of ``cyborgs/config/defaults.py``, same names).
 
     Attributes:
         fusion_features: maps fused for the contrastive loss (``CYBORGS.FUSION_FEATURES``).

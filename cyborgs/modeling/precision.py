@@ -16,25 +16,10 @@ import functools
 
 import torch
 
+# The switch vocabulary is the config's (shared with the data pipeline's CYBORGS.AUG.DEVICE).
+from cyborgs.config import SWITCH_VALUES, parse_switch
+
 __all__ = ["SWITCH_VALUES", "parse_switch", "channels_last_enabled", "bf16_enabled", "autocast"]
-
-SWITCH_VALUES = ("auto", "on", "off")
-
-
-def parse_switch(value: str | bool | None, key: str) -> str:
-    """Validate a ``"auto"/"on"/"off"`` switch; ``key`` names the config key for the message.
-
-    Booleans are accepted as ``"on"``/``"off"`` because YAML 1.1 reads an unquoted ``on`` /
-    ``off`` as ``True`` / ``False`` and kwargs users may pass them directly. None is the
-    config's default (typeless so that YAML booleans merge, cyborgs/config.py): ``"auto"``.
-    """
-    if value is None:
-        return "auto"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, str) and value.strip().lower() in SWITCH_VALUES:
-        return value.strip().lower()
-    raise ValueError(f"{key} must be one of {list(SWITCH_VALUES)}, got {value!r}")
 
 
 def channels_last_enabled(mode: str, device: torch.device | str) -> bool:

@@ -26,9 +26,11 @@ from fvcore.common.param_scheduler import ParamScheduler
 __all__ = [
     "EpochLRScheduler",
     "build_epoch_lr_scheduler",
+    "due_epochs",
     "ema_momentum",
     "iters_per_epoch",
     "resolve_epoch_schedule",
+    "round_epochs",
 ]
 
 
@@ -126,3 +128,24 @@ def ema_momentum(base: float, k: int, total: int, schedule: str = "cosine") -> f
         raise ValueError(f"total iterations must be > 0, got {total}")
     k = min(max(k, 0), total)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * k / total) + 1.0) / 2.0
+
+
+# ---- bootstrap rounds (paper §3.3; METHOD.md §3) ----
+
+
+def due_epochs(warmup_epochs: int, period_epochs: int, max_epoch: int) -> list[int]:
+    """Epochs (< max_epoch) at whose start a round runs."""
+    out = [warmup_epochs] if warmup_epochs < max_epoch else []
+    if period_epochs > 0:
+        out += [e for e in range(warmup_epochs + 1, max_epoch) if e % period_epochs == 0]
+    return out
+
+
+def round_epochs(
+    warmup_epochs: int, period_epochs: int, max_iter: int, iters_per_epoch: int
+) -> list[int]:
+    """Epochs after which a round runs in a run of ``max_iter`` iterations: the schedule the
+    bootstrap hook follows and the plan (``cyborgs.engine.plan``) prints. A round at the final
+    boundary would never be trained on, so none is due there."""
+    max_epoch = -(-int(max_iter) // int(iters_per_epoch))
+    return due_epochs(warmup_epochs, period_epochs, max_epoch)

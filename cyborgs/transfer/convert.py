@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from cyborgs.config.resnet import RESNET_BLOCKS, res2_out_channels
 from cyborgs.engine.weights_io import load_weights
 from cyborgs.utils.atomic import atomic_write_bytes
 
@@ -25,8 +26,6 @@ SOURCE_PREFIXES: dict[str, tuple[str, ...]] = {
     "online": ("backbone.", "online_backbone.", "encoder.", "online.backbone."),
     "target": ("target_backbone.", "target.backbone.", "target_encoder."),
 }
-
-_NUM_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 def _is_buffer_counter(key: str) -> bool:
@@ -70,7 +69,7 @@ def infer_depth(state: Mapping[str, torch.Tensor]) -> int:
         ids = {int(m.group(1)) for k in state if (m := re.match(rf"res{stage}\.(\d+)\.", k))}
         counts.append(len(ids))
     bottleneck = any(k.endswith("conv3.weight") for k in state)
-    for depth, blocks in _NUM_BLOCKS.items():
+    for depth, blocks in RESNET_BLOCKS.items():
         if tuple(counts) == blocks and bottleneck == (depth >= 50):
             return depth
     raise ValueError(f"cannot infer the ResNet depth: blocks per stage {counts}")
@@ -86,7 +85,7 @@ def reference_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth in (18, 34) else 256
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2_out_channels(depth)
     model = build_resnet_backbone(cfg, ShapeSpec(channels=3))
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if not _is_buffer_counter(k)}
 

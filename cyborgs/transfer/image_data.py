@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from cyborgs.config.resnet import res2_out_channels
 from cyborgs.engine.weights_io import load_weights
 from cyborgs.transfer.convert import infer_depth
 from cyborgs.transfer.load_check import assert_backbone_loaded
@@ -67,7 +68,7 @@ def build_pretrained_resnet(weights: str | None, depth: int | None = None) -> Re
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.RESNETS.DEPTH = depth or 50
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if cfg.MODEL.RESNETS.DEPTH in (18, 34) else 256
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2_out_channels(cfg.MODEL.RESNETS.DEPTH)
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]

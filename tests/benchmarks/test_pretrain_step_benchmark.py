@@ -134,8 +134,8 @@ def test_bf16_peak_lookup_prefers_the_specific_variant():
 
 
 def test_synthetic_views_carry_seeded_photometric_records_when_device_aug_is_on():
-    from cyborgs.data.augment import TwoViewAugment
     from cyborgs.data.device_augment import PHOTOMETRIC_KEYS
+    from cyborgs.pretrain_data.augment import TwoViewAugment
 
     pretrain_step = _bench_module()
     cfg = pretrain_step.make_cfg(18, 64, "cpu", aug_device="on")

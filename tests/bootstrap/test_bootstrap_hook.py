@@ -264,7 +264,7 @@ def test_resume_redoes_a_damaged_round(tmp_path, damage):
 
 
 def test_nonfinite_round_names_the_last_good_checkpoint(tmp_path):
-    from cyborgs.engine.nonfinite import NonFiniteLossError
+    from cyborgs.utils.nonfinite import NonFiniteLossError
 
     out = tmp_path / "out"
     out.mkdir()

@@ -30,10 +30,10 @@ from PIL import Image
 from cyborgs.bootstrap.receptive_field import measure_cell_grid
 from cyborgs.bootstrap.round import run_bootstrap_round
 from cyborgs.config import add_cyborgs_config
-from cyborgs.data.augment import TwoViewAugment, ViewAugment, nearest_exact_index
-from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
 from cyborgs.masks.bootstrap import BootstrapMaskSource
 from cyborgs.masks.store import MaskStore
+from cyborgs.pretrain_data.augment import TwoViewAugment, ViewAugment, nearest_exact_index
+from cyborgs.pretrain_data.two_view_mapper import TwoViewDatasetMapper
 
 STRIDE = 8
 INPUT_SIZE = 96

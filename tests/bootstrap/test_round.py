@@ -351,7 +351,7 @@ class _DivergedNet(_ColourNet):
 
 
 def test_nonfinite_features_stop_the_round_with_the_nonfinite_message(tmp_path, round_settings):
-    from cyborgs.engine.nonfinite import NonFiniteLossError
+    from cyborgs.utils.nonfinite import NonFiniteLossError
 
     dicts = _write_images(tmp_path)
     settings = round_settings(group_size=4, k_min=3, k_max=3, kmeans_iters=5, backend="torch",

@@ -9,8 +9,8 @@ from PIL import Image
 
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data import device_augment as DA
-from cyborgs.data.augment import TwoViewAugment, ViewAugment, device_augment_enabled
-from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
+from cyborgs.pretrain_data.augment import TwoViewAugment, ViewAugment, device_augment_enabled
+from cyborgs.pretrain_data.two_view_mapper import TwoViewDatasetMapper
 
 NO_PHOTO = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 

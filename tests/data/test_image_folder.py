@@ -30,9 +30,9 @@ from cyborgs.data.image_io import (
     read_image_size,
     read_image_tensor,
 )
-from cyborgs.data.pretrain_loader import build_pretrain_train_loader
-from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
 from cyborgs.masks.store import MaskStore, image_key
+from cyborgs.pretrain_data.pretrain_loader import build_pretrain_train_loader
+from cyborgs.pretrain_data.two_view_mapper import TwoViewDatasetMapper
 
 
 def _png(path, h=24, w=32, seed=0):

@@ -20,7 +20,7 @@ from cyborgs.engine.hooks import (
     capture_rng_state,
     restore_rng_state,
 )
-from cyborgs.engine.nonfinite import NonFiniteLossError, check_finite_losses
+from cyborgs.utils.nonfinite import NonFiniteLossError, check_finite_losses
 
 
 class _Model(torch.nn.Module):
@@ -155,7 +155,7 @@ def test_loss_schedule_lambda_zero_and_no_warmup() -> None:
         t.storage = storage
         h.before_step()
     assert h.warmup_just_ended  # iteration 0 when there is no warm-up
-    # PERIOD_EPOCHS 0 (the old second way) is refused by the hook; setup maps it to LAMBDA 0
+    # PERIOD_EPOCHS 0 (not a way to turn the term off: LAMBDA 0 is) is refused by the hook too
     with pytest.raises(ValueError, match="PERIOD_EPOCHS >= 1.*LAMBDA 0"):
         LossScheduleHook(_schedule_cfg(warmup=0, period=0), iters_per_epoch=2)
 

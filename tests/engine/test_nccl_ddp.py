@@ -36,9 +36,9 @@ def test_one_process_nccl_ddp_trains_the_real_model(tiny_data_root, tmp_path, mo
     import cyborgs.engine.trainer as trainer_mod
     import cyborgs.modeling.meta_arch as meta_arch
     from cyborgs.config import add_cyborgs_config
-    from cyborgs.data.augment import device_augment_enabled
     from cyborgs.engine.launch import find_free_port
     from cyborgs.engine.setup import finalize_pretrain_cfg
+    from cyborgs.pretrain_data.augment import device_augment_enabled
 
     cfg = add_cyborgs_config(get_cfg())
     cfg.merge_from_file(str(REPO / "pretrain_configs" / "demo_R18.yaml"))

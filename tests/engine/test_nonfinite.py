@@ -12,13 +12,13 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.utils.env import seed_all_rng
 
 from cyborgs.config import add_cyborgs_config
-from cyborgs.engine.nonfinite import (
+from cyborgs.engine.setup import finalize_pretrain_cfg
+from cyborgs.utils.nonfinite import (
     NonFiniteLossError,
     check_finite_losses,
     finite_flag,
     last_good_checkpoint,
 )
-from cyborgs.engine.setup import finalize_pretrain_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 

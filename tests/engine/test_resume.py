@@ -225,7 +225,7 @@ def test_data_seed_persists_when_seed_is_random(tmp_path) -> None:
 
 
 def test_nonfinite_loss_stops_before_the_update(tmp_path) -> None:
-    from cyborgs.engine.nonfinite import NonFiniteLossError
+    from cyborgs.utils.nonfinite import NonFiniteLossError
 
     seed_all_rng(0)
     t = _TinyTrainer(_final(_cfg(str(tmp_path / "nan"))))

@@ -20,10 +20,10 @@ from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from cyborgs.config import add_cyborgs_config
-from cyborgs.data.pretrain_loader import build_pretrain_train_loader
 from cyborgs.engine.checkpoint import safe_load
 from cyborgs.engine.setup import finalize_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
+from cyborgs.pretrain_data.pretrain_loader import build_pretrain_train_loader
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,8 +1,8 @@
 """cyborgs.engine.setup: the one way a pretraining config becomes final.
 
-Expectations follow the keys' documented definitions (cyborgs/config.py): iterations per epoch
+Expectations follow the keys' documented definitions (cyborgs/config/defaults.py): iterations per epoch
 = ceil(images / global batch), SOLVER.MAX_ITER = round(SOLVER.EPOCHS x that), the mask-id width
-= K_max + 1 (METHOD.md §2), and each old key name lands on its new key with a note.
+= K_max + 1 (METHOD.md §2); old key names are unknown keys.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_a_dumped_config_round_trips_on_the_same_data_only(tmp_path) -> None:
 
 
 def test_without_a_schedule_nothing_is_derived_or_counted(monkeypatch) -> None:
-    import cyborgs.data.pretrain_loader as loader
+    import cyborgs.pretrain_data.pretrain_loader as loader
 
     monkeypatch.setattr(loader, "pretrain_dataset_size", lambda cfg: 1 / 0)
     cfg, _ = setup_pretrain_cfg(DEMO, [], world_size=1, schedule=False)
@@ -76,58 +76,34 @@ def test_without_a_schedule_nothing_is_derived_or_counted(monkeypatch) -> None:
         finalize_pretrain_cfg(cfg)
 
 
-# ---- old key names: mapped once, with a note, then gone from the final config ----
-
-# the overrides tools/dev/study_lib.py passes (old names), as (key, value)
-_STUDY_FIXED_MASKS = [
-    ("CYBORGS.VMF.WARMUP_EPOCHS", 0),
-    ("CYBORGS.VMF.PERIOD_EPOCHS", 0),
-    ("CYBORGS.VMF.LAMBDA", 0.0),
-]
-_STUDY_MICRO = [("SOLVER.EPOCHS", 3), ("SOLVER.WARMUP_EPOCHS", 1)]
+# ---- old key names are unknown keys (no compatibility layer: the project has had no release) ----
 
 
-def test_old_names_of_the_study_overrides_still_work() -> None:
-    opts = [x for kv in _STUDY_MICRO + _STUDY_FIXED_MASKS for x in kv]
-    cfg, notes = _setup("CYBORGS.MASKS.SOURCE", "grid", *opts)
-    assert cfg.SOLVER.LR_WARMUP_EPOCHS == 1
-    # the old name wins over the value demo_R18.yaml gives the new key (1)
-    assert cfg.CYBORGS.WARMUP_EPOCHS == 0
-    # PERIOD_EPOCHS 0 meant "no vMF term after the warm-up": said by LAMBDA 0 now
-    assert cfg.CYBORGS.VMF.LAMBDA == 0.0 and cfg.CYBORGS.VMF.PERIOD_EPOCHS == 1
-    deprecated = [n for n in notes if "deprecated" in n]
-    assert len(deprecated) == 3
-    assert any(
-        "CYBORGS.VMF.WARMUP_EPOCHS is deprecated: use CYBORGS.WARMUP_EPOCHS" in n
-        for n in deprecated
+@pytest.mark.parametrize(
+    "old", ["SOLVER.WARMUP_EPOCHS", "CYBORGS.VMF.WARMUP_EPOCHS", "CYBORGS.MAX_MASK_IDS"]
+)
+def test_an_old_key_name_is_refused_naming_it(tmp_path, old) -> None:
+    # yacs' unknown-key errors (AssertionError from a list, KeyError from a file), which
+    # tools/pretrain_net.py turns into "unknown config key ...; did you mean ...?"
+    with pytest.raises(AssertionError, match="Non-existent key: " + old.replace(".", r"\.")):
+        _setup(old, 1)
+    *path, name = old.split(".")
+    text = (
+        f'_BASE_: "{DEMO}"\n'
+        + "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(path))
+        + f"{'  ' * len(path)}{name}: 1\n"
     )
-    # the final config (and so OUTPUT_DIR/config.yaml) has the new names only
-    assert "WARMUP_EPOCHS" not in cfg.SOLVER and "WARMUP_EPOCHS" not in cfg.CYBORGS.VMF
-    assert "MAX_MASK_IDS" not in cfg.CYBORGS and "MAX_MASK_IDS" not in cfg.dump()
+    old_yaml = tmp_path / "old.yaml"
+    old_yaml.write_text(text)
+    with pytest.raises(KeyError, match="Non-existent config key: " + old.replace(".", r"\.")):
+        setup_pretrain_cfg(str(old_yaml), [], num_images=400, world_size=1)
 
 
-def test_old_names_merge_through_plain_yacs_too(tmp_path) -> None:
-    # an older YAML merges with detectron2's own merge_from_file (the old keys are still in the
-    # tree), and finalizing maps them
-    old = tmp_path / "old.yaml"
-    old.write_text(
-        f'_BASE_: "{DEMO}"\nSOLVER:\n  WARMUP_EPOCHS: 2\nCYBORGS:\n  MAX_MASK_IDS: 257\n'
-        '  VMF:\n    WARMUP_EPOCHS: 3\n    FEATURE: "fused"\n'
-    )
-    cfg = add_cyborgs_config(get_cfg())
-    cfg.merge_from_file(str(old))
-    notes = finalize_pretrain_cfg(cfg, num_images=400, world_size=1)
-    assert (cfg.SOLVER.LR_WARMUP_EPOCHS, cfg.CYBORGS.WARMUP_EPOCHS) == (2, 3)
-    assert cfg.CYBORGS.VMF.FEATURE == "FUSION_FEATURES"
-    assert sum("deprecated" in n for n in notes) == 4  # 2 renames, MAX_MASK_IDS, FEATURE value
-
-
-def test_an_old_max_mask_ids_is_ignored_if_wide_enough_and_refused_if_not() -> None:
-    # demo: K_MAX 32 -> width 33; 257 counted every id too (same votes), 20 would not
-    cfg, notes = _setup("CYBORGS.MAX_MASK_IDS", 257)
-    assert any("MAX_MASK_IDS is deprecated and ignored" in n for n in notes)
-    with pytest.raises(ConfigError, match="CYBORGS.MAX_MASK_IDS = 20.*K_MAX = 32.*33"):
-        _setup("CYBORGS.MAX_MASK_IDS", 20)
+def test_old_vmf_feature_values_are_refused() -> None:
+    with pytest.raises(ConfigError, match="CYBORGS.VMF.FEATURE = 'fused'"):
+        _setup("CYBORGS.VMF.FEATURE", "fused")
+    with pytest.raises(ConfigError, match="CYBORGS.VMF.PERIOD_EPOCHS = 0.*CYBORGS.VMF.LAMBDA 0"):
+        _setup("CYBORGS.VMF.PERIOD_EPOCHS", 0)
 
 
 def test_mask_id_width_is_k_max_plus_one() -> None:
@@ -187,8 +163,7 @@ def test_switches_accept_yaml_booleans(tmp_path) -> None:
         setup_pretrain_cfg(DEMO, ["CYBORGS.GPU.BF16", "maybe"], world_size=1, schedule=False)
 
 
-# ---- the usual order (a file over its base, the command line over the file) holds whichever
-# name each layer uses ----
+# ---- the usual order: a file over its base, the command line over the file ----
 
 
 def _yaml(tmp_path, name: str, text: str) -> str:
@@ -197,36 +172,13 @@ def _yaml(tmp_path, name: str, text: str) -> str:
     return str(p)
 
 
-def test_a_new_name_on_the_command_line_wins_over_an_old_name_in_the_file(tmp_path) -> None:
-    old = _yaml(tmp_path, "old.yaml", f'_BASE_: "{DEMO}"\nSOLVER:\n  WARMUP_EPOCHS: 3\n')
-    cfg, notes = setup_pretrain_cfg(old, [], num_images=400, world_size=1)
-    assert cfg.SOLVER.LR_WARMUP_EPOCHS == 3 and any("old.yaml" in n for n in notes)
-    cfg, _ = setup_pretrain_cfg(old, ["SOLVER.LR_WARMUP_EPOCHS", 0], num_images=400, world_size=1)
-    assert cfg.SOLVER.LR_WARMUP_EPOCHS == 0
-
-
-def test_a_file_wins_over_its_base_whichever_names_they_use(tmp_path) -> None:
-    _yaml(tmp_path, "base_old.yaml", f'_BASE_: "{DEMO}"\nCYBORGS:\n  VMF:\n    WARMUP_EPOCHS: 3\n')
-    child_new = _yaml(
-        tmp_path, "child_new.yaml", '_BASE_: "base_old.yaml"\nCYBORGS:\n  WARMUP_EPOCHS: 2\n'
-    )
-    cfg, _ = setup_pretrain_cfg(child_new, [], num_images=400, world_size=1)
+def test_the_command_line_wins_over_the_file_and_the_file_over_its_base(tmp_path) -> None:
+    _yaml(tmp_path, "base.yaml", f'_BASE_: "{DEMO}"\nCYBORGS:\n  WARMUP_EPOCHS: 3\n')
+    child = _yaml(tmp_path, "child.yaml", '_BASE_: "base.yaml"\nCYBORGS:\n  WARMUP_EPOCHS: 2\n')
+    cfg, _ = setup_pretrain_cfg(child, [], num_images=400, world_size=1)
     assert cfg.CYBORGS.WARMUP_EPOCHS == 2
-    _yaml(tmp_path, "base_new.yaml", f'_BASE_: "{DEMO}"\nCYBORGS:\n  WARMUP_EPOCHS: 3\n')
-    child_old = _yaml(
-        tmp_path,
-        "child_old.yaml",
-        '_BASE_: "base_new.yaml"\nCYBORGS:\n  VMF:\n    WARMUP_EPOCHS: 2\n',
-    )
-    cfg, _ = setup_pretrain_cfg(child_old, [], num_images=400, world_size=1)
-    assert cfg.CYBORGS.WARMUP_EPOCHS == 2
-    both = _yaml(
-        tmp_path,
-        "both.yaml",
-        f'_BASE_: "{DEMO}"\nSOLVER:\n  WARMUP_EPOCHS: 3\n  LR_WARMUP_EPOCHS: 1\n',
-    )
-    with pytest.raises(ConfigError, match="both.yaml: sets both SOLVER.WARMUP_EPOCHS"):
-        setup_pretrain_cfg(both, [], num_images=400, world_size=1)
+    cfg, _ = setup_pretrain_cfg(child, ["CYBORGS.WARMUP_EPOCHS", 0], num_images=400, world_size=1)
+    assert cfg.CYBORGS.WARMUP_EPOCHS == 0
 
 
 def test_a_dumped_config_with_another_schedule_says_how_to_reuse_it(tmp_path) -> None:

@@ -270,7 +270,7 @@ def test_mapper_output_trains_end_to_end(model, tmp_path, aug_device):
     import numpy as np
     from PIL import Image
 
-    from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
+    from cyborgs.pretrain_data.two_view_mapper import TwoViewDatasetMapper
 
     cfg = tiny_cfg()
     cfg.CYBORGS.AUG.DEVICE = aug_device
@@ -561,8 +561,8 @@ def test_views_with_photometric_parameters_are_augmented_on_the_model_device(mod
     before normalising, exactly as ``device_augment.apply_photometric`` on the stacked view."""
     import numpy as np
 
-    from cyborgs.data.augment import ViewAugment
     from cyborgs.data.device_augment import apply_photometric, stack_photometric
+    from cyborgs.pretrain_data.augment import ViewAugment
 
     batch = two_view_batch(b=3, seed=4)
     view = ViewAugment(size=SIZE, color_jitter_prob=1.0, grayscale_prob=0.5, solarize_prob=0.5)

@@ -52,7 +52,7 @@ POOL_T = ("tests/modeling/test_mask_pooling.py",)
 CORR_T = ("tests/modeling/test_correspondence.py",)
 KM_T = ("tests/clustering/test_kmeans.py",)
 STORE_T = ("tests/masks/test_store.py",)
-AUG_T = ("tests/data/test_augment.py",)
+AUG_T = ("tests/pretrain_data/test_augment.py",)
 ROUND_T = ("tests/bootstrap/test_round.py",)
 
 MC = "cyborgs/modeling/losses/mask_contrastive.py"
@@ -63,7 +63,7 @@ POOL = "cyborgs/modeling/mask_pooling.py"
 CORR = "cyborgs/modeling/correspondence.py"
 KM = "cyborgs/clustering/kmeans.py"
 STORE = "cyborgs/masks/store.py"
-AUG = "cyborgs/data/augment.py"
+AUG = "cyborgs/pretrain_data/augment.py"
 ROUND = "cyborgs/bootstrap/round.py"
 
 MUTATIONS: tuple[Mutation, ...] = (

@@ -76,7 +76,7 @@ class Variant:
 # no bootstrap rounds (the bootstrap hook only exists for MASKS.SOURCE "bootstrap").
 # The overrides here and in BUDGETS keep the pre-rename key names (CYBORGS.VMF.WARMUP_EPOCHS,
 # SOLVER.WARMUP_EPOCHS, VMF.PERIOD_EPOCHS 0): they are part of every run's fingerprint, so new
-# names would make finished study roots look stale; the config setup maps them (with a note).
+# names would make finished study roots look stale; pretrain_opts maps them to the config's.
 _FIXED: tuple[Override, ...] = (
     ("CYBORGS.VMF.WARMUP_EPOCHS", 0),
     ("CYBORGS.VMF.PERIOD_EPOCHS", 0),
@@ -165,6 +165,27 @@ def flat_opts(overrides: Iterable[Override]) -> list[str]:
     out: list[str] = []
     for k, v in overrides:
         out += [k, cli_value(v)]
+    return out
+
+
+# The pre-rename key names the study's overrides keep (their fingerprints must not change, see
+# _FIXED) -> the config's names. ``CYBORGS.VMF.PERIOD_EPOCHS 0`` meant "no vMF term after the
+# warm-up", which the config says with ``CYBORGS.VMF.LAMBDA 0``.
+_OLD_KEYS = {
+    "SOLVER.WARMUP_EPOCHS": "SOLVER.LR_WARMUP_EPOCHS",
+    "CYBORGS.VMF.WARMUP_EPOCHS": "CYBORGS.WARMUP_EPOCHS",
+}
+
+
+def pretrain_opts(overrides: Iterable[Override]) -> list[str]:
+    """:func:`flat_opts` in the config's current key names (what ``tools/pretrain_net.py`` and
+    the config setup accept); the fingerprints keep the study's own names."""
+    out: list[str] = []
+    for k, v in overrides:
+        if k == "CYBORGS.VMF.PERIOD_EPOCHS" and v == 0:
+            out += ["CYBORGS.VMF.PERIOD_EPOCHS", cli_value(1), "CYBORGS.VMF.LAMBDA", cli_value(0.0)]
+        else:
+            out += [_OLD_KEYS.get(k, k), cli_value(v)]
     return out
 
 
@@ -451,7 +472,7 @@ def execute_run(
     pre, tr = d / "pretrain", d / "transfer"
     ckpt, weights = pre / "model_final.pth", tr / "backbone.pkl"
     seed = str(run.seed)
-    pre_opts = flat_opts(budget.pretrain) + flat_opts(run.variant.overrides)
+    pre_opts = pretrain_opts(budget.pretrain) + pretrain_opts(run.variant.overrides)
     timings: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], None]) -> None:

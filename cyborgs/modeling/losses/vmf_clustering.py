@@ -31,9 +31,9 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.utils.registry import Registry
 
 from cyborgs.clustering import spherical_kmeans
+from cyborgs.config.registries import VMF_DISTANCE_REGISTRY
 from cyborgs.modeling.correspondence import corresponding_grids
 
 __all__ = [
@@ -94,7 +94,6 @@ def squared_distance(
     return (y - mu[labels.long()]).pow(2).sum(dim=1)
 
 
-VMF_DISTANCE_REGISTRY = Registry("VMF_DISTANCE")
 VMF_DISTANCE_REGISTRY.__doc__ = """
 Registry for the per-feature distance of the clustering-consistency loss, one entry per value of
 ``CYBORGS.VMF.DISTANCE``: a function registered under its own name, called as

@@ -83,13 +83,13 @@ EXPECTED = {
 def _merged(opts: list[str]):
     from detectron2.config import get_cfg
 
-    from cyborgs.config import add_cyborgs_config, resolve_deprecated_keys
+    from cyborgs.config import add_cyborgs_config, validate_cyborgs_config
 
     cfg = get_cfg()
     add_cyborgs_config(cfg)
     cfg.merge_from_file(str(REPO / study.PRETRAIN_CONFIG))
     cfg.merge_from_list(opts)  # KeyError on a key that does not exist
-    resolve_deprecated_keys(cfg)  # the study's old key names, mapped as setup_pretrain_cfg does
+    validate_cyborgs_config(cfg, world_size=1)  # the study's old names arrive as valid settings
     return cfg
 
 
@@ -103,7 +103,7 @@ def test_variant_table_maps_to_intended_overrides() -> None:
     assert list(VARIANTS) == list(EXPECTED)
     for name, v in VARIANTS.items():
         for budget in BUDGETS.values():
-            cfg = _merged(study.flat_opts(budget.pretrain) + study.flat_opts(v.overrides))
+            cfg = _merged(study.pretrain_opts(budget.pretrain) + study.pretrain_opts(v.overrides))
             own = {k for k, _ in v.overrides}
             for key, want in EXPECTED[name].items():
                 if budget.name == "micro" and key not in own:
@@ -123,11 +123,11 @@ def test_variant_table_maps_to_intended_overrides() -> None:
 
 
 def test_budget_overrides_and_study_schedule() -> None:
-    from cyborgs.bootstrap.hook import due_epochs
+    from cyborgs.solver.schedule import due_epochs
 
     for b in BUDGETS.values():
-        _merged(study.flat_opts(b.pretrain))
-    cfg = _merged(study.flat_opts(BUDGETS["study"].pretrain))
+        _merged(study.pretrain_opts(b.pretrain))
+    cfg = _merged(study.pretrain_opts(BUDGETS["study"].pretrain))
     assert cfg.SOLVER.EPOCHS == 12 and cfg.SOLVER.IMS_PER_BATCH == 32
     # rounds documented in the arithmetic: epochs 1, 3, 6, 9
     assert due_epochs(cfg.CYBORGS.WARMUP_EPOCHS, cfg.CYBORGS.BOOTSTRAP.PERIOD_EPOCHS, 12) == [

@@ -42,7 +42,6 @@ __all__ = [
     "ViewAugment",
     "TwoViewAugment",
     "sample_crop_box",
-    "crop_resize_flip",
     "crop_resize_image",
     "crop_resize_mask",
     "crop_resize_label_map",
@@ -56,7 +55,7 @@ def device_augment_enabled(cfg) -> bool:
 
     YAML booleans (an unquoted on/off) are accepted as "on"/"off" (the CYBORGS.GPU.* rule).
     """
-    from cyborgs.modeling.precision import parse_switch
+    from cyborgs.config import parse_switch
 
     mode = parse_switch(cfg.CYBORGS.AUG.DEVICE, "CYBORGS.AUG.DEVICE")
     if mode == "auto":
@@ -202,22 +201,6 @@ def crop_resize_label_map(
         cols = cols[::-1]
     # columns first, on the small map, then whole rows (3x faster than the other order)
     return label_map.take(cols, axis=1).take(rows, axis=0, out=out)
-
-
-def crop_resize_flip(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    box: Sequence[int],
-    flip: bool,
-    size: int,
-    uint8_kernels: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop ``box`` from image uint8[3,H,W] and mask int[H,W], resize to size x size, flip:
-    :func:`crop_resize_image` and :func:`crop_resize_mask` on the same geometry."""
-    return (
-        crop_resize_image(image, box, flip, size, uint8_kernels),
-        crop_resize_mask(mask, box, flip, size),
-    )
 
 
 def blur_kernel_size(size: int) -> int:

@@ -27,16 +27,17 @@ import torch
 from detectron2.config import configurable
 from detectron2.utils import comm
 
-from ..masks.registry import build_mask_source
-from ..masks.store import MaskFileError
-from .augment import TwoViewAugment
-from .image_io import (
+from cyborgs.data.image_io import (
     DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_IMAGE_PIXELS,
     BadImageError,
     display_path,
     read_image_tensor,
 )
+
+from ..masks.registry import build_mask_source
+from ..masks.store import MaskFileError
+from .augment import TwoViewAugment
 
 __all__ = ["TwoViewDatasetMapper"]
 

@@ -25,7 +25,7 @@ from detectron2.config import get_cfg
 
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data import device_augment as DA
-from cyborgs.data.augment import TwoViewAugment, ViewAugment
+from cyborgs.pretrain_data.augment import TwoViewAugment, ViewAugment
 
 N_DRAWS = 1500
 # torchvision's per-image ops are slow: the CPU path is measured on the first draws only

@@ -10,9 +10,9 @@ from detectron2.config import get_cfg
 from PIL import Image
 
 from cyborgs.config import add_cyborgs_config
-from cyborgs.data.augment import TwoViewAugment, ViewAugment
-from cyborgs.data.two_view_mapper import TwoViewDatasetMapper
 from cyborgs.masks.grid import GridMask
+from cyborgs.pretrain_data.augment import TwoViewAugment, ViewAugment
+from cyborgs.pretrain_data.two_view_mapper import TwoViewDatasetMapper
 
 
 def _cfg(source="grid"):
@@ -117,8 +117,8 @@ def test_from_config_needs_one_train_set():
 def test_missing_or_corrupt_bootstrap_mask_skips_the_image_and_counts_it(tmp_path):
     """A mask PNG deleted or damaged mid-run does not crash the loader: the image is skipped
     (named in a warning) and counted in the item's "skipped_files"."""
-    from cyborgs.data.pretrain_loader import SkippingMapDataset
     from cyborgs.masks.store import MaskStore, store_root
+    from cyborgs.pretrain_data.pretrain_loader import SkippingMapDataset
 
     cfg = _cfg(source="bootstrap")
     cfg.OUTPUT_DIR = str(tmp_path / "out")

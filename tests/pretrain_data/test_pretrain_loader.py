@@ -8,7 +8,7 @@ from PIL import Image
 
 from cyborgs.config import add_cyborgs_config
 from cyborgs.data.image_folder import IMAGE_FOLDER_DATASET, load_image_folder
-from cyborgs.data.pretrain_loader import (
+from cyborgs.pretrain_data.pretrain_loader import (
     PositionalBatchStream,
     SkippingMapDataset,
     build_pretrain_train_loader,

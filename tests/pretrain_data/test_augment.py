@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 
 from cyborgs.config import add_cyborgs_config
-from cyborgs.data.augment import TwoViewAugment, ViewAugment, blur_kernel_size, sample_crop_box
+from cyborgs.pretrain_data.augment import (
+    TwoViewAugment,
+    ViewAugment,
+    blur_kernel_size,
+    sample_crop_box,
+)
 
 NO_PHOTO = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 ALL_PHOTO = dict(color_jitter_prob=1.0, grayscale_prob=1.0, blur_prob=1.0, solarize_prob=1.0)
@@ -152,7 +157,7 @@ def test_bad_inputs_have_clear_errors():
 
 @pytest.mark.parametrize("out_size", [1, 7, 24, 32, 40, 96, 224])
 def test_nearest_exact_index_is_torchs(out_size):
-    from cyborgs.data.augment import nearest_exact_index
+    from cyborgs.pretrain_data.augment import nearest_exact_index
 
     for n in range(1, 700):
         src = torch.arange(n, dtype=torch.float32).view(1, 1, n, 1)
@@ -163,8 +168,8 @@ def test_nearest_exact_index_is_torchs(out_size):
 def test_label_map_views_equal_upsample_then_crop():
     """A view's mask sampled from a low-resolution label map equals the former route: upsample
     the map to the image (the store's nearest rule), then crop/resize/flip at full resolution."""
-    from cyborgs.data.augment import crop_resize_label_map, crop_resize_mask
     from cyborgs.masks.store import upsample_nearest
+    from cyborgs.pretrain_data.augment import crop_resize_label_map, crop_resize_mask
 
     rng = np.random.default_rng(0)
     for H, W, h, w, size in [
@@ -192,7 +197,7 @@ def test_crop_resize_mask_samples_pixel_centres(dtype):
     """Hand-computed: 5 source columns to 3 take the columns under the output pixel centres,
     floor((o + 0.5) * 5 / 3) = 0, 2, 4 (plain "nearest", floor(o * 5 / 3), would take 0, 1, 3);
     rows 1..3 of the box likewise become 1, 2, 3 (and the flip reverses the columns)."""
-    from cyborgs.data.augment import crop_resize_mask
+    from cyborgs.pretrain_data.augment import crop_resize_mask
 
     mask = (10 * torch.arange(6)[:, None] + torch.arange(7)[None, :]).to(dtype)  # id = 10 r + c
     out = crop_resize_mask(mask, (1, 1, 6, 4), False, 3)  # box x 1..5, y 1..3
@@ -207,8 +212,8 @@ def test_centred_label_map_views_equal_place_then_crop():
     """With a cell centre (a bootstrap round's maps), a view's mask equals placing the map on
     the image first (each pixel to its nearest cell centre) and then cropping at full
     resolution; and it is not the nearest-upsampling view (the rule is really applied)."""
-    from cyborgs.data.augment import crop_resize_label_map, crop_resize_mask
     from cyborgs.masks.cell_grid import upsample_label_map
+    from cyborgs.pretrain_data.augment import crop_resize_label_map, crop_resize_mask
 
     rng = np.random.default_rng(1)
     differs = 0

@@ -37,7 +37,8 @@ import torch.utils.data as torchdata
 from detectron2.data import DatasetFromList, get_detection_dataset_dicts
 from detectron2.utils import comm
 
-from .image_folder import register_image_folder_from_cfg
+from cyborgs.data.image_folder import register_image_folder_from_cfg
+
 from .two_view_mapper import TwoViewDatasetMapper
 
 __all__ = [
