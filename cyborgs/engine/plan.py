@@ -10,9 +10,14 @@ training loop itself runs -- ``iters_per_epoch`` and ``resolve_epoch_schedule``
 Disk estimates: a checkpoint holds the model state (every parameter and buffer, online and
 target) plus the optimizer's momentum buffer per trainable parameter; mask rounds are all kept
 (``bytes per image x images x rounds``). Before any round exists, bytes per image is estimated
-from the label-map size at the bootstrap feature stride (``MASK_BYTES_PER_CELL``, from the PNG
-sizes measured in ``cyborgs/masks/store.py``); the real number is the ``bootstrap/bytes_per_image``
-metric of each round.
+from the label-map size at the bootstrap feature stride (``MASK_BYTES_PER_CELL``, from the
+sizes measured in ``benchmarks/mask_store.py``); the real number is the
+``bootstrap/bytes_per_image`` metric of each round. A round of the packed store
+(``cyborgs.masks.packed``) is one part file per writer process plus its index and manifest.
+
+Data read per epoch: every image once (two views are cut from one decode) at
+``IMAGE_BYTES_ESTIMATE`` each unless the caller knows better, plus its stored label map.
+docs/SCALE.md works these figures out for COCO and ImageNet-1k.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
+from cyborgs.masks.packed import INDEX_DTYPE
 from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule
 from cyborgs.utils.atomic import atomic_write_bytes
 
@@ -41,10 +47,16 @@ __all__ = [
 
 PLAN_FILE = "plan.json"
 
-# PNG label maps of k-means segments: ~1500 B for 80x60 cells at mid-range K (store.py's
-# measurements: 190 B at K=2 .. 2020 B at K=256), i.e. ~0.3 B per cell, plus ~100 B of header.
+# Compressed label maps of k-means segments: ~1500 B for 80x60 cells at mid-range K (PNG,
+# measured: 190 B at K=2 .. 2020 B at K=256; the packed store's zlib records are ~7% smaller on
+# the same maps, benchmarks/RESULTS.md), i.e. ~0.3 B per cell, plus ~100 B of record header,
+# key and index row. An upper estimate: real rounds at K ~ 20 measured ~500 B.
 MASK_BYTES_PER_CELL = 0.3
 MASK_BYTES_HEADER = 100
+# A packed round: index.npy and manifest.json, plus one part file per writer process.
+MASK_FILES_PER_ROUND = 2
+# Mean JPEG of COCO train2017 (~18 GB / 118,287 images); ImageNet-1k's is ~110 KB.
+IMAGE_BYTES_ESTIMATE = 152_000
 # Shape assumed for the estimate: COCO's typical 4:3 images.
 _ASPECT = 4 / 3
 _STAGE_STRIDE = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -104,10 +116,18 @@ def phase_label(contrastive_weight: float, vmf_weight: float, name: str) -> str:
 
 
 def build_plan(
-    cfg: CfgNode, dataset_size: int, counts: dict[str, int] | None = None
+    cfg: CfgNode,
+    dataset_size: int,
+    counts: dict[str, int] | None = None,
+    *,
+    world_size: int = 1,
+    image_bytes: float | None = None,
 ) -> dict[str, Any]:
     """The plan of ``cfg`` on ``dataset_size`` images (see the module docstring); ``counts``
-    from :func:`model_counts` gives the checkpoint size (None: unknown)."""
+    from :func:`model_counts` gives the checkpoint size (None: unknown). ``world_size``: the
+    ranks (each a writer of a bootstrap round; a fixed source writes from every loader worker
+    of every rank); ``image_bytes``: mean size of one stored image (default
+    ``IMAGE_BYTES_ESTIMATE``)."""
     from cyborgs.bootstrap.hook import round_epochs
 
     ipe = iters_per_epoch(int(dataset_size), int(cfg.SOLVER.IMS_PER_BATCH))
@@ -167,6 +187,17 @@ def build_plan(
     else:
         mask_rounds, bpi = 0, 0.0
     mask_bytes = None if bpi is None else int(bpi * dataset_size * mask_rounds)
+    if source == "bootstrap":
+        writers = int(world_size)
+    elif mask_rounds:  # precompute: every loader worker of every rank appends its own part
+        writers = int(world_size) * max(1, int(cfg.DATALOADER.NUM_WORKERS))
+    else:
+        writers = 0
+    files_per_round = MASK_FILES_PER_ROUND + writers if mask_rounds else 0
+    round_bytes = None if bpi is None else int(bpi * dataset_size)
+    img_b = float(IMAGE_BYTES_ESTIMATE if image_bytes is None else image_bytes)
+    read_images = int(img_b * dataset_size)
+    read_masks = round_bytes if mask_rounds else 0
 
     disk = None
     if ckpt_bytes is not None and mask_bytes is not None:
@@ -194,6 +225,17 @@ def build_plan(
             "rounds_kept": mask_rounds,
             "bytes_per_image_estimate": bpi,
             "bytes": mask_bytes,
+            "writers_per_round": writers,
+            "store_files_per_round": files_per_round,
+            "store_files": files_per_round * mask_rounds,
+            "store_bytes_per_round": round_bytes,
+            "index_bytes_per_round": INDEX_DTYPE.itemsize * int(dataset_size) if mask_rounds else 0,
+        },
+        "data_read_per_epoch": {
+            "image_bytes_each_estimate": img_b,
+            "images_bytes": read_images,
+            "masks_bytes": read_masks,
+            "bytes": None if read_masks is None else read_images + read_masks,
         },
         "disk_bytes_estimate": disk,
     }
@@ -323,5 +365,18 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"  masks on disk: {m['rounds_kept']} round(s) x {plan['images']} images x "
         f"~{_bytes(m['bytes_per_image_estimate'])} = ~{_bytes(m['bytes'])}"
     )
+    if m.get("store_files_per_round"):
+        lines.append(
+            f"  mask store: {m['store_files_per_round']} files per round (a part per writer x "
+            f"{m['writers_per_round']}, index, manifest), ~{_bytes(m['store_bytes_per_round'])} "
+            f"per round, {m['store_files']} files in all"
+        )
+    r = plan.get("data_read_per_epoch")
+    if r:
+        lines.append(
+            f"  data read per epoch: ~{_bytes(r['bytes'])} (images ~{_bytes(r['images_bytes'])} "
+            f"at ~{_bytes(r['image_bytes_each_estimate'])} each, masks "
+            f"~{_bytes(r['masks_bytes'])})"
+        )
     lines.append(f"  disk in all: ~{_bytes(plan['disk_bytes_estimate'])}")
     return "\n".join(lines)
