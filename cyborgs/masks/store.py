@@ -200,6 +200,12 @@ class MaskStore:
         self._part_name = ""
         self._readers: dict[int, tuple[Any, packed.PackedRound | None]] = {}
 
+    def __getstate__(self) -> dict:
+        # memory maps do not pickle, and a copy (a spawned worker) opens its own anyway
+        state = dict(self.__dict__)
+        state.update(_pid=-1, _part_name="", _readers={})
+        return state
+
     def _own_process(self) -> None:
         pid = os.getpid()
         if pid != self._pid:

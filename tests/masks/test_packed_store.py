@@ -139,3 +139,15 @@ def test_two_writers_of_one_image_and_a_torn_part_are_refused(tmp_path):
     with pytest.raises(PackedFormatError, match=r"part-000\.bin: torn record at byte 0"):
         store.finish_round(1)
     assert not store.is_complete(1)
+
+
+def test_a_store_that_has_read_pickles_for_a_spawned_worker(tmp_path):
+    import pickle
+
+    store = MaskStore(str(tmp_path))
+    store.begin_round(0)
+    store.write(0, 1, _segments(1))
+    store.finish_round(0)
+    store.read(1)  # holds a memory map now
+    copy = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(copy.read(1), _segments(1))
