@@ -416,11 +416,11 @@ class MaskStore:
                 problems.append(f"{path}: crc32 differs from its manifest's (damaged)")
         if not problems:
             try:
-                n = len(np.load(os.path.join(d, packed.INDEX), mmap_mode="r"))
+                indexed = len(np.load(os.path.join(d, packed.INDEX), mmap_mode="r"))
             except (OSError, ValueError) as e:
                 return [f"{os.path.join(d, packed.INDEX)} is unreadable ({e})"]
-            if n != want_n:
-                problems.append(f"{d} holds {n} label maps, its manifest says {want_n}")
+            if indexed != want_n:
+                problems.append(f"{d} holds {indexed} label maps, its manifest says {want_n}")
         return problems
 
     @staticmethod
