@@ -362,7 +362,12 @@ def plan_only(args) -> int:
         return 2
     for n in notes:
         logger.warning(n)
-    plan = build_plan(cfg, int(cfg.CYBORGS.DATA.NUM_IMAGES), model_counts_from_config(cfg))
+    plan = build_plan(
+        cfg,
+        int(cfg.CYBORGS.DATA.NUM_IMAGES),
+        model_counts_from_config(cfg),
+        world_size=max(1, int(args.num_gpus) * int(args.num_machines)),
+    )
     print(format_plan(plan))
     if cfg.OUTPUT_DIR and existing_run(cfg.OUTPUT_DIR):
         # the run's own plan.json describes the run; a what-if plan must not replace it

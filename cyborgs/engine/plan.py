@@ -10,9 +10,14 @@ training loop itself runs -- ``iters_per_epoch`` and ``resolve_epoch_schedule``
 Disk estimates: a checkpoint holds the model state (every parameter and buffer, online and
 target) plus the optimizer's momentum buffer per trainable parameter; mask rounds are all kept
 (``bytes per image x images x rounds``). Before any round exists, bytes per image is estimated
-from the label-map size at the bootstrap feature stride (``MASK_BYTES_PER_CELL``, from the PNG
-sizes measured in ``cyborgs/masks/store.py``); the real number is the ``bootstrap/bytes_per_image``
-metric of each round.
+from the label-map size at the bootstrap feature stride (``MASK_BYTES_PER_CELL``, from the
+sizes measured in ``benchmarks/mask_store.py``); the real number is the
+``bootstrap/bytes_per_image`` metric of each round. A round of the packed store
+(``cyborgs.masks.packed``) is one part file per writer process plus its index and manifest.
+
+Data read per epoch: every image once (two views are cut from one decode) at
+``IMAGE_BYTES_ESTIMATE`` each unless the caller knows better, plus its stored label map.
+docs/SCALE.md works these figures out for COCO and ImageNet-1k.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
+from cyborgs.masks.packed import INDEX_DTYPE
 from cyborgs.masks.registry import is_precomputed
 from cyborgs.modeling.loss_terms import loss_terms
 from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule, round_epochs
@@ -43,10 +49,16 @@ __all__ = [
 
 PLAN_FILE = "plan.json"
 
-# PNG label maps of k-means segments: ~1500 B for 80x60 cells at mid-range K (store.py's
-# measurements: 190 B at K=2 .. 2020 B at K=256), i.e. ~0.3 B per cell, plus ~100 B of header.
+# Compressed label maps of k-means segments: ~1500 B for 80x60 cells at mid-range K (PNG,
+# measured: 190 B at K=2 .. 2020 B at K=256; the packed store's zlib records are ~7% smaller on
+# the same maps, benchmarks/RESULTS.md), i.e. ~0.3 B per cell, plus ~100 B of record header,
+# key and index row. An upper estimate: real rounds at K ~ 20 measured ~500 B.
 MASK_BYTES_PER_CELL = 0.3
 MASK_BYTES_HEADER = 100
+# A packed round: index.npy and manifest.json, plus one part file per writer process.
+MASK_FILES_PER_ROUND = 2
+# Mean JPEG of COCO train2017 (~18 GB / 118,287 images); ImageNet-1k's is ~110 KB.
+IMAGE_BYTES_ESTIMATE = 152_000
 # Shape assumed for the estimate: COCO's typical 4:3 images.
 _ASPECT = 4 / 3
 _STAGE_STRIDE = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -111,14 +123,21 @@ def phase_label(phase: LossPhase) -> str:
 
 
 def build_plan(
-    cfg: CfgNode, dataset_size: int, counts: dict[str, int] | None = None
+    cfg: CfgNode,
+    dataset_size: int,
+    counts: dict[str, int] | None = None,
+    *,
+    world_size: int = 1,
+    image_bytes: float | None = None,
 ) -> dict[str, Any]:
     """The plan of ``cfg`` on ``dataset_size`` images (see the module docstring); ``counts``
-    from :func:`model_counts` gives the checkpoint size (None: unknown)."""
+    from :func:`model_counts` gives the checkpoint size (None: unknown). ``world_size``: the
+    ranks (each a writer of a bootstrap round; a fixed source writes from every loader worker
+    of every rank); ``image_bytes``: mean size of one stored image (default
+    ``IMAGE_BYTES_ESTIMATE``)."""
     ipe = iters_per_epoch(int(dataset_size), int(cfg.SOLVER.IMS_PER_BATCH))
     lr = resolve_epoch_schedule(cfg, ipe)
     max_iter = lr.max_iter
-    num_epochs = -(-max_iter // ipe)
     phases = LossScheduleHook(cfg, ipe)
     source = str(cfg.CYBORGS.MASKS.SOURCE)
     rounds = (
@@ -132,9 +151,45 @@ def build_plan(
         else []
     )
 
+    ckpt = _checkpoint_plan(cfg, rounds, ipe, max_iter, counts)
+    masks = _mask_plan(cfg, source, len(rounds), int(dataset_size), int(world_size))
+    img_b = float(IMAGE_BYTES_ESTIMATE if image_bytes is None else image_bytes)
+    read_images = int(img_b * dataset_size)
+    read_masks = masks["store_bytes_per_round"] if masks["rounds_kept"] else 0
+    disk = None
+    if ckpt["bytes_kept"] is not None and masks["bytes"] is not None:
+        disk = ckpt["bytes_kept"] + masks["bytes"]
+    return {
+        "datasets": list(cfg.DATASETS.TRAIN),
+        "images": int(dataset_size),
+        "ims_per_batch": int(cfg.SOLVER.IMS_PER_BATCH),
+        "iters_per_epoch": ipe,
+        "epochs": float(cfg.SOLVER.EPOCHS),
+        "max_iter": max_iter,
+        "lr_warmup_iters": lr.warmup_iters,
+        "mask_source": source,
+        "bootstrap_rounds": [{"round": e, "epoch": e, "iteration": e * ipe} for e in rounds],
+        "per_epoch": _per_epoch(phases, rounds, ipe, max_iter, source),
+        "checkpoints": ckpt,
+        "model": counts,
+        "masks": masks,
+        "data_read_per_epoch": {
+            "image_bytes_each_estimate": img_b,
+            "images_bytes": read_images,
+            "masks_bytes": read_masks,
+            "bytes": None if read_masks is None else read_images + read_masks,
+        },
+        "disk_bytes_estimate": disk,
+    }
+
+
+def _per_epoch(
+    phases: LossScheduleHook, rounds: list[int], ipe: int, max_iter: int, source: str
+) -> list[dict[str, Any]]:
+    """One entry per epoch: its iterations, loss phase, vMF K range and bootstrap round."""
     epochs = []
     masks_from: int | None = None
-    for e in range(num_epochs):
+    for e in range(-(-max_iter // ipe)):
         p = phases.phase_at_epoch(e)
         if e in rounds:
             masks_from = e
@@ -150,7 +205,13 @@ def build_plan(
                 "masks_of_round": masks_from if source == "bootstrap" else None,
             }
         )
+    return epochs
 
+
+def _checkpoint_plan(
+    cfg: CfgNode, rounds: list[int], ipe: int, max_iter: int, counts: dict[str, int] | None
+) -> dict[str, Any]:
+    """Checkpoints written and kept, and their size (None without ``counts``)."""
     # detectron2's PeriodicCheckpointer: model_{iter} after every step with (iter + 1) % period
     # == 0, and after the last step before each bootstrap round (a failing round must not lose
     # the epoch), the newest CHECKPOINTS_TO_KEEP of them kept, plus model_final.
@@ -162,44 +223,42 @@ def build_plan(
     ckpt_bytes = None
     if counts is not None:
         ckpt_bytes = int(counts["state_bytes"] + counts["momentum_bytes"])
+    return {
+        "period_iters": period,
+        "written": periodic + 1,
+        "kept": kept,
+        "bytes_each": ckpt_bytes,
+        "bytes_kept": None if ckpt_bytes is None else ckpt_bytes * kept,
+    }
 
+
+def _mask_plan(
+    cfg: CfgNode, source: str, num_rounds: int, dataset_size: int, world_size: int
+) -> dict[str, Any]:
+    """The mask store's rounds kept, bytes and files (packed store: a few files per writer)."""
     if source == "bootstrap":
-        mask_rounds = len(rounds)
+        mask_rounds = num_rounds
         bpi: float | None = estimate_mask_bytes_per_image(cfg)
     elif is_precomputed(source):  # the registry says which sources store one round
         mask_rounds, bpi = 1, None  # computed once at image resolution: size not estimated
     else:
         mask_rounds, bpi = 0, 0.0
-    mask_bytes = None if bpi is None else int(bpi * dataset_size * mask_rounds)
-
-    disk = None
-    if ckpt_bytes is not None and mask_bytes is not None:
-        disk = ckpt_bytes * kept + mask_bytes
+    if source == "bootstrap":
+        writers = world_size
+    elif mask_rounds:  # precompute: every loader worker of every rank appends its own part
+        writers = world_size * max(1, int(cfg.DATALOADER.NUM_WORKERS))
+    else:
+        writers = 0
+    files_per_round = MASK_FILES_PER_ROUND + writers if mask_rounds else 0
     return {
-        "datasets": list(cfg.DATASETS.TRAIN),
-        "images": int(dataset_size),
-        "ims_per_batch": int(cfg.SOLVER.IMS_PER_BATCH),
-        "iters_per_epoch": ipe,
-        "epochs": float(cfg.SOLVER.EPOCHS),
-        "max_iter": max_iter,
-        "lr_warmup_iters": lr.warmup_iters,
-        "mask_source": source,
-        "bootstrap_rounds": [{"round": e, "epoch": e, "iteration": e * ipe} for e in rounds],
-        "per_epoch": epochs,
-        "checkpoints": {
-            "period_iters": period,
-            "written": periodic + 1,
-            "kept": kept,
-            "bytes_each": ckpt_bytes,
-            "bytes_kept": None if ckpt_bytes is None else ckpt_bytes * kept,
-        },
-        "model": counts,
-        "masks": {
-            "rounds_kept": mask_rounds,
-            "bytes_per_image_estimate": bpi,
-            "bytes": mask_bytes,
-        },
-        "disk_bytes_estimate": disk,
+        "rounds_kept": mask_rounds,
+        "bytes_per_image_estimate": bpi,
+        "bytes": None if bpi is None else int(bpi * dataset_size * mask_rounds),
+        "writers_per_round": writers,
+        "store_files_per_round": files_per_round,
+        "store_files": files_per_round * mask_rounds,
+        "store_bytes_per_round": None if bpi is None else int(bpi * dataset_size),
+        "index_bytes_per_round": INDEX_DTYPE.itemsize * dataset_size if mask_rounds else 0,
     }
 
 
@@ -330,5 +389,18 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"  masks on disk: {m['rounds_kept']} round(s) x {plan['images']} images x "
         f"~{_bytes(m['bytes_per_image_estimate'])} = ~{_bytes(m['bytes'])}"
     )
+    if m.get("store_files_per_round"):
+        lines.append(
+            f"  mask store: {m['store_files_per_round']} files per round (a part per writer x "
+            f"{m['writers_per_round']}, index, manifest), ~{_bytes(m['store_bytes_per_round'])} "
+            f"per round, {m['store_files']} files in all"
+        )
+    r = plan.get("data_read_per_epoch")
+    if r:
+        lines.append(
+            f"  data read per epoch: ~{_bytes(r['bytes'])} (images ~{_bytes(r['images_bytes'])} "
+            f"at ~{_bytes(r['image_bytes_each_estimate'])} each, masks "
+            f"~{_bytes(r['masks_bytes'])})"
+        )
     lines.append(f"  disk in all: ~{_bytes(plan['disk_bytes_estimate'])}")
     return "\n".join(lines)

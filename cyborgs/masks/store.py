@@ -5,28 +5,31 @@ Layout under ``root``::
     root/
       current.json                 {"round": 5, "dir": "round_0005"}   (atomic pointer)
       round_0005/
-        ab/<key>.png               one 8-bit label map per image, sharded by a hash of the key
-        ...
+        part-000.bin               the label maps one writer process wrote (``packed.py``)
+        part-001.bin               ... one per writer (rank, or loader worker of a precompute)
+        index.npy                  key hash -> part, offset, shape, crc; sorted (binary search)
         manifest.json              written LAST: a round without it is partial, never current
 
-A label map is an 8-bit grey PNG (``PIL`` mode "L", ``optimize=True``). Measured on 80x60
-k-means-like maps (``benchmarks/bootstrap.py`` measures real ones), PNG beat
-``np.savez_compressed`` for spatially coherent maps at every K (e.g. 2/8/81/256 clusters:
-190/360/1230/2020 bytes vs 330/460/1080/1980) and npz carries ~200 bytes of zip overhead;
-renumbering ids in order of first appearance (done by the round runner) saves another 10-20%.
-The store itself is lossless: ``read`` returns exactly what ``write`` got. Put on an image's
+A round is a small constant number of files per writer whatever its image count (a COCO run
+of 8 rounds was ~950k PNG files before): see ``cyborgs.masks.packed`` for the record format.
+Rounds written by earlier versions (``"format": "png-L"``: ``ab/<key>.png``, one 8-bit PNG per
+image, sharded by a hash of the key) stay readable: the reader picks the layout from the
+manifest. Renumbering ids in order of first appearance (done by the round runner) keeps the
+zlib payloads small. The store is lossless: ``read`` returns exactly what ``write`` got. Put on an image's
 pixels (``read(out_hw=)``), a map follows its round's cell placement: the manifest's
 ``"cell_grid"`` (a bootstrap round's measured receptive-field centre), nearest upsampling for a
 round without one (``cyborgs.masks.cell_grid``).
 
-Every file is written to a temporary name in the same directory and renamed, so readers (data
-loader workers) never see a half-written file. Several processes (distributed ranks) may
-``write`` into the same round; only one calls ``finish_round`` after a barrier.
+Each writer process appends to its own temporary part file; ``finish_round`` (one process,
+after a barrier) renames the parts, writes the index, then the manifest, so readers (data
+loader workers) never see a half-written round. Several processes (distributed ranks, loader
+workers) may ``write`` into the same round. Readers memory-map the parts lazily, per process
+(keyed by pid: nothing opened before a fork is used after it).
 
 Damage done from outside (a disk error, a user deleting files) is detected, not repaired, here:
 ``current_round`` raises :class:`CorruptPointerError` for a garbage pointer, ``verify_round``
-compares a round's manifest with its files (count and bytes), and ``read`` raises
-:class:`MaskFileError` for a missing or undecodable label map. ``BootstrapHook`` repairs from
+compares a round's manifest with its files (count, bytes, and for packed rounds crc32), and
+``read`` raises :class:`MaskFileError` for a missing or undecodable label map. ``BootstrapHook`` repairs from
 the checkpoint's record of completed rounds; the data loader skips an image whose map is gone.
 """
 
@@ -37,7 +40,9 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import time
 from typing import Any
 
@@ -48,6 +53,7 @@ from cyborgs.data.image_ids import check_unique_image_ids, image_key
 from cyborgs.utils.atomic import atomic_write_bytes
 from cyborgs.utils.ownership import NotOwnedError
 
+from . import packed
 from .cell_grid import CellCentre, cell_centre_from_manifest, upsample_label_map
 
 __all__ = [
@@ -84,7 +90,9 @@ def _foreign_in_round_dir(d: str) -> list[str]:
     foreign = []
     for name in sorted(os.listdir(d)):
         path = os.path.join(d, name)
-        if name == _MANIFEST or (_TEMP.match(name) and os.path.isfile(path)):
+        if name in (_MANIFEST, packed.INDEX) or (_TEMP.match(name) and os.path.isfile(path)):
+            continue
+        if packed.PART_RE.match(name) and os.path.isfile(path) and not os.path.islink(path):
             continue
         if not (_SHARD.match(name) and os.path.isdir(path) and not os.path.islink(path)):
             foreign.append(name)
@@ -137,6 +145,25 @@ class MaskStore:
         self.root = os.fspath(root)
         # round -> ((manifest inode, mtime), cell centre): a redone round is re-read
         self._centres: dict[int, tuple[Any, CellCentre]] = {}
+        # Per process (a forked loader worker opens its own): writer part name, and round ->
+        # (manifest stat, packed reader or None for a PNG round).
+        self._pid = -1
+        self._part_name = ""
+        self._readers: dict[int, tuple[Any, packed.PackedRound | None]] = {}
+
+    def __getstate__(self) -> dict:
+        # memory maps do not pickle, and a copy (a spawned worker) opens its own anyway
+        state = dict(self.__dict__)
+        state.update(_pid=-1, _part_name="", _readers={})
+        return state
+
+    def _own_process(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            host = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]
+            self._part_name = f".part-{host}-{pid}-{secrets.token_hex(4)}.bin.w.tmp"
+            self._readers = {}  # inherited maps are the parent's: drop, never close
 
     # ---- paths ----
     @staticmethod
@@ -149,6 +176,7 @@ class MaskStore:
         return os.path.join(self.root, self.round_dirname(round_id))
 
     def _path(self, round_id: int, image_id: Any) -> str:
+        """Where a round of the old per-image PNG layout keeps ``image_id``'s map."""
         key = image_key(image_id)
         shard = hashlib.md5(key.encode("utf-8")).hexdigest()[:2]
         return os.path.join(self.round_dir(round_id), shard, key + ".png")
@@ -183,14 +211,17 @@ class MaskStore:
                 f"label map of image {image_id!r} must be uint8 [h, w], got "
                 f"{label_map.dtype} {tuple(label_map.shape)}"
             )
-        if not os.path.isdir(self.round_dir(round_id)):
-            raise FileNotFoundError(f"{self.round_dir(round_id)}: call begin_round first")
-        path = self._path(round_id, image_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = encode_label_map(np.ascontiguousarray(label_map))
-        # Per-image files skip fsync: the manifest (fsynced, written last) vouches for them.
-        atomic_write_bytes(path, data, fsync=False)
-        return len(data)
+        d = self.round_dir(round_id)
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"{d}: call begin_round first")
+        h, w = label_map.shape
+        if min(h, w) < 1:
+            raise ValueError(f"label map of image {image_id!r} is empty ({h}x{w})")
+        self._own_process()
+        record = packed.encode_record(image_key(image_id), label_map)
+        # No fsync per map: finish_round fsyncs the parts before the manifest vouches for them.
+        packed.append_record(os.path.join(d, self._part_name), record)
+        return len(record)
 
     def finish_round(self, round_id: int, manifest: dict | None = None) -> dict:
         """Write the manifest (LAST) and make the round current. Called by one process after
@@ -199,7 +230,13 @@ class MaskStore:
         d = self.round_dir(round_id)
         if not os.path.isdir(d):
             raise FileNotFoundError(f"{d}: round {round_id} was never begun")
-        n, nbytes = self._count_maps(d)
+        names = os.listdir(d)
+        if any(packed.TEMP_PART_RE.match(f) or packed.PART_RE.match(f) for f in names):
+            layout = self._publish_parts(d, names)
+            n, nbytes = layout.pop("num_images"), layout.pop("bytes")
+        else:  # maps of the old layout (e.g. a test or tool writing PNGs itself), or none
+            n, nbytes = self._count_maps(d)
+            layout = {"format": "png-L"}
         if n == 0:
             raise RuntimeError(f"{d}: refusing to finish a round with no label maps")
         m = dict(manifest or {})
@@ -209,11 +246,42 @@ class MaskStore:
             bytes=nbytes,
             bytes_per_image=nbytes / n,
             created=time.time(),
-            format="png-L",
+            **layout,
         )
         atomic_write_bytes(os.path.join(d, _MANIFEST), json.dumps(m, indent=1).encode())
         self.set_current(round_id)
         return m
+
+    @staticmethod
+    def _publish_parts(d: str, names: list[str]) -> dict:
+        """Rename the writers' temporary parts to ``part-NNN.bin`` (fsynced), write the index;
+        the manifest fields describing them (files, bytes, crc32s; num_images, bytes)."""
+        done = sorted(f for f in names if packed.PART_RE.match(f))
+        nxt = 1 + max((int(packed.PART_RE.match(f).group(1)) for f in done), default=-1)
+        for f in sorted(f for f in names if packed.TEMP_PART_RE.match(f)):
+            name = packed.final_part_name(nxt)
+            nxt += 1
+            with open(os.path.join(d, f), "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(os.path.join(d, f), os.path.join(d, name))
+            done.append(name)
+        paths = [os.path.join(d, f) for f in done]
+        index = packed.build_index(paths)
+        buf = io.BytesIO()
+        np.save(buf, index, allow_pickle=False)
+        atomic_write_bytes(os.path.join(d, packed.INDEX), buf.getvalue())
+        files = [
+            {"file": f, "bytes": os.path.getsize(p), "crc32": packed.crc32_file(p)}
+            for f, p in zip(
+                [*done, packed.INDEX], [*paths, os.path.join(d, packed.INDEX)], strict=True
+            )
+        ]
+        return {
+            "format": packed.FORMAT,
+            "files": files,
+            "num_images": len(index),
+            "bytes": sum(f["bytes"] for f in files),
+        }
 
     def set_current(self, round_id: int | None) -> None:
         """Atomically point ``current`` at a complete round, or at none (``None``)."""
@@ -270,12 +338,40 @@ class MaskStore:
             return [f"{d} has no {_MANIFEST}"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             return [f"{os.path.join(d, _MANIFEST)} is unreadable ({type(e).__name__}: {e})"]
+        if man.get("format") == packed.FORMAT:
+            return self._verify_packed(d, man, want_n)
         n, nbytes = self._count_maps(d)
         problems = []
         if n != want_n:
             problems.append(f"{d} holds {n} label maps, its manifest says {want_n}")
         if nbytes != want_bytes:
             problems.append(f"{d}: label maps total {nbytes} bytes, its manifest says {want_bytes}")
+        return problems
+
+    @staticmethod
+    def _verify_packed(d: str, man: dict, want_n: int) -> list[str]:
+        problems = []
+        try:
+            files = [(str(f["file"]), int(f["bytes"]), int(f["crc32"])) for f in man["files"]]
+        except (KeyError, TypeError, ValueError) as e:
+            return [f"{os.path.join(d, _MANIFEST)} is unreadable (files: {type(e).__name__}: {e})"]
+        for name, size, crc in files:
+            path = os.path.join(d, name)
+            if not os.path.isfile(path):
+                problems.append(f"{path} is missing (listed in its manifest)")
+            elif os.path.getsize(path) != size:
+                problems.append(
+                    f"{path}: {os.path.getsize(path)} bytes, its manifest says {size} bytes"
+                )
+            elif packed.crc32_file(path) != crc:
+                problems.append(f"{path}: crc32 differs from its manifest's (damaged)")
+        if not problems:
+            try:
+                indexed = len(np.load(os.path.join(d, packed.INDEX), mmap_mode="r"))
+            except (OSError, ValueError) as e:
+                return [f"{os.path.join(d, packed.INDEX)} is unreadable ({e})"]
+            if indexed != want_n:
+                problems.append(f"{d} holds {indexed} label maps, its manifest says {want_n}")
         return problems
 
     @staticmethod
@@ -312,7 +408,49 @@ class MaskStore:
 
     def has(self, image_id: Any, round_id: int | None = None) -> bool:
         r = self.current_round() if round_id is None else round_id
-        return r is not None and os.path.isfile(self._path(r, image_id))
+        if r is None:
+            return False
+        try:
+            reader = self._reader(r)
+        except MaskFileError:
+            return False
+        if reader is None:
+            return os.path.isfile(self._path(r, image_id))
+        try:
+            return reader.find(image_key(image_id)) is not None
+        except (OSError, ValueError):
+            return False
+
+    def _reader(self, round_id: int) -> packed.PackedRound | None:
+        """This process's reader of a finished packed round; None for a round of PNG files
+        (or one not finished: its maps are looked for as PNGs, and are not there)."""
+        self._own_process()
+        d = self.round_dir(round_id)
+        path = os.path.join(d, _MANIFEST)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._readers.get(int(round_id))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            man = self.manifest(round_id)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MaskFileError(f"{path}: unreadable manifest ({e})") from None
+        reader = None
+        if man.get("format") == packed.FORMAT:
+            parts = [f["file"] for f in man["files"] if packed.PART_RE.match(f["file"])]
+            try:
+                reader = packed.PackedRound(d, parts)
+            except (OSError, ValueError) as e:
+                raise MaskFileError(
+                    f"{os.path.join(d, packed.INDEX)}: unreadable mask index of round "
+                    f"{round_id} of {self.root} ({type(e).__name__}: {e})"
+                ) from None
+        self._readers[int(round_id)] = (key, reader)
+        return reader
 
     def cell_centre(self, round_id: int) -> CellCentre:
         """Where the cells of ``round_id``'s maps sit on their images: the manifest's
@@ -353,6 +491,30 @@ class MaskStore:
         r = self.current_round() if round_id is None else round_id
         if r is None:
             raise FileNotFoundError(f"{self.root}: no current mask round")
+        reader = self._reader(r)
+        if reader is not None:
+            arr = self._read_packed(reader, image_id, r)
+        else:
+            arr = self._read_png(image_id, r)
+        if out_hw is not None:
+            arr = upsample_label_map(arr, out_hw, self.cell_centre(r))
+        return arr
+
+    def _read_packed(self, reader: packed.PackedRound, image_id: Any, r: int) -> np.ndarray:
+        try:
+            i = reader.find(image_key(image_id))
+            if i is None:
+                raise MaskFileError(
+                    f"{reader.dir}: no mask for image_id {image_id!r} in round {r} of {self.root}"
+                )
+            return reader.read_row(i)
+        except (OSError, ValueError) as e:  # a part deleted, truncated or overwritten
+            raise MaskFileError(
+                f"{reader.dir}: unreadable mask of image_id {image_id!r} in round {r} of "
+                f"{self.root} ({type(e).__name__}: {e})"
+            ) from None
+
+    def _read_png(self, image_id: Any, r: int) -> np.ndarray:
         path = self._path(r, image_id)
         try:
             with Image.open(path) as im:
@@ -368,8 +530,6 @@ class MaskStore:
             ) from None
         if arr.dtype != np.uint8 or arr.ndim != 2:
             raise MaskFileError(f"{path}: not an 8-bit label map ({arr.dtype}, {arr.shape})")
-        if out_hw is not None:
-            arr = upsample_label_map(arr, out_hw, self.cell_centre(r))
         return arr
 
 

@@ -247,7 +247,7 @@ def test_resume_repairs_a_garbage_pointer_from_the_checkpoint(tmp_path, content)
 @pytest.mark.parametrize("damage", ["delete_map", "truncate_map", "corrupt_manifest"])
 def test_resume_redoes_a_damaged_round(tmp_path, damage):
     store, rounds = _two_rounds(tmp_path)
-    png = store._path(4, 3)
+    png = os.path.join(store.round_dir(4), "part-000.bin")  # the file holding the maps
     if damage == "delete_map":
         os.remove(png)
     elif damage == "truncate_map":

@@ -161,3 +161,33 @@ def test_every_epoch_list_names_exactly_its_epochs() -> None:
     rest = [e for e in range(6, 800) if e % 5]
     assert _epoch_list(rest, rest_of_span=True) == "6-799 except those above (636 epochs)"
     assert _expand(_epoch_list(rest)) == rest
+
+
+def test_plan_gives_store_files_bytes_and_data_read_per_epoch() -> None:
+    """Packed store: a round is index + manifest + one part per writer (rank), whatever the
+    image count; its bytes are the per-map estimate x images; an epoch reads every image and
+    its map once."""
+    from cyborgs.engine.plan import IMAGE_BYTES_ESTIMATE, estimate_mask_bytes_per_image
+
+    cfg = _cfg()  # demo_R18: bootstrap rounds at epochs 1 and 3
+    bpi = estimate_mask_bytes_per_image(cfg)
+    for n in (400, 1_281_167):
+        plan = build_plan(cfg, n, world_size=8)
+        m, r = plan["masks"], plan["data_read_per_epoch"]
+        assert m["store_files_per_round"] == 2 + 8 and m["store_files"] == 2 * 10
+        assert m["store_bytes_per_round"] == int(bpi * n)
+        assert m["bytes"] == int(bpi * n * 2)
+        assert r["images_bytes"] == int(IMAGE_BYTES_ESTIMATE * n)
+        assert r["masks_bytes"] == int(bpi * n)
+        assert r["bytes"] == r["images_bytes"] + r["masks_bytes"]
+    text = format_plan(build_plan(cfg, 118287, world_size=8, image_bytes=100_000))
+    assert "mask store: 10 files per round" in text and "20 files in all" in text
+    assert "images ~11.8 GB at ~100.0 KB each" in text
+
+    # a fixed source precomputed by 2 loader workers on each of 4 ranks: 8 parts, one round
+    cfg = _cfg("CYBORGS.MASKS.SOURCE", "felzenszwalb", "DATALOADER.NUM_WORKERS", "2")
+    m = build_plan(cfg, 400, world_size=4)["masks"]
+    assert (m["store_files_per_round"], m["store_files"]) == (10, 10)
+    # nothing stored: no files, no masks read
+    plan = build_plan(_cfg("CYBORGS.MASKS.SOURCE", "grid"), 400, world_size=4)
+    assert plan["masks"]["store_files"] == 0 and plan["data_read_per_epoch"]["masks_bytes"] == 0

@@ -83,9 +83,11 @@ def test_run_with_bad_images_completes_its_round_and_counts_them(tiny_data_root,
     man = json.loads(manifests[0].read_text())
     assert man["skipped_images"] == 3
     assert {Path(f.split(": ")[0]).name for f in man["skipped_files"]} == _BAD
+    from cyborgs.masks.packed import scan_part
+
     round_dir = manifests[0].parent
-    names = {p.stem for p in round_dir.rglob("*.png")}
-    assert len(names) == 25  # the 24 tiny images and the 16-bit one
+    names = {r.key for p in round_dir.glob("part-*.bin") for r in scan_part(str(p))}
+    assert len(names) == man["num_images"] == 25  # the 24 tiny images and the 16-bit one
     for name in _BAD:
         assert name in log
 

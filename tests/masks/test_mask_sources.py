@@ -165,7 +165,7 @@ def test_cached_source_recomputes_a_damaged_cache(tmp_path, damage):
         with open(src.store.pointer_path, "wb") as f:
             f.write(b"\x00{")
     elif damage == "deleted_map":
-        os.remove(src.store._path(0, "im2"))
+        os.remove(os.path.join(src.store.round_dir(0), "part-000.bin"))  # the maps' file
     src = cached_mask_source(cfg, "d", "const", {"v": 1}, fn, lambda: items)
     assert len(calls) == (3 if damage == "none" else 6)  # an intact cache is reused
     assert src.store.verify_round(0) == []

@@ -147,15 +147,38 @@ def test_garbage_pointer_is_a_corrupt_pointer_error(tmp_path, content):
     assert store.current_round() is None
 
 
+def _legacy_png_round(tmp_path, ids=(1, 2, 3), round_id=4):
+    """A round of the earlier layout (one PNG per image), as earlier versions wrote it."""
+    from cyborgs.masks.store import encode_label_map
+
+    store = MaskStore(str(tmp_path))
+    store.begin_round(round_id)
+    for i in ids:
+        path = Path(store._path(round_id, i))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_label_map(_map(i)))
+    assert store.finish_round(round_id)["format"] == "png-L"
+    return store
+
+
+def _part(store, round_id=4) -> Path:
+    (f,) = [f["file"] for f in store.manifest(round_id)["files"] if f["file"].startswith("part")]
+    return Path(store.round_dir(round_id)) / f
+
+
 def test_verify_round_compares_manifest_and_files(tmp_path):
     store = _finished(tmp_path)
     assert store.verify_round(4) == []
-    png = Path(store._path(4, 2))
-    data = png.read_bytes()
-    png.write_bytes(data[: len(data) // 2])  # truncated
-    assert any("bytes" in p for p in store.verify_round(4))
-    png.unlink()  # deleted
-    assert any("holds 2 label maps, its manifest says 3" in p for p in store.verify_round(4))
+    part = _part(store)
+    data = part.read_bytes()
+    part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped, same size
+    assert any("crc32 differs" in p for p in store.verify_round(4))
+    part.write_bytes(data[: len(data) // 2])  # truncated
+    assert any("bytes, its manifest says" in p for p in store.verify_round(4))
+    part.unlink()  # deleted
+    assert any("part-000.bin is missing" in p for p in store.verify_round(4))
+    part.write_bytes(data)
+    assert store.verify_round(4) == []
     manifest = Path(store.round_dir(4)) / "manifest.json"
     manifest.write_bytes(b"{not json")
     assert any("manifest.json is unreadable" in p for p in store.verify_round(4))
@@ -164,11 +187,48 @@ def test_verify_round_compares_manifest_and_files(tmp_path):
     assert store.verify_round(7) == [f"{store.round_dir(7)} does not exist"]
 
 
+def test_verify_round_of_a_legacy_png_round(tmp_path):
+    store = _legacy_png_round(tmp_path)
+    assert store.verify_round(4) == []
+    np.testing.assert_array_equal(store.read(2), _map(2))
+    assert store.has(2) and not store.has(9)
+    png = Path(store._path(4, 2))
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 2])  # truncated
+    assert any("bytes" in p for p in store.verify_round(4))
+    png.unlink()  # deleted
+    assert any("holds 2 label maps, its manifest says 3" in p for p in store.verify_round(4))
+
+
 @pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])
 def test_read_of_a_damaged_map_is_a_mask_file_error(tmp_path, damage):
     from cyborgs.masks.store import MaskFileError
 
     store = _finished(tmp_path)
+    part = _part(store)
+    data = part.read_bytes()
+    man_files = store.manifest(4)["files"]
+    # where image 2's record lies: between image 1's and image 3's (written in that order)
+    start, end = data.index(b"CYM1", 1), data.index(b"CYM1", data.index(b"CYM1", 1) + 1)
+    if damage == "delete":
+        part.unlink()
+    elif damage == "truncate":
+        part.write_bytes(data[: start + 30])
+    else:
+        part.write_bytes(data[: start + 30] + b"\x00" * (end - start - 30) + data[end:])
+    assert store.manifest(4)["files"] == man_files
+    with pytest.raises(MaskFileError, match=r"image_id 2 in round 4") as e:
+        store.read(2)
+    assert isinstance(e.value, FileNotFoundError)  # what callers caught before
+    if damage == "garbage":  # the other maps of the part are intact
+        np.testing.assert_array_equal(store.read(3), _map(3))
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])
+def test_read_of_a_damaged_legacy_png_is_a_mask_file_error(tmp_path, damage):
+    from cyborgs.masks.store import MaskFileError
+
+    store = _legacy_png_round(tmp_path)
     png = Path(store._path(4, 2))
     if damage == "delete":
         png.unlink()
@@ -178,7 +238,7 @@ def test_read_of_a_damaged_map_is_a_mask_file_error(tmp_path, damage):
         png.write_bytes(b"not a png at all")
     with pytest.raises(MaskFileError, match=r"image_id 2 in round 4") as e:
         store.read(2)
-    assert isinstance(e.value, FileNotFoundError)  # what callers caught before
+    assert isinstance(e.value, FileNotFoundError)
     np.testing.assert_array_equal(store.read(3), _map(3))
 
 

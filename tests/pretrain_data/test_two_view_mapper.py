@@ -129,11 +129,16 @@ def test_missing_or_corrupt_bootstrap_mask_skips_the_image_and_counts_it(tmp_pat
     store = MaskStore(store_root(cfg, "bootstrap", "some_unlabeled_set"))
     store.begin_round(1)
     for d in dicts:
-        store.write(1, d["image_id"], np.ones((5, 8), np.uint8))
+        if d["image_id"] != "a":  # a's map is missing from the round
+            store.write(1, d["image_id"], np.ones((5, 8), np.uint8))
     store.finish_round(1)
-    os.remove(store._path(1, "a"))
-    with open(store._path(1, "b"), "wb") as f:
-        f.write(b"\x89PNG truncated")
+    from cyborgs.masks.packed import scan_part
+
+    part = os.path.join(store.round_dir(1), "part-000.bin")
+    (rec,) = [r for r in scan_part(part) if r.key == "b"]
+    with open(part, "r+b") as f:  # b's map damaged in place (same file size)
+        f.seek(rec.off)
+        f.write(b"\x00" * rec.length)
 
     mapper = TwoViewDatasetMapper(cfg)
     assert mapper(dicts[0]) is None and mapper(dicts[1]) is None
