@@ -199,3 +199,28 @@ def test_fall_back_to_cpu_without_cuda(monkeypatch) -> None:
         cfg.MODEL.RESNETS.NORM = norm
         assert fall_back_to_cpu(cfg) == [f"CUDA is not available: MODEL.RESNETS.NORM {norm} -> BN"]
         assert cfg.MODEL.RESNETS.NORM == "BN"
+
+
+def test_every_registered_loss_term_has_a_checked_weight_key() -> None:
+    """A loss term brings no check of its own: validation reads each registered term's weight
+    key (DESIGN.md "Add a loss term"): missing or negative is refused naming the key."""
+    from cyborgs.config.registries import LOSS_TERM_REGISTRY
+
+    class Extra:
+        weight_key = "CYBORGS.EXTRA_WEIGHT"
+
+    LOSS_TERM_REGISTRY._obj_map["extra"] = Extra  # no unregister in detectron2's Registry
+    try:
+        with pytest.raises(ConfigError, match=r"CYBORGS.EXTRA_WEIGHT: the weight of loss term"):
+            validate_cyborgs_config(_cfg())
+        cfg = _cfg()
+        cfg.CYBORGS.EXTRA_WEIGHT = -0.5
+        with pytest.raises(ConfigError, match=r"CYBORGS.EXTRA_WEIGHT = -0.5"):
+            validate_cyborgs_config(cfg)
+        cfg.CYBORGS.EXTRA_WEIGHT = 0.5
+        validate_cyborgs_config(cfg)
+    finally:
+        del LOSS_TERM_REGISTRY._obj_map["extra"]
+    bad = _cfg("CYBORGS.VMF.LAMBDA", -1.0)
+    with pytest.raises(ConfigError, match=r"CYBORGS.VMF.LAMBDA = -1.0"):
+        validate_cyborgs_config(bad)

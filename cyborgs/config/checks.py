@@ -15,7 +15,12 @@ import re
 from detectron2.config import CfgNode as CN
 
 from .defaults import SWITCH_KEYS, SYNC_NORMS, VMF_FEATURES, get_key, parse_switch
-from .registries import KMEANS_BACKEND_REGISTRY, MASK_SOURCE_REGISTRY, VMF_DISTANCE_REGISTRY
+from .registries import (
+    KMEANS_BACKEND_REGISTRY,
+    LOSS_TERM_REGISTRY,
+    MASK_SOURCE_REGISTRY,
+    VMF_DISTANCE_REGISTRY,
+)
 from .resnet import RESNET_BLOCKS, RESNET_BUILDERS, RESNET_STAGES, STAGE_STRIDES, parse_tap
 
 __all__ = [
@@ -70,7 +75,24 @@ def validate_cyborgs_config(cfg: CN, world_size: int | None = None) -> None:
     check_vmf(cfg)
     check_switches(cfg)
     check_solver(cfg, world_size)
+    check_loss_term_weights(cfg)
     warn_unlikely_schedules(cfg)
+
+
+def check_loss_term_weights(cfg: CN) -> None:
+    """Every registered loss term's weight key exists and holds a finite number >= 0 (the
+    terms' own keys need no check of their own: the "add a loss term" recipe of DESIGN.md)."""
+    for name in _names(LOSS_TERM_REGISTRY):
+        key = LOSS_TERM_REGISTRY.get(name).weight_key
+        node = cfg
+        for part in key.split("."):
+            if not isinstance(node, CN) or part not in node:
+                raise ConfigError(
+                    f"{key}: the weight of loss term {name!r} is not a config key (declare it in "
+                    "cyborgs/config/defaults.py)"
+                )
+            node = node[part]
+        _number(key, node, lo=0)
 
 
 # ---- helpers: one message format for every key ----

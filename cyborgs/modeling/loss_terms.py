@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from detectron2.utils.registry import Registry
+
+from cyborgs.config.registries import LOSS_TERM_REGISTRY
 
 __all__ = ["LOSS_TERM_REGISTRY", "LossInputs", "LossTerm", "loss_terms"]
-
-LOSS_TERM_REGISTRY = Registry("CYBORGS_LOSS_TERM")
-LOSS_TERM_REGISTRY.__doc__ = """Loss terms of the pretrainer (:class:`LossTerm` subclasses)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ DUMMY_VALUE = 3.0
 
 
 def add_dummy_config(cfg) -> None:
-    """Declare the weight key (an in-tree term declares it in ``add_cyborgs_config``)."""
+    """Declare the weight key (an in-tree term declares it in ``add_cyborgs_config``, in
+    cyborgs/config/defaults.py)."""
     cfg.CYBORGS.DUMMY_WEIGHT = 0.0
 
 
