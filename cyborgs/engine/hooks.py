@@ -14,7 +14,7 @@ Order in :meth:`CyborgsTrainer.build_hooks` (detectron2 runs hooks in registrati
                        after the checkpointer so the epoch is on disk if the round fails; then
                        the same checkpoint again, now recording the round (rounds leave the
                        global RNG states as they found them)
-    PeriodicWriter       (main process)
+    TimedPeriodicWriter  (main process; the console line, metrics.json, TensorBoard)
 """
 
 from __future__ import annotations

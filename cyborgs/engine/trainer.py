@@ -1,8 +1,11 @@
-"""``CyborgsTrainer``: detectron2's DefaultTrainer, with CYBORGS's schedule and hooks.
+"""``CyborgsTrainer``: the CYBORGS pretrainer, a detectron2 ``TrainerBase`` with its own loop.
 
-It takes the final config of :func:`cyborgs.engine.setup.setup_pretrain_cfg` (or
-``finalize_pretrain_cfg``) as ``DefaultTrainer`` takes ``setup(args)``'s, and changes nothing
-in it. What differs from ``DefaultTrainer`` and why:
+detectron2's advice when ``DefaultTrainer``'s assumptions do not fit is to build on
+``TrainerBase`` / ``SimpleTrainer`` (its docstring; ``tools/plain_train_net.py``); here they do
+not (DDP wrapping, a loader built at the resumed iteration, epoch schedules), so the trainer owns
+its builders, hooks, loop, resume and state, and the optimisation step is a ``SimpleTrainer``
+subclass. It takes the final config of :func:`cyborgs.engine.setup.setup_pretrain_cfg` (or
+``finalize_pretrain_cfg``) and changes nothing in it. What it does beyond detectron2's defaults:
 
 * Schedules are in epochs (METHOD.md §5): the config carries the derived ``CYBORGS.DATA.NUM_IMAGES``
   and ``SOLVER.MAX_ITER = round(EPOCHS * iters_per_epoch)``, ``iters_per_epoch =
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -32,10 +36,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import HookBase, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.modeling import build_model
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
+from detectron2.utils.events import (
+    EventStorage,
+    EventWriter,
+    JSONWriter,
+    TensorboardXWriter,
+    get_event_storage,
+)
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
@@ -44,10 +54,10 @@ from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer
 from cyborgs.utils.atomic import DiskFullError
 from cyborgs.utils.nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
 
-from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
+from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer, check_plain
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
 from .setup import iters_per_epoch_of
-from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
+from .writers import PendingRounds, RoundAwareMetricPrinter, TimedPeriodicWriter
 
 __all__ = ["CyborgsTrainer", "ResumableLoader", "preserve_rng"]
 
@@ -192,16 +202,6 @@ class _CyborgsStep(SimpleTrainer):
                 logger.warning(f"Skipped {len(files)} unreadable image(s): {files[:5]}")
 
 
-def _disk_full_in_one_line(record: logging.LogRecord) -> bool:
-    """detectron2 logs any training exception with its traceback; a full disk is one line (the
-    file, the space needed and free), the torch traceback only hides it."""
-    exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, DiskFullError):
-        record.msg, record.args = f"Exception during training: {exc}", ()
-        record.exc_info, record.exc_text = None, None
-    return True
-
-
 def _create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
     """detectron2's ``create_ddp_model``, except that CPU modules get no ``device_ids`` (DDP
     rejects them; detectron2 v0.6 assumes one GPU per process)."""
@@ -210,31 +210,36 @@ def _create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
     return DistributedDataParallel(model, **kwargs)
 
 
-class CyborgsTrainer(DefaultTrainer):
+class CyborgsTrainer(TrainerBase):
     """Pretrainer for the ``CYBORGS`` meta-architecture (see module docstring).
 
-    Attributes for hooks: ``iters_per_epoch``; ``loss_schedule`` (the
-    :class:`~cyborgs.engine.hooks.LossScheduleHook`: ``current`` phase, ``epoch_started``,
-    ``warmup_just_ended``); ``restart_data_loader(iteration)`` (used by the BootstrapHook after
-    a round, so prefetched batches with old masks are dropped); ``data_seed``.
+    detectron2's ``TrainerBase`` (hooks, the iteration counters) with its own builders, hooks,
+    loop, resume and state; the optimisation step is a ``SimpleTrainer`` (``_CyborgsStep``), as
+    in detectron2's ``DefaultTrainer``, whose assumptions do not fit here (see ``__init__``).
+
+    Attributes for hooks: ``model``, ``optimizer``, ``scheduler``, ``checkpointer``, ``cfg``,
+    ``iters_per_epoch``; ``loss_schedule`` (the :class:`~cyborgs.engine.hooks.LossScheduleHook`:
+    ``current`` phase, ``epoch_started``, ``warmup_just_ended``); ``restart_data_loader(
+    iteration)`` (used by the BootstrapHook after a round, so prefetched batches with old masks
+    are dropped); ``data_seed``.
     """
 
     def __init__(self, cfg: CfgNode, args: Any = None) -> None:
         """``cfg``: a final config (:mod:`cyborgs.engine.setup`); ``args``: recorded in the
         checkpoints beside the config.
 
-        This is ``DefaultTrainer.__init__``'s sequence, through the same overridable builders,
-        with one deviation that forces repeating it instead of calling it: DefaultTrainer wraps
-        the model with a hard-coded ``create_ddp_model(model, broadcast_buffers=False)``, which
-        hands CPU processes ``device_ids`` (DDP rejects those, so ``--num-gpus 2`` on CPU/gloo
-        fails) and no ``find_unused_parameters`` (needed: the vMF warm-up leaves the contrastive
-        heads without gradients), and offers no hook to change either without patching
-        detectron2. Here that step is :meth:`build_ddp_model`. Left out on purpose:
-        ``auto_scale_workers`` (``SOLVER.REFERENCE_WORLD_SIZE`` must be 0: IMS_PER_BATCH is the
-        global batch the epochs are counted in) and the AMP trainer (bf16 is
-        ``CYBORGS.GPU.BF16``); both are rejected by the config's validation.
+        The sequence is ``DefaultTrainer``'s, through overridable builders, with the pieces
+        DefaultTrainer hard-codes chosen here: the model is wrapped by :meth:`build_ddp_model`
+        (DefaultTrainer's ``create_ddp_model(model, broadcast_buffers=False)`` hands CPU
+        processes ``device_ids``, which DDP rejects, and no ``find_unused_parameters``, which
+        the vMF warm-up needs: the contrastive heads get no gradient), the loader is built
+        lazily at the resumed iteration (:class:`ResumableLoader`), the checkpointer is
+        :class:`SafeCheckpointer`. Left out on purpose: ``auto_scale_workers``
+        (``SOLVER.REFERENCE_WORLD_SIZE`` must be 0: IMS_PER_BATCH is the global batch the
+        epochs are counted in) and the AMP trainer (bf16 is ``CYBORGS.GPU.BF16``); both are
+        rejected by the config's validation.
         """
-        TrainerBase.__init__(self)
+        super().__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         self.iters_per_epoch = self._check_final(cfg)
@@ -269,6 +274,19 @@ class CyborgsTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.loss_schedule = LossScheduleHook(cfg, self.iters_per_epoch)
         self.register_hooks(self.build_hooks())
+
+    # the step's objects, for hooks (detectron2's hooks read trainer.model / .optimizer)
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._trainer.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._trainer.optimizer
+
+    @property
+    def data_loader(self) -> ResumableLoader:
+        return self._trainer.data_loader
 
     @staticmethod
     def _check_final(cfg: CfgNode) -> int:
@@ -306,7 +324,7 @@ class CyborgsTrainer(DefaultTrainer):
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_lars_optimizer(cfg, model)
 
-    def build_lr_scheduler(self, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:  # type: ignore[override]
+    def build_lr_scheduler(self, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
         return build_epoch_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
 
     def build_ddp_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -331,7 +349,7 @@ class CyborgsTrainer(DefaultTrainer):
         return "start_iter" in inspect.signature(build_pretrain_train_loader).parameters
 
     @classmethod
-    def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0) -> Any:  # type: ignore[override]
+    def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0) -> Any:
         """``build_pretrain_train_loader(cfg, start_iter=...)``: the stream must begin at
         global sample ``start_iter * IMS_PER_BATCH`` for an exact resume."""
         from cyborgs.pretrain_data.pretrain_loader import build_pretrain_train_loader
@@ -357,7 +375,7 @@ class CyborgsTrainer(DefaultTrainer):
         """Rebuild the loader at ``iteration`` (default: the step about to run)."""
         self._loader.restart(self.iter if iteration is None else iteration)
 
-    def build_bootstrap_hook(self) -> hooks.HookBase | None:
+    def build_bootstrap_hook(self) -> HookBase | None:
         """The bootstrap-round hook, when ``CYBORGS.MASKS.SOURCE`` is "bootstrap".
 
         ``cyborgs.bootstrap.BootstrapHook(cfg, iters_per_epoch=...)`` runs rounds in
@@ -372,61 +390,66 @@ class CyborgsTrainer(DefaultTrainer):
 
         return BootstrapHook(self.cfg, iters_per_epoch=self.iters_per_epoch)
 
-    def build_hooks(self) -> list[hooks.HookBase | None]:
+    def build_hooks(self) -> list[HookBase | None]:
+        """The hooks, in the order detectron2 runs them (docs/DESIGN.md "Training loop")."""
         cfg = self.cfg
         bootstrap = self.build_bootstrap_hook()
-        # the console ETA adds the rounds still to come (build_writers)
-        self._pending_rounds = getattr(bootstrap, "pending_rounds", None)
         # The step before a round is checkpointed whatever the period (see BootstrapHook).
         before_round = getattr(bootstrap, "round_follows", None)
-        ret: list[hooks.HookBase | None] = [
+        main = comm.is_main_process()
+        keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
+        return [
             hooks.IterationTimer(),
             self.loss_schedule,
             EMAHook(cfg.CYBORGS.EMA.BASE_MOMENTUM, cfg.CYBORGS.EMA.SCHEDULE),
             hooks.LRScheduler(),
             # every rank: gathers the RNG states the checkpointer saves next (a collective)
             RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, also_at=before_round),
+            PeriodicCheckpointer(
+                self.checkpointer,
+                cfg.SOLVER.CHECKPOINT_PERIOD,
+                max_to_keep=keep or None,
+                also_at=before_round,
+            )
+            if main
+            else None,
+            # after the checkpointer: the epoch before a round is on disk if the round fails
+            bootstrap,
+            # the console ETA adds the rounds still to come
+            TimedPeriodicWriter(
+                self.build_writers(getattr(bootstrap, "pending_rounds", None)),
+                period=min(20, self.iters_per_epoch),
+            )
+            if main
+            else None,
         ]
-        if comm.is_main_process():
-            keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
-            ret.append(
-                PeriodicCheckpointer(
-                    self.checkpointer,
-                    cfg.SOLVER.CHECKPOINT_PERIOD,
-                    max_to_keep=keep or None,
-                    also_at=before_round,
-                )
-            )
-        # after the checkpointer: the epoch before a round is on disk if the round fails
-        ret.append(bootstrap)
-        if comm.is_main_process():
-            ret.append(
-                TimedPeriodicWriter(self.build_writers(), period=min(20, self.iters_per_epoch))
-            )
-        return ret
 
-    def build_writers(self) -> list[Any]:
-        """detectron2's default writers, with a console printer whose ETA includes the bootstrap
-        rounds still to come."""
-        from detectron2.utils.events import CommonMetricPrinter
-
-        pending = getattr(self, "_pending_rounds", None)
-        writers = super().build_writers()
+    def build_writers(self, pending_rounds: PendingRounds | None = None) -> list[EventWriter]:
+        """The console line (:class:`RoundAwareMetricPrinter`: ETA with the bootstrap rounds
+        ``pending_rounds`` reports), ``OUTPUT_DIR/metrics.json`` and TensorBoard events."""
+        out = self.cfg.OUTPUT_DIR
+        os.makedirs(out, exist_ok=True)
         return [
-            RoundAwareMetricPrinter(self.max_iter, pending) if type(w) is CommonMetricPrinter else w
-            for w in writers
+            RoundAwareMetricPrinter(self.max_iter, pending_rounds),
+            JSONWriter(os.path.join(out, "metrics.json")),
+            TensorboardXWriter(out),
         ]
 
     # ---- resume ----
     def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from ``OUTPUT_DIR``'s last checkpoint (``resume`` and one exists: model,
+        optimizer, scheduler, hooks, data seed; training goes on at the next iteration), else
+        load ``MODEL.WEIGHTS`` if set and start at 0. Positions the loader either way."""
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
+            # the checkpoint holds the iteration that had just finished
             self.start_iter = self.iter + 1
         self._loader.restart(self.start_iter)
 
     def state_dict(self) -> dict[str, Any]:
+        """``iteration``, ``hooks`` (TrainerBase), ``_trainer`` (the step: optimizer) and
+        ``data_seed``: the checkpoint's ``trainer`` entry, all plain values."""
         ret = super().state_dict()
-        # detectron2 v0.6's DefaultTrainer does not save the optimizer; we do.
         ret["_trainer"] = self._trainer.state_dict()
         ret["data_seed"] = self.data_seed
         return ret
@@ -438,18 +461,38 @@ class CyborgsTrainer(DefaultTrainer):
         if "data_seed" in state_dict:
             self.data_seed = int(state_dict["data_seed"])
 
-    def train(self) -> None:  # type: ignore[override]
+    # ---- the loop ----
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def train(self) -> None:
+        """Run iterations ``start_iter .. max_iter - 1`` with the hooks around each (as
+        ``TrainerBase.train``). After a normal end ``iter == max_iter``; after an exception
+        it is the failed iteration, and ``after_train`` runs either way."""
         # Fail at iteration 0, not at the first checkpoint an epoch later, if some hook's state
         # is not plain.
-        from .checkpoint import check_plain
-
         check_plain(self.state_dict(), where="trainer state")
-        train_log = logging.getLogger("detectron2.engine.train_loop")
-        train_log.addFilter(_disk_full_in_one_line)
-        try:
-            super().train()
-        finally:
-            train_log.removeFilter(_disk_full_in_one_line)
+        logger.info(f"Starting training from iteration {self.start_iter}")
+        self.iter = self.start_iter
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                for it in range(self.start_iter, self.max_iter):
+                    self.iter = it
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter = self.max_iter  # hooks' after_train: the run finished
+            except DiskFullError as e:
+                # one line (the file, the space needed and free): a traceback only hides it
+                logger.error(f"Exception during training: {e}")
+                raise
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:

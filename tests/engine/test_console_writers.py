@@ -114,3 +114,52 @@ def test_writer_writes_every_period_and_on_a_timer(monkeypatch) -> None:
     now[0] += 61  # one slow step: written although the period has not ended
     hook.after_step()
     assert w.n == 2
+
+
+def test_console_line_format_and_stored_eta(monkeypatch, caplog) -> None:
+    """detectron2 v0.6's metric line, hand-built: ETA = median iteration time x iterations left,
+    loss medians over the window (only terms of this step), mean iteration time, mean data time
+    of the last 20, the latest LR; ``eta_seconds`` (iterations only) stored for metrics.json."""
+    import cyborgs.engine.writers as writers_mod
+
+    monkeypatch.setattr(writers_mod.torch.cuda, "is_available", lambda: False)  # no max_mem
+    printer = RoundAwareMetricPrinter(10)
+    with EventStorage(0) as storage:
+        for it, (t, loss) in enumerate([(1.0, 1.0), (3.0, 2.0), (2.0, 3.0)]):
+            storage.iter = it
+            storage.put_scalars(time=t, data_time=0.1 * (it + 1), loss_a=loss, epoch=0)
+            storage.put_scalar("lr", 0.25 / (it + 1), smoothing_hint=False)
+            if it == 0:
+                storage.put_scalar("loss_b", 9.0)  # a phase-only term, absent at iteration 2
+        with caplog.at_level(logging.INFO, logger="detectron2.utils.events"):
+            printer.write()
+        # median time 2 s x (10 - 2 - 1) iterations left = 14 s; times' mean 2; data mean 0.2
+        assert caplog.records[-1].getMessage() == (
+            " eta: 0:00:14  iter: 2  loss_a: 2  time: 2.0000  data_time: 0.2000  lr: 0.083333  "
+        )
+        assert storage.latest()["eta_seconds"] == (14.0, 2)
+        storage.iter = 10  # training finished: nothing more to report
+        printer.write()
+        assert len([r for r in caplog.records if "iter:" in r.getMessage()]) == 1
+
+
+def test_writer_hook_writes_and_closes_its_writers_after_training() -> None:
+    from detectron2.utils.events import EventWriter
+
+    from cyborgs.engine.writers import TimedPeriodicWriter
+
+    class _Log(EventWriter):
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def write(self) -> None:
+            self.calls.append("write")
+
+        def close(self) -> None:
+            self.calls.append("close")
+
+    w = _Log()
+    hook = TimedPeriodicWriter([w], period=20)
+    hook.trainer = _Trainer(100)
+    hook.after_train()  # e.g. after a failed step: what it put is still written
+    assert w.calls == ["write", "close"]

@@ -184,6 +184,7 @@ def _train(cfg, crash_at: int | None = None, resume: bool = False) -> _TinyTrain
 def test_resume_is_bit_exact(tmp_path) -> None:
     straight = _train(_cfg(str(tmp_path / "a")))
     assert straight.max_iter == 9 and straight.iters_per_epoch == 3
+    assert straight.iter == 9  # a finished loop ends at max_iter (hooks' after_train see it)
 
     crashed = _train(_cfg(str(tmp_path / "b")), crash_at=5)  # last checkpoint: iteration 3
     assert crashed.iter == 5
@@ -361,3 +362,32 @@ def test_a_failed_round_keeps_the_epoch_and_the_resume_reruns_it(tmp_path) -> No
     for r in (1, 2):
         for i in range(3):
             assert np.array_equal(a.read(i, round_id=r), b.read(i, round_id=r)), (r, i)
+
+
+def test_loop_ends_and_a_full_disk_is_one_line(tmp_path, caplog) -> None:
+    """The trainer's own loop: a failing step keeps its iteration, the writers still write what
+    it logged (after_train), and a full disk is logged as one line (the file, needed and free
+    space) instead of a traceback."""
+    import json
+    import logging
+
+    from cyborgs.utils.atomic import DiskFullError
+
+    full = DiskFullError(str(tmp_path / "full" / "model_0000001.pth"), 45_000_000, 1_000)
+
+    class _DiskFull(HookBase):
+        def after_step(self) -> None:
+            if self.trainer.iter == 1:
+                raise full
+
+    seed_all_rng(0)
+    t = _TinyTrainer(_final(_cfg(str(tmp_path / "full"))))
+    t.register_hooks([_DiskFull()])  # after the writer, which writes every 3 iterations
+    t.resume_or_load(resume=False)
+    with caplog.at_level(logging.INFO, logger="cyborgs"), pytest.raises(DiskFullError):
+        t.train()
+    assert t.iter == 1
+    (err,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert err.exc_info is None and err.getMessage() == f"Exception during training: {full}"
+    rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1] and "loss_vmf" in rows[0]  # latest values
