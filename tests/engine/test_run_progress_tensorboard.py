@@ -146,6 +146,14 @@ def _reference_miou(pairs) -> float:
     return float(np.mean([tp / (tp + fp + fn) for tp, fp, fn in totals.values()]))
 
 
+def _nearest_cells(N: int, n: int, c: float) -> np.ndarray:
+    """For each of N pixels, the index of the nearest of n cell centres (j + c) N / n; ties
+    to the higher index (brute force over all cells)."""
+    dist = np.abs((np.arange(N)[:, None] + 0.5) - (np.arange(n)[None, :] + c) * N / n)
+    best = dist.min(axis=1, keepdims=True)
+    return np.where(np.isclose(dist, best, rtol=0, atol=1e-9), np.arange(n), -1).max(axis=1)
+
+
 def test_logged_mask_miou_is_the_stored_masks_against_ground_truth(run, tiny_data_root) -> None:
     """The mask mIoU the run logs for each round (labeled twin demo_coco_2017_train) equals
     the metric recomputed here from the maps the round stored and the annotations."""
@@ -174,8 +182,11 @@ def test_logged_mask_miou_is_the_stored_masks_against_ground_truth(run, tiny_dat
             stored = store.read(d["image_id"], round_id=round_id)  # the map as stored
             H, W = gt.shape
             h, w = stored.shape
-            # nearest upsampling to the image: pixel (i, j) <- map[i h // H, j w // W]
-            pred = stored[(np.arange(H) * h) // H][:, (np.arange(W) * w) // W]
+            # the round's cells as its manifest records them: cell j of n over N pixels is
+            # centred at (j + c) N / n; each pixel (centre k + 0.5) takes the nearest cell
+            # centre, a tie going to the higher cell (DESIGN.md "Cell placement")
+            c_y, c_x = store.manifest(round_id)["cell_grid"]["centre"]
+            pred = stored[_nearest_cells(H, h, c_y)][:, _nearest_cells(W, w, c_x)]
             pairs.append((pred, gt))
         assert len(pairs) > 10
         reference = _reference_miou(pairs)
