@@ -81,12 +81,13 @@ _MAX_PAD_FACTOR = 2.0
 class RoundSettings:
     """How a bootstrapping round runs (paper §3.3, METHOD.md §3). Build it with :meth:`from_cfg`
     (every value comes from the config; none is defaulted here) and vary it with
-    ``dataclasses.replace``. The constructor checks the values a round cannot run with.
+    ``dataclasses.replace``. Its values are those of a validated config: every check lives
+    once, in ``cyborgs.config.checks`` (``check_bootstrap``, ``check_model``).
 
     Attributes:
         features: backbone blocks clustered, fused when several (``BOOTSTRAP.FEATURES``).
         group_size: images clustered jointly (``BOOTSTRAP.GROUP_SIZE``).
-        k_min, k_max: K ~ Uniform{k_min..k_max} per group, 1 <= k_min <= k_max <= 256.
+        k_min, k_max: K ~ Uniform{k_min..k_max} per group, 2 <= k_min <= k_max <= 256.
         kmeans_iters: Lloyd iterations (``BOOTSTRAP.KMEANS_ITERS``).
         backend: k-means backend, "auto" or a ``KMEANS_BACKEND_REGISTRY`` name.
         input_size: shorter side fed to the encoder (0: as stored).
@@ -116,19 +117,6 @@ class RoundSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        if not self.features:
-            raise ValueError("CYBORGS.BOOTSTRAP.FEATURES must name at least one block")
-        if not 1 <= self.k_min <= self.k_max <= 256:
-            raise ValueError(
-                f"CYBORGS.BOOTSTRAP.K_MIN/K_MAX must satisfy 1 <= K_MIN <= K_MAX <= 256 (uint8 "
-                f"label maps), got {self.k_min}, {self.k_max}"
-            )
-        if self.group_size < 1 or self.batch_size < 1:
-            raise ValueError("CYBORGS.BOOTSTRAP.GROUP_SIZE and BATCH_SIZE must be >= 1")
-        if self.border_pad < 0:
-            raise ValueError(
-                f"CYBORGS.BOOTSTRAP.BORDER_PAD must be >= 0 pixels, got {self.border_pad}"
-            )
 
     @classmethod
     def from_cfg(cls, cfg) -> RoundSettings:

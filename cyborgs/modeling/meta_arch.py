@@ -40,7 +40,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..config import SYNC_NORMS, VMF_FEATURES, mask_id_width
+from ..config import SYNC_NORMS, mask_id_width
 from ..data.device_augment import apply_photometric, stack_photometric
 from .backbone_taps import forward_taps, tap_channels, validate_taps
 from .fusion import fuse_features, fused_channels
@@ -102,7 +102,9 @@ def _pretraining_backbone_cfg(cfg):
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveSettings:
-    """The mask-contrastive branch (METHOD.md §2; keys of ``cyborgs/config/defaults.py``, same names).
+    """The mask-contrastive branch (METHOD.md §2; keys of ``cyborgs/config/defaults.py``, same
+    names). Like the other settings below, its values are those of a validated config: every
+    check lives once, in ``cyborgs.config.checks``.
 
     Attributes:
         fusion_features: maps fused for the contrastive loss (``CYBORGS.FUSION_FEATURES``).
@@ -127,14 +129,6 @@ class ContrastiveSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fusion_features", tuple(self.fusion_features))
-        if not self.fusion_features:
-            raise ValueError("CYBORGS.FUSION_FEATURES must name at least one feature map")
-        if self.num_sampled_masks <= 0:
-            raise ValueError(
-                f"CYBORGS.NUM_SAMPLED_MASKS must be positive, got {self.num_sampled_masks}"
-            )
-        if not 2 <= self.max_mask_ids:
-            raise ValueError(f"max_mask_ids must be >= 2 (mask_id_width), got {self.max_mask_ids}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,12 +150,6 @@ class VMFSettings:
     distance: str
     kmeans_backend: str = "torch"
 
-    def __post_init__(self) -> None:
-        if self.feature not in VMF_FEATURES:
-            raise ValueError(
-                f"CYBORGS.VMF.FEATURE must be one of {VMF_FEATURES}, got {self.feature!r}"
-            )
-
 
 @dataclasses.dataclass(frozen=True)
 class InputSettings:
@@ -173,11 +161,6 @@ class InputSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
         object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
-        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN / PIXEL_STD must have 3 (RGB) values, got "
-                f"{list(self.pixel_mean)} / {list(self.pixel_std)}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
