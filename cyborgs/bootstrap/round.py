@@ -52,6 +52,7 @@ from cyborgs.data.image_io import (
 )
 from cyborgs.masks.cell_grid import cell_grid_record
 from cyborgs.masks.store import MaskStore, check_unique_image_ids
+from cyborgs.utils import preemption
 from cyborgs.utils.progress import Progress
 
 from .features import extract_bootstrap_features
@@ -507,6 +508,7 @@ def bootstrap_shard(
             while len(pending) >= s.group_size:
                 cluster_group(pending[: s.group_size])
                 del pending[: s.group_size]
+                preemption.check()  # a stop request: the resume redoes the whole round
         if batch:
             flush_batch()
         while pending:

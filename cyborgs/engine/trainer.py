@@ -46,6 +46,7 @@ from cyborgs.utils.atomic import DiskFullError
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
 from .nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
+from .preemption import PreemptionHook
 from .setup import iters_per_epoch_of
 from .writers import RoundAwareMetricPrinter, TimedPeriodicWriter
 
@@ -386,6 +387,7 @@ class CyborgsTrainer(DefaultTrainer):
             hooks.LRScheduler(),
             # every rank: gathers the RNG states the checkpointer saves next (a collective)
             RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, also_at=before_round),
+            PreemptionHook(),  # every rank: stop on a signal, checkpointed (a collective)
         ]
         if comm.is_main_process():
             keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
