@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,15 +70,12 @@ def test_local_two_task_job_requeued_ends_like_an_uninterrupted_run(
     path = os.pathsep.join([str(REPO), str(REPO / "tools"), os.environ.get("PYTHONPATH", "")])
     monkeypatch.setenv("PYTHONPATH", path)
     cfg = ["--config-file", "pretrain_configs/demo_R18.yaml"]
-    straight = tmp_path / "straight"
-    res = subprocess.run(
-        [sys.executable, str(REPO / "tools/pretrain_net.py"), "--num-gpus", "2", *cfg,
-         "OUTPUT_DIR", str(straight), *_OPTS],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-
     import submitit
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(tasks_per_node=2, timeout_min=20)
+    straight = tmp_path / "straight"
+    executor.submit(submit.PretrainJob([*cfg, "OUTPUT_DIR", str(straight), *_OPTS])).results()
 
     out = tmp_path / "job"
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
