@@ -90,6 +90,13 @@ def test_signal_mid_epoch_checkpoints_and_resume_is_exact(tmp_path) -> None:
     resumed, stop = _run(cfg, resume=True)
     assert stop is None and resumed.start_iter == 5
     assert _same_weights(resumed, straight)
+    # metrics.json continues: no iteration twice, none of the uninterrupted run's missing
+    it_a, it_b = (_metric_iterations(tmp_path / n / "metrics.json") for n in ("a", "b"))
+    assert it_b == sorted(set(it_b)) and set(it_a) <= set(it_b) and 4 in it_b
+
+
+def _metric_iterations(path) -> list[int]:
+    return [json.loads(line)["iteration"] for line in path.read_text().splitlines()]
 
 
 def test_signal_in_the_last_step_ends_the_run_normally(tmp_path) -> None:
