@@ -36,11 +36,16 @@ from torch.multiprocessing import ProcessExitedException
 
 from cyborgs.config import ConfigError
 from cyborgs.config_io import ConfigFileError, parse_yaml_text
-from cyborgs.engine.launch import launch_from_args
+from cyborgs.engine.launch import (
+    add_cluster_arguments,
+    install_preemption_signals,
+    launch_from_args,
+)
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
 from cyborgs.utils import ownership
 from cyborgs.utils.atomic import DiskFullError, format_bytes, free_bytes
+from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS, Preempted
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
 
@@ -325,6 +330,7 @@ def _config_errors_as_one_line(args):
 
 
 def main(args) -> None:
+    install_preemption_signals(args)  # before anything slow: a signal now is honoured too
     with _config_errors_as_one_line(args):
         cfg = setup(args)
     try:
@@ -339,6 +345,11 @@ def main(args) -> None:
         # The checkpoints up to the failure are whole (atomic writes): resume from them.
         print(f"error: {e}; free some space and continue with --resume", file=sys.stderr)
         raise SystemExit(1) from None
+    except Preempted as e:
+        # A scheduler's stop (SLURM preemption / time limit): not an error of the run.
+        if comm.is_main_process():
+            print(f"preempted: {e}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
 
 
 def plan_only(args) -> int:
@@ -404,6 +415,7 @@ def get_parser():
         help="with --plan-only: number of training images (default: count the data set; "
         "lets you plan a run whose data is not on this machine)",
     )
+    add_cluster_arguments(parser)
     for action in parser._actions:  # detectron2's flag; pretraining has no evaluation
         if action.dest == "eval_only":
             action.help = argparse.SUPPRESS
@@ -441,9 +453,18 @@ def cli(argv: list[str] | None = None) -> int:
                                     world_size=args.num_gpus * args.num_machines)  # fmt: skip
         refuse_output_dir(cfg.OUTPUT_DIR, args.resume)
         claim_output_dir(cfg.OUTPUT_DIR, dry_run=True)  # claimed in setup(), after the disk
+    install_preemption_signals(args)  # the launcher forwards these to its processes
     try:
         launch_from_args(main, args)
+    except SystemExit as e:  # one process, run inline
+        if e.code == PREEMPTED_EXIT_STATUS:
+            return PREEMPTED_EXIT_STATUS
+        raise
     except ProcessExitedException as e:
+        if e.exit_code == PREEMPTED_EXIT_STATUS:  # every process checkpointed and stopped
+            print("preempted: the processes stopped on a signal after a checkpoint; continue "
+                  "with --resume", file=sys.stderr)  # fmt: skip
+            return PREEMPTED_EXIT_STATUS
         # A spawned process exited with a status after printing why (a config mistake found
         # only there, e.g. a missing data set: one error line per process); the launcher's
         # own traceback would bury that line. A process that raised still shows its traceback.

@@ -20,11 +20,17 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from repo_paths import resolve_transfer_config
+from torch.multiprocessing import ProcessExitedException
 
-from cyborgs.engine.launch import launch_from_args  # CPU multi-process capable (METHOD.md §7)
+from cyborgs.engine.launch import (  # CPU multi-process capable (METHOD.md §7)
+    add_cluster_arguments,
+    install_preemption_signals,
+    launch_from_args,
+)
 from cyborgs.transfer.results import write_metrics_final
 from cyborgs.transfer.setup import get_transfer_cfg
 from cyborgs.transfer.trainer import TransferTrainer, build_checkpointer, check_backbone_loaded
+from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS, Preempted
 
 
 def load_config(args):
@@ -48,6 +54,7 @@ def setup(args):
 def main(args):
     from cyborgs.transfer.preflight import preflight
 
+    install_preemption_signals(args)
     cfg = setup(args)
     preflight(cfg, eval_only=args.eval_only, resume=args.resume)
     if args.eval_only:
@@ -63,13 +70,18 @@ def main(args):
     else:
         trainer = TransferTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
+        try:
+            results = trainer.train()
+        except Preempted as e:  # a scheduler's stop: checkpointed, continue with --resume
+            if comm.is_main_process():
+                print(f"preempted: {e}", file=sys.stderr)
+            raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     write_metrics_final(cfg, results, eval_only=args.eval_only, config_file=args.config_file)
     return results
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = default_argument_parser().parse_args(argv)
+    args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     # Read the config here, before launching: a config that cannot be used is one error line
     # (exit 2) and nothing is written, instead of one traceback per process.
     try:
@@ -80,7 +92,18 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: {args.config_file} with the overrides {args.opts}: {msg}",
               file=sys.stderr)  # fmt: skip
         return 2
-    launch_from_args(main, args)
+    install_preemption_signals(args)  # the launcher forwards these to its processes
+    try:
+        launch_from_args(main, args)
+    except SystemExit as e:
+        if e.code == PREEMPTED_EXIT_STATUS:
+            return PREEMPTED_EXIT_STATUS
+        raise
+    except ProcessExitedException as e:
+        if e.exit_code == PREEMPTED_EXIT_STATUS:
+            print("preempted: continue with --resume", file=sys.stderr)
+            return PREEMPTED_EXIT_STATUS
+        raise
     return 0
 
 

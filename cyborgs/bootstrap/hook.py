@@ -43,6 +43,7 @@ from detectron2.utils import comm
 
 from cyborgs.masks.store import CorruptPointerError, MaskStore, check_unique_image_ids
 from cyborgs.solver.schedule import due_epochs, round_epochs
+from cyborgs.utils import preemption
 from cyborgs.utils.nonfinite import NonFiniteLossError
 from cyborgs.utils.rng import capture_rng_state, restore_rng_state
 
@@ -437,6 +438,8 @@ class BootstrapHook(HookBase):
             failed = [(r, o) for r, o in enumerate(comm.all_gather(mine)) if o is not None]
             if error is None and failed:
                 r, (nonfinite, message) = failed[0]
+                if message.startswith("Preempted:"):  # another rank stopped on a signal: stop too
+                    raise preemption.Preempted(preemption.requested() or 15)
                 if not nonfinite:
                     raise BootstrapRoundError(
                         f"bootstrap round {round_id}: rank {r} failed ({message}; see its log)"

@@ -53,6 +53,7 @@ from cyborgs.data.image_io import (
 )
 from cyborgs.masks.cell_grid import cell_grid_record
 from cyborgs.masks.store import MaskStore, check_unique_image_ids
+from cyborgs.utils import preemption
 from cyborgs.utils.progress import Progress
 
 from .features import extract_bootstrap_features
@@ -412,6 +413,7 @@ def bootstrap_shard(
                                         encoder.cell_grid["centre"])  # fmt: skip
             tally.write_s += time.perf_counter() - t1
             progress.update(len(group))
+            preemption.check()  # a stop request: the resume redoes the whole round
 
     stats = _shard_stats(tally, round_id, s, len(indices), time.perf_counter() - t_start,
                          encoder.cell_grid)  # fmt: skip

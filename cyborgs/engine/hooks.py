@@ -242,7 +242,12 @@ class RNGStateHook(HookBase):
 
     def after_step(self) -> None:
         if comm.get_world_size() > 1 and self._is_checkpoint_iter(int(self.trainer.iter)):
-            # a collective: every rank reaches it at the same iteration
+            self.gather()
+
+    def gather(self) -> None:
+        """Gather every rank's states for a checkpoint of the current iteration (a collective:
+        every rank calls it at the same iteration; the preemption hook's off-period save)."""
+        if comm.get_world_size() > 1:
             self._gathered = (int(self.trainer.iter), comm.all_gather(capture_rng_state()))
 
     def state_dict(self) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from cyborgs.utils.nonfinite import NonFiniteLossError, check_finite_losses, fin
 
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer, check_plain
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
+from .preemption import PreemptionHook
 from .setup import iters_per_epoch_of
 from .writers import PendingRounds, RoundAwareMetricPrinter, TimedPeriodicWriter
 
@@ -405,6 +406,7 @@ class CyborgsTrainer(TrainerBase):
             hooks.LRScheduler(),
             # every rank: gathers the RNG states the checkpointer saves next (a collective)
             RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, also_at=before_round),
+            PreemptionHook(),  # every rank: stop on a signal, checkpointed (a collective)
             PeriodicCheckpointer(
                 self.checkpointer,
                 cfg.SOLVER.CHECKPOINT_PERIOD,

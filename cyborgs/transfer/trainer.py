@@ -16,6 +16,7 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from cyborgs.engine.checkpoint import SafeCheckpointer, read_checkpoint
+from cyborgs.engine.preemption import PreemptionHook
 from cyborgs.transfer.evaluators import build_evaluator
 from cyborgs.transfer.load_check import assert_backbone_loaded, resnet_tensors_of_file
 from cyborgs.transfer.solver import build_lr_scheduler
@@ -70,7 +71,9 @@ class TransferTrainer(DefaultTrainer):
         self.checkpointer = build_checkpointer(
             self.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
         )
-        return super().build_hooks()
+        ret = super().build_hooks()
+        ret.insert(2, PreemptionHook())  # after the LR scheduler: stop on a signal, checkpointed
+        return ret
 
     def train(self):
         # detectron2 v0.6 returns the final evaluation only when EXPECTED_RESULTS is set.

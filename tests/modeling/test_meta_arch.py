@@ -1,6 +1,5 @@
 """The CYBORGS meta-architecture: building, training forward, gradients, EMA, features."""
 
-
 import pytest
 import torch
 from detectron2.config import get_cfg
