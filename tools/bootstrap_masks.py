@@ -18,6 +18,12 @@ import os
 import sys
 
 
+def _refuse(message: str) -> None:
+    """A request this tool cannot carry out: one ``error:`` line, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     """CYBORGS model with ``weights`` loaded (never executing code: SafeCheckpointer), eval mode,
     and its config: the pretraining one (cyborgs.engine.setup), without the training schedule."""
@@ -31,11 +37,14 @@ def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
         cfg, notes = setup_pretrain_cfg(config_file, opts, world_size=1, schedule=False)
     for n in notes:
         logging.getLogger(__name__).warning(n)
+    if weights and not os.path.isfile(weights):
+        _refuse(f"--weights {weights} does not exist")
     model = build_model(cfg)
     if weights:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"--weights {weights} does not exist")
-        SafeCheckpointer(model).load(weights)
+        try:
+            SafeCheckpointer(model).load(weights)
+        except ValueError as e:  # NotACheckpointError, UnsafeCheckpointError: name the file
+            _refuse(str(e))
     model.eval()
     return model, cfg
 
@@ -49,24 +58,33 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
     if args.round < 0:  # the store names rounds round_0000, round_0001, ...
-        print(f"error: --round {args.round}: a round id is an epoch number, 0 or more",
-              file=sys.stderr)  # fmt: skip
-        raise SystemExit(2)
+        _refuse(f"--round {args.round}: a round id is an epoch number, 0 or more")
     logging.basicConfig(level=logging.INFO)
 
     from detectron2.data import DatasetCatalog
 
     from cyborgs.bootstrap import RoundSettings, ground_truth_quality, run_bootstrap_round
     from cyborgs.masks.store import MaskStore, store_root
+    from cyborgs.utils.ownership import NotOwnedError
 
     model, cfg = build_model_and_cfg(args.config_file, args.weights, args.opts)
+    names = [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN)
+    unknown = [n for n in names if n not in DatasetCatalog.list()]
+    if unknown:
+        _refuse(f"data set(s) {', '.join(map(repr, unknown))} not registered (--dataset / "
+                "DATASETS.TRAIN); see cyborgs/data/datasets.py for the names")  # fmt: skip
     settings = RoundSettings.from_cfg(cfg)
     out = {}
-    for name in [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN):
+    for name in names:
         dicts = DatasetCatalog.get(name)
         store = MaskStore(store_root(cfg, "bootstrap", name))
         # The tool's job is to (re)write the round it is given, current or not.
-        stats = run_bootstrap_round(model, settings, dicts, store, args.round, replace_current=True)
+        try:
+            stats = run_bootstrap_round(
+                model, settings, dicts, store, args.round, replace_current=True
+            )
+        except NotOwnedError as e:  # a round folder holding files the store did not write
+            _refuse(str(e))
         stats.pop("k_values")
         q = ground_truth_quality(name, dicts)
         if q is not None:

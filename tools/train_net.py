@@ -56,7 +56,8 @@ def main(args):
 
     install_preemption_signals(args)
     cfg = setup(args)
-    preflight(cfg, eval_only=args.eval_only, resume=args.resume)
+    if not getattr(args, "preflight_done", False):  # cli() checked the same config already
+        preflight(cfg, eval_only=args.eval_only, resume=args.resume)
     if args.eval_only:
         model = TransferTrainer.build_model(cfg)
         checkpointer = build_checkpointer(model, save_dir=cfg.OUTPUT_DIR)
@@ -86,12 +87,23 @@ def cli(argv: list[str] | None = None) -> int:
     # (exit 2) and nothing is written, instead of one traceback per process.
     try:
         with one_line_config_errors():
-            load_config(args)
+            cfg = load_config(args)
     except (AssertionError, KeyError, ValueError) as e:  # yacs: an unknown key, a wrong type
         msg = str(e.args[0]) if e.args else str(e)
         print(f"error: {args.config_file} with the overrides {args.opts}: {msg}",
               file=sys.stderr)  # fmt: skip
         return 2
+    # The data sets, the weight file and the training boxes too, before default_setup writes
+    # OUTPUT_DIR/config.yaml and log.txt: a run that cannot train leaves nothing behind.
+    from cyborgs.transfer.preflight import preflight
+
+    try:
+        preflight(cfg, eval_only=args.eval_only, resume=args.resume)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    args.preflight_done = True
     install_preemption_signals(args)  # the launcher forwards these to its processes
     try:
         launch_from_args(main, args)

@@ -374,9 +374,10 @@ def format_plan(plan: dict[str, Any]) -> str:
         )
     rounds = [r["epoch"] for r in plan["bootstrap_rounds"]]
     if plan["mask_source"] == "bootstrap":
+        many = "s" if len(rounds) != 1 else ""
         lines.append(
-            f"  bootstrap rounds at the start of epochs {_epoch_list(rounds)} "
-            f"({len(rounds)} rounds of {plan['images']} images)"
+            f"  bootstrap round{many} at the start of epoch{many} {_epoch_list(rounds)} "
+            f"({len(rounds)} round{many} of {plan['images']} images)"
         )
     else:
         lines.append(f"  masks: {plan['mask_source']} (no bootstrap rounds)")

@@ -144,6 +144,14 @@ def test_round_epochs_are_listed_as_they_are() -> None:
     assert "except" not in line
 
 
+def test_a_single_round_is_named_in_the_singular() -> None:
+    cfg = _cfg("SOLVER.EPOCHS", "2")  # warm-up epoch 0, one round at the start of epoch 1
+    plan = build_plan(cfg, 400)
+    assert [r["epoch"] for r in plan["bootstrap_rounds"]] == [1]
+    line = next(x for x in format_plan(plan).splitlines() if "bootstrap round" in x)
+    assert line == "  bootstrap round at the start of epoch 1 (1 round of 400 images)"
+
+
 def test_every_epoch_list_names_exactly_its_epochs() -> None:
     from cyborgs.engine.plan import _epoch_list
 

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -146,12 +147,17 @@ def _reference_miou(pairs) -> float:
     return float(np.mean([tp / (tp + fp + fn) for tp, fp, fn in totals.values()]))
 
 
-def _nearest_cells(N: int, n: int, c: float) -> np.ndarray:
-    """For each of N pixels, the index of the nearest of n cell centres (j + c) N / n; ties
-    to the higher index (brute force over all cells)."""
-    dist = np.abs((np.arange(N)[:, None] + 0.5) - (np.arange(n)[None, :] + c) * N / n)
-    best = dist.min(axis=1, keepdims=True)
-    return np.where(np.isclose(dist, best, rtol=0, atol=1e-9), np.arange(n), -1).max(axis=1)
+def _nearest_cells(n_cells: int, n_pixels: int, centre: float) -> np.ndarray:
+    """Per pixel k of one image axis, the cell j whose centre (j + c) N / n lies nearest the
+    pixel's centre k + 0.5, ties to the higher cell: the placement a round records as its cell
+    centre c (cyborgs/masks/cell_grid.py's convention). Exact arithmetic, so a tie is a tie."""
+    c = Fraction(centre)
+    cells = [(j + c) * n_pixels / n_cells for j in range(n_cells)]
+    out = []
+    for k in range(n_pixels):
+        d = [abs(Fraction(2 * k + 1, 2) - x) for x in cells]
+        out.append(max(j for j in range(n_cells) if d[j] == min(d)))
+    return np.array(out)
 
 
 def test_logged_mask_miou_is_the_stored_masks_against_ground_truth(run, tiny_data_root) -> None:
@@ -173,6 +179,7 @@ def test_logged_mask_miou_is_the_stored_masks_against_ground_truth(run, tiny_dat
     by_id = {d["image_id"]: d for d in twin}
     by_name = {os.path.basename(d["file_name"]): d for d in twin}
     for round_id, value in logged.items():
+        cy, cx = store.manifest(round_id)["cell_grid"]["centre"]  # the round's record
         pairs = []
         for d in DatasetCatalog.get(name):
             lab = by_id.get(d["image_id"]) or by_name[os.path.basename(d["file_name"])]
@@ -182,11 +189,8 @@ def test_logged_mask_miou_is_the_stored_masks_against_ground_truth(run, tiny_dat
             stored = store.read(d["image_id"], round_id=round_id)  # the map as stored
             H, W = gt.shape
             h, w = stored.shape
-            # the round's cells as its manifest records them: cell j of n over N pixels is
-            # centred at (j + c) N / n; each pixel (centre k + 0.5) takes the nearest cell
-            # centre, a tie going to the higher cell (DESIGN.md "Cell placement")
-            c_y, c_x = store.manifest(round_id)["cell_grid"]["centre"]
-            pred = stored[_nearest_cells(H, h, c_y)][:, _nearest_cells(W, w, c_x)]
+            # each pixel takes the label of the cell centred nearest to it
+            pred = stored[_nearest_cells(h, H, cy)][:, _nearest_cells(w, W, cx)]
             pairs.append((pred, gt))
         assert len(pairs) > 10
         reference = _reference_miou(pairs)

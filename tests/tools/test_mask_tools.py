@@ -92,3 +92,47 @@ def test_python_tag_in_the_config_runs_nothing(tmp_path, capsys):
     line = _refused(["--config-file", str(cfg), *_opts(tmp_path / "o")], capsys)
     assert line.startswith(f"error: {cfg}: line 1, column 7: tag !!python/object/apply:")
     assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+def _refused_after_logs(argv: list[str], capsys) -> str:
+    """As :func:`_refused` for requests refused after the config loaded: the tool's log lines
+    (and, in a long session, a closed handler's "Logging error" noise) may come first; exactly
+    one ``error:`` line, the last one."""
+    try:
+        bootstrap_masks.main(argv)
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [x for x in err if x.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and err[-1] == errors[0], err[-5:]
+    return errors[0]
+
+
+def test_unusable_requests_are_one_line_and_delete_nothing(tiny_data_root, tmp_path, capsys):
+    """A missing or non-checkpoint --weights, an unknown --dataset and a round folder holding a
+    user's file: one ``error:`` line and exit 2 each (they were tracebacks), the file kept."""
+    out = tmp_path / "o"
+    line = _refused_after_logs(
+        ["--config-file", CONFIG, "--weights", str(tmp_path / "nope.pth"), *_opts(out)], capsys
+    )
+    assert line == f"error: --weights {tmp_path / 'nope.pth'} does not exist"
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights\n")
+    line = _refused_after_logs(
+        ["--config-file", CONFIG, "--weights", str(text), *_opts(out)], capsys
+    )
+    assert str(text) in line and "not a checkpoint" in line
+    line = _refused_after_logs(
+        ["--config-file", CONFIG, "--dataset", "no_such_set", *_opts(out)], capsys
+    )
+    assert "'no_such_set' not registered" in line
+    name = "demo_coco_2017_train_unlabeled"
+    mine = out / "masks" / "bootstrap" / name / "round_0003" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine\n")
+    line = _refused_after_logs(
+        ["--config-file", CONFIG, "--round", "3", "--dataset", name, *_opts(out)], capsys
+    )
+    assert str(mine.parent) in line and "notes.txt" in line and "nothing was deleted" in line
+    assert mine.read_text() == "mine\n"

@@ -139,3 +139,49 @@ def test_a_bare_config_name_reaches_default_setup_as_its_file(tmp_path):
     assert cfg.SEED == 7 and cfg.DATASETS.TEST == ("demo_voc_2007_test",)
     log = (tmp_path / "log.txt").read_text()
     assert str(ROOT / "transfer_configs" / "demo_voc_det_C4.yaml") in log
+
+
+@pytest.mark.parametrize(
+    "bbox, expected",
+    [
+        ([1.0, 2.0, float("nan"), 3.0], "annotation id 7: field 'bbox' = [1.0, 2.0, nan, 3.0] is not finite"),
+        (None, "annotation id 7 has no 'bbox' field"),
+    ],
+)  # fmt: skip
+def test_untrainable_boxes_are_one_line_before_anything_is_written(
+    bbox, expected, tmp_path, monkeypatch, capsys
+):
+    """A box that cannot train is refused by the command itself, in one ``error:`` line naming
+    the file and the annotation, before default_setup writes config.yaml / log.txt into
+    OUTPUT_DIR (it used to be a traceback after both were written)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    train_net = _train_net()
+    monkeypatch.setattr(train_net, "launch_from_args", lambda *a: pytest.fail("launched"))
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 6.0}
+    if bbox is not None:
+        ann["bbox"] = bbox
+    coco = {
+        "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"}],
+        "annotations": [ann],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps(coco))  # NaN as JavaScript's literal, as json.dump writes it
+    name = f"rev19_bad_boxes_{tmp_path.name}"
+    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+    out = tmp_path / "out"
+    try:
+        line = _refused(
+            train_net,
+            ["--config-file", "demo_coco_mask_rcnn_FPN.yaml", "DATASETS.TRAIN", f'("{name}",)',
+             "DATASETS.TEST", "()", "TRANSFER.CHECK_BACKBONE_LOADED", "False",
+             "OUTPUT_DIR", str(out)],
+            capsys,
+        )  # fmt: skip
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert line.startswith("error: ") and str(json_file) in line and expected in line, line
+    assert not out.exists()
