@@ -2,7 +2,7 @@
 """Convert a CYBORGS checkpoint once, run the chosen transfer benchmarks, collect the table.
 
     tools/convert_and_finetune.py CKPT OUTDIR [BENCHMARK ...] [--demo] [--num-gpus N] [--runs N]
-                                  [--overwrite]
+                                  [--overwrite] [--submit [SCHEDULER OPTIONS] [--wait]]
 
 BENCHMARK: voc07_svm in1pct in10pct voc_det coco_inst (Table 1, the default) and lvis
 cityscapes coco_stuff_fcn coco_stuff_probe (appendix); "all" = every one. --demo runs the
@@ -14,6 +14,9 @@ current directory, as for tools/pretrain_net.py. OUTDIR/source.json records the 
 and sha256): more benchmarks of the same checkpoint may be added to an OUTDIR later; results of
 another checkpoint are refused (use a new OUTDIR, or --overwrite to delete the old results).
 The benchmarks, their configs and data sets: cyborgs.transfer.table.BENCHMARKS.
+--submit: convert here, then one requeueable job per benchmark run (tools/submit.py's
+scheduler options; --dry-run prints them); tools/collect_results.py OUTDIR collects what
+finished and lists what is running or failed.
 """
 
 from __future__ import annotations
