@@ -179,13 +179,17 @@ def test_demo_benchmark_submitted_to_the_local_executor_runs_and_is_collected(
     monkeypatch.setenv("PYTHONPATH", path)
     ckpt, out = tmp_path / "model_final.pth", tmp_path / "out"
     _r18_checkpoint(ckpt)
-    argv = [str(ckpt), str(out), "voc07_svm", "--demo", "--submit", "--local", "--wait"]
+    # the cheapest of each kind: a short tool (rerun if requeued) and a train_net run
+    argv = [str(ckpt), str(out), "voc07_svm", "coco_stuff_probe", "--demo", "--submit", "--local",
+            "--wait"]  # fmt: skip
     assert caf.main(argv) == 0, capsys.readouterr()
     jobs = json.loads((out / JOBS_FILE).read_text())
-    assert [(j["benchmark"], j["output_dir"]) for j in jobs] == [("voc07_svm", "voc07_svm")]
-    assert Path(jobs[0]["log"]).is_file()
+    assert [(j["benchmark"], j["output_dir"]) for j in jobs] == [
+        ("voc07_svm", "voc07_svm"), ("coco_stuff_probe", "coco_stuff_probe")]  # fmt: skip
+    assert all(Path(j["log"]).is_file() for j in jobs)
     md = (out / "results.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| this run"))
-    assert row.split("|")[2].strip() != "–"  # the VOC07 SVM column has a number
-    assert "1 of 1 finished." in md
+    rows = [line.split("|") for line in md.splitlines() if line.startswith("| this run")]
+    assert rows[0][2].strip() != "–"  # Table 1: the VOC07 SVM column has a number
+    assert rows[1][-2].strip() != "–"  # appendix: the COCO-Stuff probe's
+    assert "2 of 2 finished." in md
     assert (out / "backbone.pkl").is_file()
