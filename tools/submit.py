@@ -87,22 +87,26 @@ class TransferJob:
             return ["--preemption-signals", JOB_SIGNALS, *self.argv]
         return list(self.argv)
 
-    def _requeue(self) -> None:
+    def _requeue(self, handler: Any) -> None:
+        """Hand over to submitit's own handler (kept from before the tool replaced it): it calls
+        :meth:`checkpoint`, requeues and exits this process."""
         import submitit
 
-        handler = signal.getsignal(submitit.JobEnvironment._usr_sig())
-        if callable(handler):  # submitit's: checkpoint() below, requeue, exit
-            handler(int(submitit.JobEnvironment._usr_sig()), None)
         from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS
 
+        if callable(handler):
+            handler(int(submitit.JobEnvironment._usr_sig()), None)
         raise SystemExit(PREEMPTED_EXIT_STATUS)
 
     def __call__(self) -> int:
         import subprocess
 
+        import submitit
+
         from cyborgs.transfer.results import FAILED_FILE, write_metrics
         from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS as STOPPED
 
+        submitit_handler = signal.getsignal(submitit.JobEnvironment._usr_sig())
         os.makedirs(self.output_dir, exist_ok=True)
         failed = os.path.join(self.output_dir, FAILED_FILE)
         if os.path.exists(failed):  # a rerun: the earlier failure is no longer the state
@@ -124,7 +128,7 @@ class TransferJob:
             status = subprocess.call(cmd)
             status = STOPPED if status < 0 else status  # killed by the job's signal: rerun
         if status == STOPPED:
-            self._requeue()
+            self._requeue(submitit_handler)
         if status:
             write_metrics(failed, {"exit_status": status, "command": [self.tool, *self.argv]})
             raise SystemExit(status)

@@ -193,3 +193,43 @@ def test_demo_benchmark_submitted_to_the_local_executor_runs_and_is_collected(
     assert rows[1][-2].strip() != "–"  # appendix: the COCO-Stuff probe's
     assert "2 of 2 finished." in md
     assert (out / "backbone.pkl").is_file()
+
+
+@pytest.mark.slow
+def test_a_stopped_train_net_job_is_requeued_and_resumes(
+    tiny_data_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import time
+
+    import submit
+    import submitit
+
+    from cyborgs.transfer.convert import convert_checkpoint
+
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tools"), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    ckpt, out = tmp_path / "model_final.pth", tmp_path / "out"
+    _r18_checkpoint(ckpt)
+    out.mkdir()
+    convert_checkpoint(str(ckpt), str(out / "backbone.pkl"))
+    args = caf.parse_args([str(ckpt), str(out), "coco_stuff_probe", "--demo"])
+    (spec,) = caf.jobs_of(["coco_stuff_probe"], str(out / "backbone.pkl"), str(out), 18, args)
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(tasks_per_node=1, timeout_min=20)
+    job = executor.submit(submit.TransferJob(spec["tool"], spec["argv"], spec["output_dir"]))
+    metrics = out / "coco_stuff_probe" / "metrics.json"
+    deadline = time.monotonic() + 300
+    while not metrics.exists():  # training is under way
+        assert not job.done(), job.stderr()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(int(job.job_id), signal.SIGTERM)  # the controller forwards it to the task
+    job.results()  # raises if the job failed
+    log = job.stdout() + (job.stderr() or "")
+    assert "Requeued job" in log
+    assert (out / "coco_stuff_probe" / "metrics_final.json").is_file()
+    its = [json.loads(x)["iteration"] for x in metrics.read_text().splitlines()]
+    # the stop's flush, then the resumed run's periodic writes (19, 39, 49) and its evaluation
+    assert its == sorted(set(its)) and {19, 39, 49} <= set(its)
+    assert "preempted: stopped on SIGTERM" in log
