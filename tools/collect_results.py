@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Gather every OUTDIR/*/metrics_final.json into OUTDIR/results.md and results.json, laid out
-like the paper's Table 1 (next to the published CYBORGS row) plus an appendix table."""
+like the paper's Table 1 (next to the published CYBORGS row) plus an appendix table, and, for
+submitted jobs (OUTDIR/jobs.json), which runs are still running or not started, or failed."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 """Convert a CYBORGS checkpoint once, run the chosen transfer benchmarks, collect the table.
 
     tools/convert_and_finetune.py CKPT OUTDIR [BENCHMARK ...] [--demo] [--num-gpus N] [--runs N]
-                                  [--overwrite]
+                                  [--overwrite] [--submit [SCHEDULER OPTIONS] [--wait]]
 
 BENCHMARK: voc07_svm in1pct in10pct voc_det coco_inst (Table 1, the default) and lvis
 cityscapes coco_stuff_fcn coco_stuff_probe (appendix); "all" = every one. --demo runs the
@@ -14,6 +14,9 @@ current directory, as for tools/pretrain_net.py. OUTDIR/source.json records the 
 and sha256): more benchmarks of the same checkpoint may be added to an OUTDIR later; results of
 another checkpoint are refused (use a new OUTDIR, or --overwrite to delete the old results).
 The benchmarks, their configs and data sets: cyborgs.transfer.table.BENCHMARKS.
+--submit: convert here, then one requeueable job per benchmark run (tools/submit.py's
+scheduler options; --dry-run prints them); tools/collect_results.py OUTDIR collects what
+finished and lists what is running or failed.
 """
 
 from __future__ import annotations
@@ -88,6 +91,16 @@ def get_parser() -> argparse.ArgumentParser:
         help="if OUTDIR holds another checkpoint's results, delete them (the benchmark folders, "
         "backbone.pkl, results.* this tool recorded writing there) instead of refusing",
     )
+    p.add_argument(
+        "--submit",
+        action="store_true",
+        help="convert here, then submit each benchmark run as its own requeueable job "
+        "(tools/submit.py's scheduler options below); collect_results.py gathers what finished",
+    )
+    p.add_argument("--wait", action="store_true", help="with --submit: wait, then collect")
+    import submit
+
+    submit.add_cluster_arguments(p.add_argument_group("with --submit (tools/submit.py)"))
     return p
 
 
@@ -187,7 +200,7 @@ def sha256_of(path: str) -> str:
 # What this tool writes into OUTDIR besides source.json (and a folder per benchmark of the
 # table, :func:`outputs`); --overwrite deletes only these, and only where OUTDIR's record
 # (cyborgs.utils.ownership) lists them.
-FILES = ("backbone.pkl", "results.md", "results.json")
+FILES = ("backbone.pkl", "results.md", "results.json", "jobs.json", "submitit")
 TOOL = "convert_and_finetune"
 
 
@@ -247,9 +260,108 @@ def check_inputs(checkpoint: str, names: list[str], demo: bool) -> None:
     print(f"data sets present for: {' '.join(names)}", flush=True)
 
 
+def jobs_of(
+    names: list[str], weights: str, outdir: str, depth: int, args: argparse.Namespace
+) -> list[dict]:
+    """One job per benchmark run: its tool, arguments and output folder."""
+    jobs = []
+    for name in names:
+        cmds = commands(
+            BENCHMARKS[name], weights, outdir, depth, args.demo, args.num_gpus, args.runs
+        )
+        for i, cmd in enumerate(cmds, start=1):
+            key = "OUTPUT_DIR" if cmd[1].endswith("train_net.py") else "--output-dir"
+            out = cmd[cmd.index(key) + 1]
+            run = i if len(cmds) > 1 else None
+            jobs.append({"benchmark": name, "run": run, "tool": Path(cmd[1]).name,
+                         "argv": cmd[2:], "output_dir": out})  # fmt: skip
+    return jobs
+
+
+def submit_jobs(args: argparse.Namespace) -> int:
+    """--submit: the conversion once, here; then one job per benchmark run (OUTDIR/jobs.json
+    records them for collect_results.py). --dry-run prints the jobs, converts and writes nothing."""
+    import submit
+
+    from cyborgs.transfer.results import JOBS_FILE, collect
+
+    args.nodes, args.gpus_per_node = 1, args.num_gpus
+    weights = os.path.join(args.outdir, "backbone.pkl")
+    folder = args.folder or os.path.join(args.outdir, "submitit")
+    if args.dry_run:
+        from cyborgs.engine.weights_io import load_weights
+        from cyborgs.transfer.convert import extract_backbone_state_dict, infer_depth
+
+        ckpt = load_weights(args.checkpoint, expect="pth", purpose="the converter")
+        depth = infer_depth(extract_backbone_state_dict(ckpt, path=args.checkpoint))
+    else:
+        run(tool("convert_to_detectron2.py", args.checkpoint, weights, "--check", "c4,fpn"))
+        from cyborgs.engine.checkpoint import safe_load_pickle
+        from cyborgs.transfer.convert import infer_depth
+
+        depth = infer_depth(safe_load_pickle(weights)["model"])
+    records, submitted = [], []
+    for spec in jobs_of(args.benchmarks, weights, args.outdir, depth, args):
+        args.job_name = f"cyborgs_{spec['benchmark']}" + (
+            f"_run{spec['run']}" if spec["run"] else ""
+        )
+        params = submit.executor_parameters(args)
+        params["tasks_per_node"] = 1  # train_net.py spawns its --num-gpus workers itself
+        job = submit.TransferJob(spec["tool"], spec["argv"], spec["output_dir"])
+        if args.dry_run:
+            print(json.dumps({"benchmark": spec["benchmark"], "run": spec["run"],
+                              "executor": "local" if args.local else "slurm",
+                              "resources": params, "command": [spec["tool"], *job.command()],
+                              "output_dir": spec["output_dir"], "submitit_folder": folder},
+                             indent=2))  # fmt: skip
+            continue
+        s = submit.make_executor(args, folder, params).submit(job)
+        submitted.append(s)
+        rel = os.path.relpath(spec["output_dir"], args.outdir)
+        records.append({"benchmark": spec["benchmark"], "run": spec["run"], "output_dir": rel,
+                        "job_id": str(s.job_id), "log": str(s.paths.stdout)})  # fmt: skip
+        print(f"{TAG} submitted {rel} as job {s.job_id}", flush=True)
+    if args.dry_run:
+        return 0
+    path = os.path.join(args.outdir, JOBS_FILE)
+    if os.path.isfile(path):  # jobs of earlier submissions for the same checkpoint stay listed
+        with open(path) as f:
+            old = json.load(f)
+        mine = {r["output_dir"] for r in records}
+        records = [r for r in old if r.get("output_dir") not in mine] + records
+    atomic_write_bytes(path, json.dumps(records, indent=2).encode())
+    if not args.wait:
+        print(f"{TAG} logs in {folder}; tools/collect_results.py {args.outdir} gathers the "
+              "finished ones (and lists the rest)")  # fmt: skip
+        return 0
+    failed = 0
+    for s in submitted:
+        try:
+            s.results()
+        except Exception:  # noqa: BLE001 - recorded in the job's folder, listed by collect
+            failed += 1
+    collect(args.outdir)
+    with open(os.path.join(args.outdir, "results.md")) as f:
+        print(f.read())
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_paths_absolute(args)
+    if args.submit:
+        try:
+            check_inputs(args.checkpoint, args.benchmarks, args.demo)
+            if not args.dry_run:
+                claim_outdir(args.outdir, args.checkpoint, args.overwrite)
+                ownership.record(args.outdir, *FILES, *args.benchmarks)
+            return submit_jobs(args)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            return 1
+        except CommandFailed as e:
+            print(f"{TAG} {e}", file=sys.stderr)
+            return e.returncode
     try:
         check_inputs(args.checkpoint, args.benchmarks, args.demo)
         claim_outdir(args.outdir, args.checkpoint, args.overwrite)

@@ -71,6 +71,78 @@ class PretrainJob:
         return submitit.helpers.DelayedSubmission(PretrainJob(argv))
 
 
+class TransferJob:
+    """One transfer run (a benchmark, or one of its repeated runs) as a job of one task.
+
+    ``tools/train_net.py`` runs in-process (it spawns its own ``--num-gpus`` workers), stops on
+    the job's signals with a checkpoint and is requeued with ``--resume``; the short tools
+    (voc07_svm, semi_supervised) run as a subprocess and are simply rerun when requeued. A
+    failure leaves ``<output>/job_failed.json`` (the exit status) for ``collect``."""
+
+    def __init__(self, tool: str, argv: list[str], output_dir: str) -> None:
+        self.tool, self.argv, self.output_dir = tool, list(argv), output_dir
+
+    def command(self) -> list[str]:
+        if self.tool == "train_net.py":
+            return ["--preemption-signals", JOB_SIGNALS, *self.argv]
+        return list(self.argv)
+
+    def _requeue(self, handler: Any) -> None:
+        """Hand over to submitit's own handler (kept from before the tool replaced it): it calls
+        :meth:`checkpoint`, requeues and exits this process."""
+        import submitit
+
+        from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS
+
+        if callable(handler):
+            handler(int(submitit.JobEnvironment._usr_sig()), None)
+        raise SystemExit(PREEMPTED_EXIT_STATUS)
+
+    def __call__(self) -> int:
+        import subprocess
+
+        import submitit
+
+        from cyborgs.transfer.results import FAILED_FILE, write_metrics
+        from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS as STOPPED
+
+        submitit_handler = signal.getsignal(submitit.JobEnvironment._usr_sig())
+        os.makedirs(self.output_dir, exist_ok=True)
+        failed = os.path.join(self.output_dir, FAILED_FILE)
+        if os.path.exists(failed):  # a rerun: the earlier failure is no longer the state
+            os.remove(failed)
+        if self.tool == "train_net.py":
+            for p in (TOOLS, REPO):
+                if p not in sys.path:
+                    sys.path.insert(0, p)
+            import train_net
+
+            try:
+                status = train_net.cli(self.command())
+            except BaseException as e:  # noqa: BLE001 - recorded, then raised as it was
+                code = e.code if isinstance(e, SystemExit) else 1
+                write_metrics(failed, {"exit_status": code, "error": str(e)[-2000:]})
+                raise
+        else:
+            cmd = [sys.executable, os.path.join(TOOLS, self.tool), *self.command()]
+            status = subprocess.call(cmd)
+            status = STOPPED if status < 0 else status  # killed by the job's signal: rerun
+        if status == STOPPED:
+            self._requeue(submitit_handler)
+        if status:
+            write_metrics(failed, {"exit_status": status, "command": [self.tool, *self.argv]})
+            raise SystemExit(status)
+        return 0
+
+    def checkpoint(self) -> Any:
+        import submitit
+
+        argv = self.argv
+        if self.tool == "train_net.py" and "--resume" not in argv:
+            argv = ["--resume", *argv]
+        return submitit.helpers.DelayedSubmission(TransferJob(self.tool, argv, self.output_dir))
+
+
 def output_dir_of(argv: list[str]) -> str | None:
     for i, a in enumerate(argv[:-1]):
         if a == "OUTPUT_DIR":
@@ -85,6 +157,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU")
+    add_cluster_arguments(p)
+    p.add_argument("--job-name", default="cyborgs_pretrain")
+    p.add_argument("--wait", action="store_true", help="wait for the job's end (its status)")
+    return p
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The scheduler's options, shared with tools/convert_and_finetune.py --submit."""
     p.add_argument("--cpus-per-task", type=int, default=10)
     p.add_argument("--mem-gb", type=int, default=0, help="per node (0: the partition's default)")
     p.add_argument("--time", type=int, default=60 * 72, help="minutes per job (default 3 days)")
@@ -99,10 +179,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requeues", type=int, default=10, help="time-outs that requeue")
     p.add_argument("--signal-delay", type=int, default=120, help="seconds of warning")
     p.add_argument("--folder", default="", help="submitit's logs (default OUTPUT_DIR/submitit)")
-    p.add_argument("--job-name", default="cyborgs_pretrain")
     p.add_argument("--local", action="store_true", help="submitit's local executor (one node)")
     p.add_argument("--dry-run", action="store_true", help="print, do not submit")
-    p.add_argument("--wait", action="store_true", help="wait for the job's end (its status)")
     return p
 
 
@@ -119,8 +197,7 @@ def executor_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "tasks_per_node": args.gpus_per_node,
         "timeout_min": args.time,
     }
-    if args.local:
-        params["local_signal_delay_s"] = args.signal_delay
+    if args.local:  # submitit's AutoExecutor takes no signal delay for the local executor
         return params
     params.update(
         gpus_per_node=args.gpus_per_node,
@@ -135,6 +212,15 @@ def executor_parameters(args: argparse.Namespace) -> dict[str, Any]:
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
+
+
+def make_executor(args: argparse.Namespace, folder: str, params: dict[str, Any]) -> Any:
+    import submitit
+
+    kw = {"local_max_num_timeout" if args.local else "slurm_max_num_timeout": args.max_requeues}
+    executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.local else None, **kw)
+    executor.update_parameters(**params)
+    return executor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             "submitit_folder": folder,
         }, indent=2))  # fmt: skip
         return 0
-    import submitit
-
-    kw = {"local_max_num_timeout" if args.local else "slurm_max_num_timeout": args.max_requeues}
-    executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.local else None, **kw)
-    executor.update_parameters(**params)
-    submitted = executor.submit(job)
+    submitted = make_executor(args, folder, params).submit(job)
     print(f"submitted job {submitted.job_id}: logs in {folder}, run in {out}")
     if args.wait:
         try:

@@ -17,6 +17,11 @@ METRICS_FILE = "metrics_final.json"
 # The checkpoint an output directory's benchmarks were run from ({"checkpoint": absolute path,
 # "sha256": of the file}), written by tools/convert_and_finetune.py: the table names it.
 SOURCE_FILE = "source.json"
+# The transfer jobs submitted for an output directory (tools/convert_and_finetune.py --submit):
+# [{"benchmark", "run", "output_dir" (relative), "job_id", "log"}]; and the record a job that
+# failed leaves in its output folder ({"exit_status": ...}).
+JOBS_FILE = "jobs.json"
+FAILED_FILE = "job_failed.json"
 
 
 def _plain(obj: Any) -> Any:
@@ -159,6 +164,72 @@ def read_source(outdir: str) -> dict | None:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def job_status(outdir: str) -> list[dict]:
+    """Each submitted job of ``outdir`` (its :data:`JOBS_FILE`) with its state: "finished"
+    (its :data:`METRICS_FILE` is there), "failed" (its :data:`FAILED_FILE`), else "running or
+    not started". Without a jobs file, every benchmark folder without final metrics."""
+    path = os.path.join(outdir, JOBS_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            try:
+                jobs = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
+            raise ValueError(f"{path}: expected a list of job records")
+    else:
+        jobs = [
+            {"benchmark": name, "output_dir": name}
+            for name in sorted(os.listdir(outdir))
+            if name in BENCHMARKS and os.path.isdir(os.path.join(outdir, name))
+        ]
+    out = []
+    for j in jobs:
+        folder = os.path.join(outdir, str(j.get("output_dir", "")))
+        runs = [folder]
+        if (
+            "run" not in j
+            and os.path.isdir(folder)
+            and not os.path.exists(os.path.join(folder, METRICS_FILE))
+        ):  # a repeated benchmark's runs, one folder each
+            runs = sorted(
+                os.path.join(folder, d) for d in os.listdir(folder) if d.startswith("run")
+            ) or [folder]
+        for run_dir in runs:
+            rec = dict(j, output_dir=os.path.relpath(run_dir, outdir))
+            failed = os.path.join(run_dir, FAILED_FILE)
+            if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+                rec["state"] = "finished"
+            elif os.path.isfile(failed):
+                rec["state"] = "failed"
+                try:
+                    with open(failed) as f:
+                        rec["exit_status"] = json.load(f).get("exit_status")
+                except (OSError, json.JSONDecodeError, AttributeError):
+                    rec["exit_status"] = None
+            else:
+                rec["state"] = "running or not started"
+            out.append(rec)
+    return out
+
+
+def _status_lines(jobs: list[dict]) -> list[str]:
+    pending = [j for j in jobs if j["state"] != "finished"]
+    lines = ["## Jobs", ""]
+    done = len(jobs) - len(pending)
+    lines.append(f"{done} of {len(jobs)} finished." if jobs else "No jobs recorded.")
+    lines.append("")
+    for j in pending:
+        what = f"`{j['output_dir']}`" + (f" (job {j['job_id']})" if j.get("job_id") else "")
+        if j["state"] == "failed":
+            log = f"; log: {j['log']}" if j.get("log") else ""
+            lines.append(f"- {what}: failed (exit {j.get('exit_status')}){log}")
+        else:
+            lines.append(f"- {what}: running or not started")
+    lines.append("")
+    return lines
+
+
 def collect(outdir: str) -> dict[str, Any]:
     """Write ``results.md`` and ``results.json`` under ``outdir``; return the JSON content."""
     if not os.path.isdir(outdir):
@@ -184,7 +255,11 @@ def collect(outdir: str) -> dict[str, Any]:
         ]
     md += _markdown_table("Table 1", table1, with_paper=True)
     md += _markdown_table("Appendix", appendix, with_paper=False)
+    jobs = job_status(outdir)
+    if jobs:
+        md += _status_lines(jobs)
     data = {
+        "jobs": jobs,
         "table1": table1,
         "appendix": appendix,
         "outdir": os.path.abspath(outdir),

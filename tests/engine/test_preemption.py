@@ -93,10 +93,37 @@ def test_signal_mid_epoch_checkpoints_and_resume_is_exact(tmp_path) -> None:
     # metrics.json continues: no iteration twice, none of the uninterrupted run's missing
     it_a, it_b = (_metric_iterations(tmp_path / n / "metrics.json") for n in ("a", "b"))
     assert it_b == sorted(set(it_b)) and set(it_a) <= set(it_b) and 4 in it_b
+    # so do the TensorBoard events (a second events file after the resume): per tag each step
+    # once, in order, every step of the uninterrupted run, plus the stop's flush at 4
+    steps_a, steps_b = (_event_steps(tmp_path / n) for n in ("a", "b"))
+    assert len(list((tmp_path / "b").glob("events.out.tfevents.*"))) == 2
+    assert steps_a and steps_b.keys() == steps_a.keys()
+    for tag, steps in steps_b.items():
+        assert steps == sorted(set(steps)), tag  # none twice, in order
+        assert set(steps) <= {*steps_a[tag], 4}, tag
+        # none missing; except the timing: detectron2's IterationTimer does not time the
+        # first steps of a process (its warm-up), so a resumed run's first write has no "time"
+        # (nor the ETA made from it)
+        untimed = {5} if tag in ("time", "eta_seconds") else set()
+        assert set(steps_a[tag]) - untimed <= set(steps), tag
+    assert steps_b["total_loss"] == [2, 4, 5, 8]
 
 
 def _metric_iterations(path) -> list[int]:
     return [json.loads(line)["iteration"] for line in path.read_text().splitlines()]
+
+
+def _event_steps(folder) -> dict[str, list[int]]:
+    """tag -> the step of every scalar in ``folder``'s events files, in the order written."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = [list(EventFileLoader(str(p)).Load()) for p in folder.glob("events.out.tfevents.*")]
+    steps: dict[str, list[int]] = {}
+    for events in sorted(files, key=lambda events: events[0].wall_time):  # in the order written
+        for event in events:
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
 
 
 def test_signal_in_the_last_step_ends_the_run_normally(tmp_path) -> None:
