@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -50,7 +52,13 @@ from cyborgs.utils.rng import capture_rng_state, restore_rng_state
 from .quality import QualityFn, ground_truth_quality
 from .round import RoundSettings, bootstrap_shard, round_manifest
 
-__all__ = ["BootstrapHook", "BootstrapRoundError", "due_epochs", "round_epochs"]
+__all__ = [
+    "BootstrapHook",
+    "BootstrapRoundError",
+    "due_epochs",
+    "round_epochs",
+    "sync_buffers_from_main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,31 @@ def _visibility_problem(store: MaskStore, round_id: int | None, begun: bool = Fa
     except (CorruptPointerError, OSError, ValueError) as e:  # missing/unreadable manifest
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def sync_buffers_from_main(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BN running statistics) of ``model``, in place.
+
+    A round runs the online backbone in eval mode, so its masks depend on the running
+    statistics. The method has one model and so one set of statistics; with SyncBN (GPU) every
+    rank holds the same ones, but plain BN (SyncBN on the CPU) lets each rank's drift with its
+    own batches, and a checkpoint holds rank 0's only: without this, a resumed rank > 0 would
+    cluster with rank 0's statistics where the uninterrupted run used its own. Broadcasting
+    rank 0's before every round makes uninterrupted and resumed runs agree on every rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    net = model.module if hasattr(model, "module") else model
+    if not isinstance(net, torch.nn.Module):  # a stand-in model (tests): nothing to share
+        return
+    with torch.no_grad():
+        for buf in net.buffers():
+            if buf.is_contiguous():
+                dist.broadcast(buf, src=0)
+            else:  # a collective needs contiguous memory
+                tmp = buf.contiguous()
+                dist.broadcast(tmp, src=0)
+                buf.copy_(tmp)
 
 
 # round_fn(model, settings, dataset_dicts, store, round_id, *, iteration, world_size, rank)
@@ -287,6 +320,8 @@ class BootstrapHook(HookBase):
         round_id = epoch
         iteration = epoch * self.iters_per_epoch
         rank = comm.get_rank()
+        # Every rank clusters with rank 0's BN statistics, the ones a checkpoint keeps.
+        sync_buffers_from_main(self.trainer.model)
         metrics: dict[str, list[float]] = {}
         for name, dicts, store in self.datasets:
             # replace: a stale pointer from an aborted run may name this round
