@@ -295,17 +295,9 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
-    result["command"] = " ".join(
-        ["benchmarks/coco_lvis_eval.py", *(sys.argv[1:] if argv is None else argv)]
-    )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        from cyborgs.utils.atomic import atomic_write_bytes
+    from report import emit  # benchmarks/ is the script's directory
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    print(text)
+    emit(run(args), "benchmarks/coco_lvis_eval.py", argv, args.out)
     return 0
 
 

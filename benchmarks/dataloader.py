@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import math
 import os
 import sys
@@ -894,17 +893,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
-    result["command"] = " ".join(
-        ["benchmarks/dataloader.py", *(sys.argv[1:] if argv is None else argv)]
-    )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        from cyborgs.utils.atomic import atomic_write_bytes
+    from report import emit  # benchmarks/ is the script's directory
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    print(text)
+    emit(run(args), "benchmarks/dataloader.py", argv, args.out)
     return 0
 
 

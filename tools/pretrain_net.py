@@ -44,7 +44,7 @@ from cyborgs.engine.launch import (
 from cyborgs.engine.setup import setup_pretrain_cfg
 from cyborgs.engine.trainer import CyborgsTrainer
 from cyborgs.utils import ownership
-from cyborgs.utils.atomic import DiskFullError, format_bytes, free_bytes
+from cyborgs.utils.atomic import DiskFullError, format_bytes, free_bytes, nearest_existing
 from cyborgs.utils.preemption import PREEMPTED_EXIT_STATUS, Preempted
 
 logger = logging.getLogger("cyborgs.tools.pretrain_net")
@@ -165,11 +165,8 @@ def claim_output_dir(out: str, dry_run: bool = False) -> None:
 
 
 def _device_of(path: str) -> int | None:
-    p = os.path.abspath(path)
-    while not os.path.exists(p) and os.path.dirname(p) != p:
-        p = os.path.dirname(p)
     try:
-        return os.stat(p).st_dev
+        return os.stat(nearest_existing(path)).st_dev
     except OSError:
         return None
 

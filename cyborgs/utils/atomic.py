@@ -97,14 +97,20 @@ def _out_of_space(e: BaseException | None) -> bool:
     return False
 
 
-def free_bytes(path: str | os.PathLike) -> int | None:
-    """Free bytes on the file system of ``path`` (its nearest existing parent); None if
-    unknown."""
+def nearest_existing(path: str | os.PathLike) -> str:
+    """``path`` made absolute, or its nearest existing parent (a folder not made yet lives on
+    its parent's file system)."""
     p = os.path.abspath(os.fspath(path))
     while not os.path.exists(p) and os.path.dirname(p) != p:
         p = os.path.dirname(p)
+    return p
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``path`` (its nearest existing parent); None if
+    unknown."""
     try:
-        return shutil.disk_usage(p).free
+        return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return None
 
