@@ -53,6 +53,7 @@ from cyborgs.config import ConfigError
 from cyborgs.solver import build_epoch_lr_scheduler, build_lars_optimizer
 from cyborgs.utils.atomic import DiskFullError
 from cyborgs.utils.nonfinite import NonFiniteLossError, check_finite_losses, finite_flag
+from cyborgs.utils.preemption import Preempted
 
 from .checkpoint import PeriodicCheckpointer, RunInfo, SafeCheckpointer, check_plain
 from .hooks import EMAHook, LossScheduleHook, RNGStateHook, unwrap_model
@@ -486,6 +487,10 @@ class CyborgsTrainer(TrainerBase):
                     self.run_step()
                     self.after_step()
                 self.iter = self.max_iter  # hooks' after_train: the run finished
+            except Preempted as e:
+                # a requested stop (a signal), checkpointed: no error, no traceback
+                logger.info(f"Training stopped at iteration {self.iter}: {e}")
+                raise
             except DiskFullError as e:
                 # one line (the file, the space needed and free): a traceback only hides it
                 logger.error(f"Exception during training: {e}")
