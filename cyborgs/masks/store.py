@@ -85,8 +85,9 @@ _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # cyborgs.utils.atomic's temp
 
 def _foreign_in_round_dir(d: str) -> list[str]:
     """Entries of round directory ``d`` that this store does not write: anything but
-    ``manifest.json``, hash shards (``ab/``) and, inside them, label maps and the temp files of
-    their atomic writes."""
+    ``manifest.json``, the packed round's ``index.npy`` and ``part-NNN.bin``, temp files of
+    atomic writes and writers' parts, and the old layout's hash shards (``ab/``) holding label
+    maps and their temp files."""
     foreign = []
     for name in sorted(os.listdir(d)):
         path = os.path.join(d, name)
@@ -188,8 +189,9 @@ class MaskStore:
     # ---- writing ----
     def begin_round(self, round_id: int, *, replace_current: bool = False) -> None:
         """Start writing round ``round_id``; any earlier (partial or stale) directory of that id
-        is removed, if it holds only the store's files (else :class:`NotOwnedError`). The current round cannot be rewritten while readers may use it, unless
-        ``replace_current``: then 'current' first points at no round (readers see none)."""
+        is removed, if it holds only the store's files (else :class:`NotOwnedError`). The
+        current round cannot be rewritten while readers may use it, unless ``replace_current``:
+        then 'current' first points at no round (readers see none)."""
         if replace_current and (self.pointer_problem() or self.current_round() == int(round_id)):
             self.set_current(None)
         if self.current_round() == int(round_id):
