@@ -84,15 +84,16 @@ def check_loss_term_weights(cfg: CN) -> None:
     terms' own keys need no check of their own: the "add a loss term" recipe of DESIGN.md)."""
     for name in _names(LOSS_TERM_REGISTRY):
         key = LOSS_TERM_REGISTRY.get(name).weight_key
-        node = cfg
-        for part in key.split("."):
-            if not isinstance(node, CN) or part not in node:
-                raise ConfigError(
-                    f"{key}: the weight of loss term {name!r} is not a config key (declare it in "
-                    "cyborgs/config/defaults.py)"
-                )
-            node = node[part]
-        _number(key, node, lo=0)
+        value = get_key(cfg, key, _ABSENT)
+        if value is _ABSENT:
+            raise ConfigError(
+                f"{key}: the weight of loss term {name!r} is not a config key (declare it in "
+                "cyborgs/config/defaults.py)"
+            )
+        _number(key, value, lo=0)
+
+
+_ABSENT = object()
 
 
 # ---- helpers: one message format for every key ----

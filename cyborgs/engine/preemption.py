@@ -77,11 +77,13 @@ class PreemptionHook(HookBase):
 
     def after_step(self) -> None:
         it = int(self.trainer.iter)
-        if (it + 1) % self.period and it < self.trainer.max_iter - 1:
+        # the last step: the run ends and writes model_final anyway (every rank skips it alike,
+        # so no collective is left unmatched)
+        if it >= self.trainer.max_iter - 1 or (it + 1) % self.period:
             return
         signum = agreed_signal()
-        if signum is None or it >= self.trainer.max_iter - 1:
-            return  # the last step: the run ends and writes model_final anyway
+        if signum is None:
+            return
         path = self._save(it)
         raise Preempted(signum, it, path)
 

@@ -123,14 +123,9 @@ def _remove_round_dir(d: str) -> None:
 
 def upsample_nearest(label_map: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label map (source index = floor(i * in / out), like
-    ``torch.nn.functional.interpolate(mode="nearest")``)."""
-    h, w = label_map.shape
-    oh, ow = int(out_hw[0]), int(out_hw[1])
-    if (oh, ow) == (h, w):
-        return label_map
-    rows = (np.arange(oh, dtype=np.int64) * h) // oh
-    cols = (np.arange(ow, dtype=np.int64) * w) // ow
-    return label_map[rows[:, None], cols[None, :]]
+    ``torch.nn.functional.interpolate(mode="nearest")``): the placement of a map that records
+    no cell centre."""
+    return upsample_label_map(label_map, out_hw, None)
 
 
 def encode_label_map(label_map: np.ndarray) -> bytes:

@@ -19,9 +19,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from cyborgs.config import get_key
 from cyborgs.config.registries import LOSS_TERM_REGISTRY
 
 __all__ = ["LOSS_TERM_REGISTRY", "LossInputs", "LossTerm", "loss_terms"]
+
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -65,15 +68,13 @@ class LossTerm:
     @classmethod
     def configured_weight(cls, cfg: Any) -> float:
         """The value of ``weight_key`` in ``cfg``."""
-        node = cfg
-        for part in cls.weight_key.split("."):
-            if part not in node:
-                raise KeyError(
-                    f"{cls.weight_key}: the weight of loss term {cls.name!r} is not a config key "
-                    "(declare it where its term is added)"
-                )
-            node = node[part]
-        return float(node)
+        value = get_key(cfg, cls.weight_key, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(
+                f"{cls.weight_key}: the weight of loss term {cls.name!r} is not a config key "
+                "(declare it where its term is added)"
+            )
+        return float(value)
 
     @staticmethod
     def features(model: torch.nn.Module) -> list[str]:
