@@ -1,6 +1,6 @@
 """tools/submit.py: what a dry run prints, the requeue hand-over (``checkpoint()``), and a
 2-task job on submitit's local executor stopped mid-run, requeued, and ending bit-identical to
-an uninterrupted run (slow)."""
+an uninterrupted run (~30 s on 2 cores)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,6 @@ _OPTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path")
 def test_local_two_task_job_requeued_ends_like_an_uninterrupted_run(
     tiny_data_root, tmp_path, monkeypatch

@@ -170,7 +170,6 @@ def test_a_failed_job_leaves_its_exit_status_and_a_rerun_clears_it(tmp_path: Pat
     assert submit.TransferJob("voc07_svm.py", ["a"], "o").checkpoint().function.argv == ["a"]
 
 
-@pytest.mark.slow
 def test_demo_benchmark_submitted_to_the_local_executor_runs_and_is_collected(
     tiny_data_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -195,7 +194,6 @@ def test_demo_benchmark_submitted_to_the_local_executor_runs_and_is_collected(
     assert (out / "backbone.pkl").is_file()
 
 
-@pytest.mark.slow
 def test_a_stopped_train_net_job_is_requeued_and_resumes(
     tiny_data_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
