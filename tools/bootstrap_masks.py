@@ -33,7 +33,7 @@ def build_model_and_cfg(config_file: str, weights: str, opts: list[str]):
     from cyborgs.engine.checkpoint import SafeCheckpointer
     from cyborgs.engine.setup import setup_pretrain_cfg
 
-    with one_line_config_errors():  # a bad config: one error line, exit 2
+    with one_line_config_errors(config_file, opts):  # a bad config: one error line, exit 2
         cfg, notes = setup_pretrain_cfg(config_file, opts, world_size=1, schedule=False)
     for n in notes:
         logging.getLogger(__name__).warning(n)

@@ -346,6 +346,13 @@ def submit_jobs(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def refuse(e: Exception) -> int:
+    """A refusal before any work (a missing input, an unknown benchmark, an OUTDIR this tool
+    did not write): one ``error:`` line, exit status 2, as the other tools."""
+    print(f"{TAG} error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_paths_absolute(args)
@@ -357,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 ownership.record(args.outdir, *FILES, *args.benchmarks)
             return submit_jobs(args)
         except (FileNotFoundError, KeyError, ValueError) as e:
-            print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-            return 1
+            return refuse(e)
         except CommandFailed as e:
             print(f"{TAG} {e}", file=sys.stderr)
             return e.returncode
@@ -368,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything this run writes into OUTDIR is recorded before it is written.
         ownership.record(args.outdir, *FILES, *args.benchmarks)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 1
+        return refuse(e)
 
     from cyborgs.engine.checkpoint import safe_load_pickle
     from cyborgs.transfer.convert import infer_depth

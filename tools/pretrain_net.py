@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import glob
 import json
 import logging
@@ -28,14 +27,14 @@ import os
 import re
 import sys
 
+from cli_errors import UsageError, one_line_config_errors
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
-from cyborgs.config import ConfigError
-from cyborgs.config_io import ConfigFileError, parse_yaml_text
+from cyborgs.config_io import parse_yaml_text
 from cyborgs.engine.launch import (
     add_cluster_arguments,
     install_preemption_signals,
@@ -79,10 +78,6 @@ Examples:
   tools/pretrain_net.py --config-file pretrain_configs/cyborgs_R50_coco_800ep.yaml --num-gpus 8
   tools/pretrain_net.py --config-file ... --resume     # continue from OUTPUT_DIR/last_checkpoint
 """
-
-
-class UsageError(Exception):
-    """A command line that cannot be run as asked; main prints it as one ``error:`` line."""
 
 
 def existing_run(output_dir: str) -> list[str]:
@@ -276,59 +271,9 @@ def setup(args) -> CfgNode:
     return cfg
 
 
-def _config_keys() -> list[str]:
-    from detectron2.config import get_cfg
-
-    from cyborgs.config import add_cyborgs_config
-
-    return list(_flat(parse_yaml_text(add_cyborgs_config(get_cfg()).dump(), "the defaults")))
-
-
-def config_error_line(e: BaseException, args) -> str | None:
-    """One line for a config mistake (the suite's checks, yacs's unknown key or type mismatch,
-    a missing file); None for anything else, which is a bug and keeps its traceback."""
-    msg = str(e.args[0]) if e.args else str(e)
-    m = re.match(r"Non-existent (?:config )?key: (\S+)", msg)
-    if isinstance(e, (AssertionError, KeyError)) and m:
-        key = m.group(1)
-    elif (
-        isinstance(e, ValueError)
-        and not isinstance(e, (ConfigError, ConfigFileError))
-        and "Type mismatch" in msg
-    ):
-        key = msg.rsplit("config key: ", 1)[-1]
-    elif isinstance(e, (ConfigError, ConfigFileError, FileNotFoundError, UsageError)):
-        return f"error: {msg}"
-    elif isinstance(e, AssertionError) and msg.startswith("Override list has odd length"):
-        return "error: the overrides after the options must be KEY VALUE pairs: " + msg
-    else:
-        return None
-    opts = [str(o) for o in args.opts[::2]]
-    where = "the command line" if key in opts else f"config file {args.config_file}"
-    line = f"error: {msg} (from {where})"
-    if m:
-        close = difflib.get_close_matches(key, _config_keys(), n=1)
-        if close:
-            line += f"; did you mean {close[0]}?"
-    return line
-
-
-@contextlib.contextmanager
-def _config_errors_as_one_line(args):
-    """Config mistakes raised inside: one ``error:`` line on stderr, exit status 2."""
-    try:
-        yield
-    except (AssertionError, KeyError, ValueError, OSError, UsageError) as e:
-        line = config_error_line(e, args)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def main(args) -> None:
     install_preemption_signals(args)  # before anything slow: a signal now is honoured too
-    with _config_errors_as_one_line(args):
+    with one_line_config_errors(args.config_file, args.opts):
         cfg = setup(args)
     try:
         trainer = CyborgsTrainer(cfg, args=vars(args))
@@ -440,7 +385,7 @@ def cli(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    with _config_errors_as_one_line(args):
+    with one_line_config_errors(args.config_file, args.opts):
         if args.plan_only:
             return plan_only(args)
         # Merge, validate and check OUTPUT_DIR in this process, before launch: a mistake is

@@ -85,14 +85,8 @@ def cli(argv: list[str] | None = None) -> int:
     args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     # Read the config here, before launching: a config that cannot be used is one error line
     # (exit 2) and nothing is written, instead of one traceback per process.
-    try:
-        with one_line_config_errors():
-            cfg = load_config(args)
-    except (AssertionError, KeyError, ValueError) as e:  # yacs: an unknown key, a wrong type
-        msg = str(e.args[0]) if e.args else str(e)
-        print(f"error: {args.config_file} with the overrides {args.opts}: {msg}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    with one_line_config_errors(args.config_file, args.opts, transfer=True):
+        cfg = load_config(args)
     # The data sets, the weight file and the training boxes too, before default_setup writes
     # OUTPUT_DIR/config.yaml and log.txt: a run that cannot train leaves nothing behind.
     from cyborgs.transfer.preflight import preflight

@@ -146,12 +146,12 @@ def test_checks_before_any_work(
     tiny_data_root, tmp_path: Path, recorded: list[list[str]], capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    assert caf.main([str(tmp_path / "missing.pth"), str(out), "--demo"]) == 1
+    assert caf.main([str(tmp_path / "missing.pth"), str(out), "--demo"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     ckpt = tmp_path / "c.pth"
     ckpt.write_bytes(b"x")
     # Full-size VOC detection is not on disk here: refused before converting anything.
-    assert caf.main([str(ckpt), str(out), "voc_det"]) == 1
+    assert caf.main([str(ckpt), str(out), "voc_det"]) == 2
     assert "voc_2007_trainval" in capsys.readouterr().err
     assert recorded == [] and not out.exists()
 
@@ -198,7 +198,7 @@ def test_relative_paths_mean_the_callers_directory(
     assert not (ROOT / "tx1").exists() and (work / "tx1" / "source.json").is_file()
     capsys.readouterr()
     # Errors name the absolute path.
-    assert caf.main(["run2/missing.pth", "tx1", "--demo"]) == 1
+    assert caf.main(["run2/missing.pth", "tx1", "--demo"]) == 2
     assert f"checkpoint not found: {work / 'run2' / 'missing.pth'}" in capsys.readouterr().err
 
 
@@ -222,7 +222,7 @@ def test_outdir_records_its_checkpoint_and_refuses_another(
     # Another checkpoint is refused before converting anything, naming both.
     recorded.clear()
     capsys.readouterr()
-    assert caf.main([str(b), str(out), "coco_stuff_probe", "--demo"]) == 1
+    assert caf.main([str(b), str(out), "coco_stuff_probe", "--demo"]) == 2
     err = capsys.readouterr().err
     assert str(a) in err and str(b) in err and "new OUTDIR" in err and "--overwrite" in err
     assert recorded == [] and (out / "backbone.pkl").read_bytes() == backbone
@@ -236,7 +236,7 @@ def test_outdir_records_its_checkpoint_and_refuses_another(
 
     # An OUTDIR with results but no record (older runs) is refused too: its checkpoint is unknown.
     (out / "source.json").unlink()
-    assert caf.main([str(a), str(out), "voc07_svm", "--demo"]) == 1
+    assert caf.main([str(a), str(out), "voc07_svm", "--demo"]) == 2
     assert "unrecorded checkpoint" in capsys.readouterr().err
 
 
@@ -286,7 +286,7 @@ def test_overwrite_never_deletes_what_the_suite_did_not_write(
         (data / rel).write_bytes(rel.encode() * 3)
     before = _tree(data)
     for extra in ([], ["--overwrite"]):
-        assert caf.main([str(a), str(data), "voc07_svm", "--demo", *extra]) == 1
+        assert caf.main([str(a), str(data), "voc07_svm", "--demo", *extra]) == 2
         err = capsys.readouterr().err
         assert f"{data} is not empty and was not written by this suite" in err
         assert "cityscapes, lvis, voc_det (3 entries)" in err
@@ -303,7 +303,7 @@ def test_overwrite_never_deletes_what_the_suite_did_not_write(
     before = _tree(out)
     recorded.clear()
     capsys.readouterr()
-    assert caf.main([str(b), str(out), "voc07_svm", "--demo", "--overwrite"]) == 1
+    assert caf.main([str(b), str(out), "voc07_svm", "--demo", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "--overwrite: lvis in" in err and "not recorded as written by this suite" in err
     assert "nothing was deleted" in err and recorded == [] and _tree(out) == before

@@ -173,7 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    # Everything the run reads is checked before OUTPUT is created: a mistake writes nothing.
+    todo = {"oracle": "", "random_init": ""}
+    for spec in args.checkpoint:
+        name, _, path = spec.partition("=")
+        if not name or not path or not os.path.isfile(path):
+            p.error(f"--checkpoint {spec!r}: expected NAME=PATH of an existing file")
+        todo[name] = str(Path(path).resolve())
+    from cli_errors import one_line_config_errors
+
+    from cyborgs.engine.setup import setup_pretrain_cfg
+
+    with one_line_config_errors(args.config_file, args.opts):  # one error line, exit 2
+        setup_pretrain_cfg(args.config_file, args.opts, world_size=1, schedule=False)
     out = Path(args.out).resolve()
+    todo["oracle"] = str(out / "oracle.pth")
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "oracle.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
@@ -186,12 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     if not (out / "oracle.pth").is_file() or "train" not in result:
         result["train"] = train_oracle(args.config_file, args.opts, out, args.seed, args.iters)
         save()
-    todo = {"oracle": str(out / "oracle.pth"), "random_init": ""}
-    for spec in args.checkpoint:
-        name, _, path = spec.partition("=")
-        if not name or not path or not os.path.isfile(path):
-            p.error(f"--checkpoint {spec!r}: expected NAME=PATH of an existing file")
-        todo[name] = str(Path(path).resolve())
     for name, weights in todo.items():
         if name in result.get("rounds", {}):
             continue
