@@ -32,6 +32,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cyborgs.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, display_path, file_kind
 from cyborgs.data.image_sizes import MAX_NAMED, read_image_sizes, warn_unreadable
+from cyborgs.data.image_sizes import warn_once as _warn_once
 
 __all__ = [
     "IMAGE_FOLDER_DATASET",
@@ -42,6 +43,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _warn(message: str) -> None:
+    _warn_once(message, __name__)  # once per process: the set is loaded several times per run
+
 
 IMAGE_FOLDER_DATASET = "cyborgs_image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -153,7 +159,7 @@ def load_image_folder(
     paths, pruned, duplicates, outputs, special = _walk_images(root, exclude)
     shown = display_path(root)
     if pruned:
-        logger.warning(
+        _warn(
             f"Image folder {shown}: {len(pruned)} symlinked director(y/ies) lead back into "
             f"directories already walked (a symlink loop or a second link) and were not walked "
             f"again: {_named(pruned)}"
@@ -162,18 +168,18 @@ def load_image_folder(
         named = ", ".join(
             f"{display_path(d)} (= {display_path(f)})" for d, f in duplicates[:MAX_NAMED]
         )
-        logger.warning(
+        _warn(
             f"Image folder {shown}: {len(duplicates)} file(s) reached through symlinks are the "
             f"same file as another path and were left out: {named}"
         )
     if outputs:
-        logger.warning(
+        _warn(
             f"Image folder {shown}: {len(outputs)} director(y/ies) are outputs of CYBORGS runs "
             f"(OUTPUT_DIR, a mask store, a run or mask round of another run) and were not "
             f"taken as training images: {_named(outputs)}"
         )
     if special:
-        logger.warning(
+        _warn(
             f"Image folder {shown}: {len(special)} file(s) are not regular files and were left "
             "out unopened: "
             + "; ".join(f"{display_path(p)} ({k})" for p, k in special[:MAX_NAMED])

@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from detectron2.utils.logger import log_first_n
+
 from cyborgs.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     BadImageError,
@@ -35,6 +37,14 @@ from cyborgs.utils.progress import Progress
 __all__ = ["CACHE_ENV", "MAX_NAMED", "cache_file_for", "read_image_sizes", "warn_unreadable"]
 
 logger = logging.getLogger(__name__)
+
+
+def warn_once(message: str, name: str = __name__) -> None:
+    """A warning about the data, logged once per process: a data set is loaded several times
+    in a run (counted at setup, then by the loader, the rounds and the plan), and its problems
+    are the same each time."""
+    log_first_n(logging.WARNING, message, name=name, key="message")
+
 
 CACHE_ENV = "CYBORGS_CACHE_DIR"
 _CACHE_VERSION = 2  # 2: EXIF-oriented sizes
@@ -159,7 +169,7 @@ def warn_unreadable(where: str, bad: Sequence[tuple[str, str]]) -> None:
         return
     named = "; ".join(f"{display_path(p)} ({r})" for p, r in bad[:MAX_NAMED])
     more = f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
-    logger.warning(
+    warn_once(
         f"{len(bad)} unreadable image(s) under {display_path(where)}, skipped (and counted) when read: "
         f"{named}{more}"
     )

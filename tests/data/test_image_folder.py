@@ -289,3 +289,26 @@ def test_outputs_inside_the_image_folder_are_never_images(tmp_path, caplog):
     MetadataCatalog.remove(IMAGE_FOLDER_DATASET)
     register_image_folder_from_cfg(cfg)
     assert [d["image_id"] for d in DatasetCatalog.get(IMAGE_FOLDER_DATASET)] == ids
+
+
+def test_a_folder_loaded_again_warns_once(tmp_path, caplog):
+    # a run loads its data set several times (setup counts it, the loader, the rounds, the
+    # plan): each problem is one warning per process, not one per load
+    root = tmp_path / "imgs"
+    _png(root / "ok.png")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "out").mkdir()
+    (root / "out" / "last_checkpoint").write_text("model_final.pth")  # a run's OUTPUT_DIR
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert [d["image_id"] for d in load_image_folder(str(root))] == ["empty.jpg", "ok.png"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreadable" in m for m in messages) == 1
+    assert sum("outputs of CYBORGS" in m for m in messages) == 1
+    # another folder with the same problem still warns
+    other = tmp_path / "other"
+    _png(other / "ok.png")
+    (other / "empty.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        load_image_folder(str(other))
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2
