@@ -33,7 +33,7 @@ from cyborgs.masks.packed import INDEX_DTYPE
 from cyborgs.masks.registry import is_precomputed
 from cyborgs.modeling.loss_terms import loss_terms
 from cyborgs.solver.schedule import iters_per_epoch, resolve_epoch_schedule, round_epochs
-from cyborgs.utils.atomic import atomic_write_bytes
+from cyborgs.utils.atomic import atomic_write_bytes, format_bytes
 
 from .hooks import LossPhase, LossScheduleHook
 
@@ -271,16 +271,6 @@ def write_plan(plan: dict[str, Any], output_dir: str) -> str:
     return path
 
 
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # unreachable
-
-
 def _steps(epochs: list[int]) -> set[int]:
     return {b - a for a, b in zip(epochs, epochs[1:], strict=False)}
 
@@ -384,24 +374,24 @@ def format_plan(plan: dict[str, Any]) -> str:
     c, m = plan["checkpoints"], plan["masks"]
     lines.append(
         f"  checkpoints: every {c['period_iters']} iterations, {c['written']} written, "
-        f"{c['kept']} kept x {_bytes(c['bytes_each'])} = {_bytes(c['bytes_kept'])}"
+        f"{c['kept']} kept x {format_bytes(c['bytes_each'])} = {format_bytes(c['bytes_kept'])}"
     )
     lines.append(
         f"  masks on disk: {m['rounds_kept']} round(s) x {plan['images']} images x "
-        f"~{_bytes(m['bytes_per_image_estimate'])} = ~{_bytes(m['bytes'])}"
+        f"~{format_bytes(m['bytes_per_image_estimate'])} = ~{format_bytes(m['bytes'])}"
     )
     if m.get("store_files_per_round"):
         lines.append(
             f"  mask store: {m['store_files_per_round']} files per round (a part per writer x "
-            f"{m['writers_per_round']}, index, manifest), ~{_bytes(m['store_bytes_per_round'])} "
+            f"{m['writers_per_round']}, index, manifest), ~{format_bytes(m['store_bytes_per_round'])} "
             f"per round, {m['store_files']} files in all"
         )
     r = plan.get("data_read_per_epoch")
     if r:
         lines.append(
-            f"  data read per epoch: ~{_bytes(r['bytes'])} (images ~{_bytes(r['images_bytes'])} "
-            f"at ~{_bytes(r['image_bytes_each_estimate'])} each, masks "
-            f"~{_bytes(r['masks_bytes'])})"
+            f"  data read per epoch: ~{format_bytes(r['bytes'])} (images ~{format_bytes(r['images_bytes'])} "
+            f"at ~{format_bytes(r['image_bytes_each_estimate'])} each, masks "
+            f"~{format_bytes(r['masks_bytes'])})"
         )
-    lines.append(f"  disk in all: ~{_bytes(plan['disk_bytes_estimate'])}")
+    lines.append(f"  disk in all: ~{format_bytes(plan['disk_bytes_estimate'])}")
     return "\n".join(lines)

@@ -190,7 +190,7 @@ def test_plan_gives_store_files_bytes_and_data_read_per_epoch() -> None:
         assert r["bytes"] == r["images_bytes"] + r["masks_bytes"]
     text = format_plan(build_plan(cfg, 118287, world_size=8, image_bytes=100_000))
     assert "mask store: 10 files per round" in text and "20 files in all" in text
-    assert "images ~11.8 GB at ~100.0 KB each" in text
+    assert "images ~11.8 GB at ~100.0 kB each" in text
 
     # a fixed source precomputed by 2 loader workers on each of 4 ranks: 8 parts, one round
     cfg = _cfg("CYBORGS.MASKS.SOURCE", "felzenszwalb", "DATALOADER.NUM_WORKERS", "2")
