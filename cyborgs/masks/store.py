@@ -68,6 +68,9 @@ __all__ = [
 
 _POINTER = "current.json"
 _MANIFEST = "manifest.json"
+# a finished round as one process reads it: (its packed reader, None for a round of PNGs; the
+# cell centre of its maps, None for the legacy rule)
+_RoundState = tuple["packed.PackedRound | None", CellCentre]
 _ROUND_RE = re.compile(r"^round_(\d{4,})$")
 
 
@@ -139,18 +142,17 @@ class MaskStore:
 
     def __init__(self, root: str):
         self.root = os.fspath(root)
-        # round -> ((manifest inode, mtime), cell centre): a redone round is re-read
-        self._centres: dict[int, tuple[Any, CellCentre]] = {}
         # Per process (a forked loader worker opens its own): writer part name, and round ->
-        # (manifest stat, packed reader or None for a PNG round).
+        # (manifest stat, (packed reader or None for a PNG round, cell centre)); a redone
+        # round has another manifest stat and is read again.
         self._pid = -1
         self._part_name = ""
-        self._readers: dict[int, tuple[Any, packed.PackedRound | None]] = {}
+        self._rounds: dict[int, tuple[Any, _RoundState]] = {}
 
     def __getstate__(self) -> dict:
         # memory maps do not pickle, and a copy (a spawned worker) opens its own anyway
         state = dict(self.__dict__)
-        state.update(_pid=-1, _part_name="", _readers={})
+        state.update(_pid=-1, _part_name="", _rounds={})
         return state
 
     def _own_process(self) -> None:
@@ -159,7 +161,7 @@ class MaskStore:
             self._pid = pid
             host = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]
             self._part_name = f".part-{host}-{pid}-{secrets.token_hex(4)}.bin.w.tmp"
-            self._readers = {}  # inherited maps are the parent's: drop, never close
+            self._rounds = {}  # inherited maps are the parent's: drop, never close
 
     # ---- paths ----
     @staticmethod
@@ -418,9 +420,11 @@ class MaskStore:
         except (OSError, ValueError):
             return False
 
-    def _reader(self, round_id: int) -> packed.PackedRound | None:
-        """This process's reader of a finished packed round; None for a round of PNG files
-        (or one not finished: its maps are looked for as PNGs, and are not there)."""
+    def _round_state(self, round_id: int) -> _RoundState | None:
+        """This process's (reader, cell centre) of a round with a manifest, or None for a round
+        not finished (its maps are looked for as PNGs, and are not there). The reader is None
+        for a round of PNG files; the centre (:meth:`cell_centre`) None for the legacy rule.
+        One ``stat`` of the manifest per call: the cache is keyed by it."""
         self._own_process()
         d = self.round_dir(round_id)
         path = os.path.join(d, _MANIFEST)
@@ -429,7 +433,7 @@ class MaskStore:
         except FileNotFoundError:
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = self._readers.get(int(round_id))
+        hit = self._rounds.get(int(round_id))
         if hit is not None and hit[0] == key:
             return hit[1]
         try:
@@ -446,25 +450,20 @@ class MaskStore:
                     f"{os.path.join(d, packed.INDEX)}: unreadable mask index of round "
                     f"{round_id} of {self.root} ({type(e).__name__}: {e})"
                 ) from None
-        self._readers[int(round_id)] = (key, reader)
-        return reader
+        state = (reader, cell_centre_from_manifest(man, path))
+        self._rounds[int(round_id)] = (key, state)
+        return state
+
+    def _reader(self, round_id: int) -> packed.PackedRound | None:
+        state = self._round_state(round_id)
+        return None if state is None else state[0]
 
     def cell_centre(self, round_id: int) -> CellCentre:
         """Where the cells of ``round_id``'s maps sit on their images: the manifest's
         ``"cell_grid"`` centre (c_y, c_x), or None (the legacy rule) for a round that records
         none or has no manifest yet (``cyborgs.masks.cell_grid``). Cached per manifest file."""
-        path = os.path.join(self.round_dir(round_id), _MANIFEST)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = self._centres.get(int(round_id))
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        centre = cell_centre_from_manifest(self.manifest(round_id), path)
-        self._centres[int(round_id)] = (key, centre)
-        return centre
+        state = self._round_state(round_id)
+        return None if state is None else state[1]
 
     def read_placed(
         self, image_id: Any, round_id: int | None = None
@@ -474,7 +473,10 @@ class MaskStore:
         r = self.current_round() if round_id is None else round_id
         if r is None:
             raise FileNotFoundError(f"{self.root}: no current mask round")
-        return self.read(image_id, round_id=r), self.cell_centre(r)
+        reader, centre = self._round_state(r) or (None, None)
+        if reader is not None:
+            return self._read_packed(reader, image_id, r), centre
+        return self._read_png(image_id, r), centre
 
     def read(
         self,
@@ -485,16 +487,9 @@ class MaskStore:
         """The label map of ``image_id`` in ``round_id`` (default: the current round), put on
         the pixels of an image of ``out_hw`` = (H, W) when given, by the round's cell centre
         (:meth:`cell_centre`; nearest upsampling for a round that records none)."""
-        r = self.current_round() if round_id is None else round_id
-        if r is None:
-            raise FileNotFoundError(f"{self.root}: no current mask round")
-        reader = self._reader(r)
-        if reader is not None:
-            arr = self._read_packed(reader, image_id, r)
-        else:
-            arr = self._read_png(image_id, r)
+        arr, centre = self.read_placed(image_id, round_id)
         if out_hw is not None:
-            arr = upsample_label_map(arr, out_hw, self.cell_centre(r))
+            arr = upsample_label_map(arr, out_hw, centre)
         return arr
 
     def _read_packed(self, reader: packed.PackedRound, image_id: Any, r: int) -> np.ndarray:

@@ -151,3 +151,29 @@ def test_a_store_that_has_read_pickles_for_a_spawned_worker(tmp_path):
     store.read(1)  # holds a memory map now
     copy = pickle.loads(pickle.dumps(store))
     np.testing.assert_array_equal(copy.read(1), _segments(1))
+
+
+def test_a_read_touches_the_round_metadata_once(tmp_path, monkeypatch):
+    # On a shared file system each stat is a metadata request: a sample read, placed on its
+    # image, checks the round's manifest once (the reader and the cell centre share it).
+    store = MaskStore(str(tmp_path))
+    store.begin_round(0)
+    for i in range(3):
+        store.write(0, i, _segments(i))
+    store.finish_round(0)
+    store.read(0, out_hw=(30, 40), round_id=0)  # the first read opens the round
+    import cyborgs.masks.store as store_module
+
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        stats.append(os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "stat", counting_stat)
+    for i in range(3):
+        store.read(i, out_hw=(30, 40), round_id=0)
+        store.read_placed(i, round_id=0)
+    assert len(stats) == 6 and all(p.endswith("manifest.json") for p in stats)
+    np.testing.assert_array_equal(store.read_placed(2, round_id=0)[0], _segments(2))
