@@ -362,9 +362,13 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 claim_outdir(args.outdir, args.checkpoint, args.overwrite)
                 ownership.record(args.outdir, *FILES, *args.benchmarks)
-            return submit_jobs(args)
         except (FileNotFoundError, KeyError, ValueError) as e:
             return refuse(e)
+        try:
+            return submit_jobs(args)
+        except (FileNotFoundError, KeyError, ValueError) as e:  # after work began: a failure
+            print(f"{TAG} {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            return 1
         except CommandFailed as e:
             print(f"{TAG} {e}", file=sys.stderr)
             return e.returncode

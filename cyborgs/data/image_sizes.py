@@ -23,8 +23,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from detectron2.utils.logger import log_first_n
-
 from cyborgs.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     BadImageError,
@@ -34,16 +32,42 @@ from cyborgs.data.image_io import (
 from cyborgs.utils.atomic import atomic_write_bytes
 from cyborgs.utils.progress import Progress
 
-__all__ = ["CACHE_ENV", "MAX_NAMED", "cache_file_for", "read_image_sizes", "warn_unreadable"]
+__all__ = [
+    "CACHE_ENV",
+    "MAX_NAMED",
+    "cache_file_for",
+    "read_image_sizes",
+    "warn_once",
+    "warn_unreadable",
+]
 
 logger = logging.getLogger(__name__)
 
 
+# (logger name, message, handlers it reaches) of the data warnings already logged
+_WARNED: set[tuple[str, str, tuple[int, ...]]] = set()
+
+
+def _handler_ids(log: logging.Logger) -> tuple[int, ...]:
+    ids: list[int] = []
+    node: logging.Logger | None = log
+    while node is not None:
+        ids += [id(h) for h in node.handlers]
+        node = node.parent if node.propagate else None
+    return tuple(ids)
+
+
 def warn_once(message: str, name: str = __name__) -> None:
-    """A warning about the data, logged once per process: a data set is loaded several times
-    in a run (counted at setup, then by the loader, the rounds and the plan), and its problems
-    are the same each time."""
-    log_first_n(logging.WARNING, message, name=name, key="message")
+    """A warning about the data, logged once per process and logging setup: a data set is
+    loaded several times in a run (counted at setup, then by the loader, the rounds and the
+    plan) and its problems are the same each time. A load before the run's log file exists
+    (the schedule counts the images before ``setup_logger``) does not use it up: the warning
+    is logged again, once, when it can reach other handlers (``OUTPUT_DIR/log.txt``)."""
+    log = logging.getLogger(name)
+    key = (name, message, _handler_ids(log))
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
 
 
 CACHE_ENV = "CYBORGS_CACHE_DIR"

@@ -440,6 +440,10 @@ class MaskStore:
             man = self.manifest(round_id)
         except (ValueError, UnicodeDecodeError) as e:
             raise MaskFileError(f"{path}: unreadable manifest ({e})") from None
+        try:
+            centre = cell_centre_from_manifest(man, path)
+        except ValueError as e:
+            raise MaskFileError(str(e)) from None
         reader = None
         if man.get("format") == packed.FORMAT:
             parts = [f["file"] for f in man["files"] if packed.PART_RE.match(f["file"])]
@@ -450,7 +454,7 @@ class MaskStore:
                     f"{os.path.join(d, packed.INDEX)}: unreadable mask index of round "
                     f"{round_id} of {self.root} ({type(e).__name__}: {e})"
                 ) from None
-        state = (reader, cell_centre_from_manifest(man, path))
+        state = (reader, centre)
         self._rounds[int(round_id)] = (key, state)
         return state
 

@@ -312,3 +312,29 @@ def test_a_folder_loaded_again_warns_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         load_image_folder(str(other))
     assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_warning_before_the_log_file_exists_reaches_it_once_it_does(tmp_path):
+    # pretrain_net counts the images (a load) before setup_logger attaches OUTPUT_DIR/log.txt:
+    # that first warning must not use up the one the log file gets
+    root = tmp_path / "imgs"
+    _png(root / "ok.png")
+    (root / "empty.jpg").write_bytes(b"")
+    load_image_folder(str(root))  # before the run's logging: stderr only
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    log_file = Collect()  # what setup_logger(name="cyborgs") attaches
+    logging.getLogger("cyborgs").addHandler(log_file)
+    try:
+        for _ in range(2):  # the loader, the rounds
+            load_image_folder(str(root))
+    finally:
+        logging.getLogger("cyborgs").removeHandler(log_file)
+    assert sum("unreadable" in m for m in log_file.messages) == 1

@@ -177,3 +177,22 @@ def test_a_read_touches_the_round_metadata_once(tmp_path, monkeypatch):
         store.read_placed(i, round_id=0)
     assert len(stats) == 6 and all(p.endswith("manifest.json") for p in stats)
     np.testing.assert_array_equal(store.read_placed(2, round_id=0)[0], _segments(2))
+
+
+def test_a_bad_cell_grid_record_is_a_mask_file_error(tmp_path):
+    import json
+
+    from cyborgs.masks.store import MaskFileError
+
+    store = MaskStore(str(tmp_path))
+    store.begin_round(0)
+    store.write(0, 0, _segments(0))
+    store.finish_round(0)
+    path = os.path.join(store.round_dir(0), "manifest.json")
+    man = json.loads(open(path).read())
+    man["cell_grid"] = {"centre": [7.0, 7.0]}  # outside [-1, 2] cells: not a centre
+    with open(path, "w") as f:
+        json.dump(man, f)
+    assert store.has(0, round_id=0) is False  # has() answers, it does not raise
+    with pytest.raises(MaskFileError, match="manifest.json"):
+        store.read(0, round_id=0)

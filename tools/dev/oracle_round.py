@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         if not name or not path or not os.path.isfile(path):
             p.error(f"--checkpoint {spec!r}: expected NAME=PATH of an existing file")
+        if name in todo:
+            p.error(f"--checkpoint {spec!r}: the name {name!r} is taken (oracle, random_init)")
         todo[name] = str(Path(path).resolve())
     from cli_errors import one_line_config_errors
 

@@ -24,3 +24,13 @@ def test_bad_config_key_is_one_line_and_writes_nothing(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert e.value.code == 2 and "CYBORGS.NO_SUCH_KEY" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_checkpoint_cannot_take_the_oracles_name(tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(b"")
+    out = tmp_path / "oracle"
+    with pytest.raises(SystemExit) as e:
+        oracle_round.main(["--out", str(out), "--checkpoint", f"oracle={ckpt}"])
+    assert e.value.code == 2 and "is taken" in capsys.readouterr().err
+    assert not out.exists()
