@@ -43,6 +43,8 @@ def main() -> None:
         raise SystemExit(__doc__)
     delay_s, tool = float(sys.argv[1]), sys.argv[2]
     sys.path.insert(0, REPO)  # the checkout's cyborgs, whatever is installed
+    # as Python runs a script: its own folder first (the tools import each other, e.g. cli_errors)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))
     _patch_writes(delay_s)
     sys.argv = [tool, *sys.argv[3:]]
     runpy.run_path(tool, run_name="__main__")
