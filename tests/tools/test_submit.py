@@ -20,6 +20,20 @@ sys.path.insert(0, str(REPO / "tools"))
 import submit  # noqa: E402
 
 
+def stop_when_running(job, marker: Path, timeout_s: float) -> str:
+    """Once ``marker`` exists (the job's training is under way), SIGTERM a local-executor job
+    (its controller forwards the signal to every task), wait for it to end (requeued and
+    finished; raises if it failed) and return its log (stdout + stderr)."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert not job.done(), job.stderr()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(int(job.job_id), signal.SIGTERM)
+    job.results()
+    return job.stdout() + (job.stderr() or "")
+
+
 def test_dry_run_prints_resources_command_and_folder(tmp_path, capsys) -> None:
     argv = ["--nodes", "8", "--gpus-per-node", "8", "--partition", "gpu", "--account", "lab",
             "--constraint", "volta32gb", "--sbatch", "exclusive=1", "--dry-run", "--",
@@ -84,14 +98,7 @@ def test_local_two_task_job_requeued_ends_like_an_uninterrupted_run(
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
     executor.update_parameters(tasks_per_node=2, timeout_min=20)
     job = executor.submit(submit.PretrainJob([*cfg, "OUTPUT_DIR", str(out), *_OPTS]))
-    deadline = time.monotonic() + 400
-    while not (out / "model_0000000.pth").exists():  # training is under way
-        assert not job.done(), job.stderr()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(int(job.job_id), signal.SIGTERM)  # the controller forwards it to both tasks
-    job.results()  # raises if the job failed
-    log = job.stdout() + (job.stderr() or "")
+    log = stop_when_running(job, out / "model_0000000.pth", 400)
     assert "preempted: stopped on SIGTERM" in log
     assert "Requeued job" in log
     assert (out / "last_checkpoint").read_text() == "model_final.pth"

@@ -197,11 +197,9 @@ def test_demo_benchmark_submitted_to_the_local_executor_runs_and_is_collected(
 def test_a_stopped_train_net_job_is_requeued_and_resumes(
     tiny_data_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import signal
-    import time
-
     import submit
     import submitit
+    from test_submit import stop_when_running
 
     from cyborgs.transfer.convert import convert_checkpoint
 
@@ -217,14 +215,7 @@ def test_a_stopped_train_net_job_is_requeued_and_resumes(
     executor.update_parameters(tasks_per_node=1, timeout_min=20)
     job = executor.submit(submit.TransferJob(spec["tool"], spec["argv"], spec["output_dir"]))
     metrics = out / "coco_stuff_probe" / "metrics.json"
-    deadline = time.monotonic() + 300
-    while not metrics.exists():  # training is under way
-        assert not job.done(), job.stderr()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(int(job.job_id), signal.SIGTERM)  # the controller forwards it to the task
-    job.results()  # raises if the job failed
-    log = job.stdout() + (job.stderr() or "")
+    log = stop_when_running(job, metrics, 300)
     assert "Requeued job" in log
     assert (out / "coco_stuff_probe" / "metrics_final.json").is_file()
     its = [json.loads(x)["iteration"] for x in metrics.read_text().splitlines()]
