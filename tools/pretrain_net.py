@@ -34,6 +34,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
+from cyborgs.config import flat_items
 from cyborgs.config_io import parse_yaml_text
 from cyborgs.engine.launch import (
     add_cluster_arguments,
@@ -89,21 +90,11 @@ def existing_run(output_dir: str) -> list[str]:
     return [os.path.basename(p) for p in found]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _changed_keys(saved_yaml: str, cfg: CfgNode, saved_name: str = "config.yaml") -> list[str]:
     """``KEY: old -> new`` for each key whose value differs from the saved config. OUTPUT_DIR
     is ignored: a run directory may be moved or reached by another path."""
-    old = _flat(parse_yaml_text(saved_yaml, saved_name) or {})
-    new = _flat(parse_yaml_text(cfg.dump(), "the new config"))
+    old = flat_items(parse_yaml_text(saved_yaml, saved_name) or {})
+    new = flat_items(parse_yaml_text(cfg.dump(), "the new config"))
     keys = sorted((set(old) | set(new)) - {"OUTPUT_DIR"})
     return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
             if old.get(k, "<absent>") != new.get(k, "<absent>")]  # fmt: skip

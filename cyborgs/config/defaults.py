@@ -17,6 +17,8 @@ This module declares keys and the small vocabularies other layers share (switch 
 
 from __future__ import annotations
 
+from typing import Any
+
 from detectron2.config import CfgNode as CN
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "SYNC_NORMS",
     "VMF_FEATURES",
     "add_cyborgs_config",
+    "flat_items",
     "get_key",
     "mask_id_width",
     "parse_switch",
@@ -255,6 +258,17 @@ def set_key(cfg: CN, key: str, value) -> None:
     """Set the dotted ``key`` of an unfrozen ``cfg`` (its parent nodes must exist)."""
     node, name = _node_and_name(cfg, key)
     node[name] = value
+
+
+def flat_items(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"A.B.C": value}`` for every leaf of the nested mapping ``d`` (a config, parsed YAML)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_items(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def get_key(cfg: CN, key: str, default=None):
