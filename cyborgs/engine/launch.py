@@ -287,6 +287,12 @@ def _is_timeout(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("timed out" in text or "timeout" in text)
 
 
+def _is_file_store(store: Any) -> bool:
+    while isinstance(store, dist.PrefixStore):
+        store = store.underlying_store
+    return isinstance(store, dist.FileStore)
+
+
 class _Heartbeat:
     """A counter per rank in the process group's store, advanced by a daemon thread: a frozen
     process (SIGSTOP, a hung file system call holding it) stops advancing its counter."""
@@ -346,7 +352,13 @@ class _Heartbeat:
     def explain(self, e: BaseException) -> str:
         silent = self.silent_ranks()
         limit = f"the process-group timeout is {self.timeout.total_seconds():g} s (--dist-timeout)"
-        if silent is None:
+        if silent is None and _is_file_store(self.store):
+            # every FileStore operation holds a lock on the one file: a rank frozen inside
+            # one (its heartbeat, a barrier) blocks the store for all, so no rank can be named
+            who = ("the rendezvous file store (a file:// --dist-url) does not answer: a rank "
+                   "froze while holding its lock, or its file system hangs (a tcp:// "
+                   "--dist-url lets the silent rank be named)")  # fmt: skip
+        elif silent is None:
             who = ("the process group's store (served by rank 0, or the rendezvous) does not "
                    "answer: rank 0 is likely the one that stopped responding")  # fmt: skip
         elif silent:

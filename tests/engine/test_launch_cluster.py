@@ -3,6 +3,7 @@ process group is joined, the CPU launcher forwards a stop signal to its processe
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -24,27 +25,46 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path")
 
 
-def _freeze_rank_1(out_dir: str) -> None:
+def _freeze_rank_1(out_dir: str, lock_path: str = "") -> None:
     if comm.get_rank() == 1:
+        if lock_path:  # frozen inside a FileStore operation: its lock on the store file held
+            fcntl.flock(os.open(lock_path, os.O_RDWR), fcntl.LOCK_EX)
         os.kill(os.getpid(), signal.SIGSTOP)  # frozen: alive, but neither working nor exiting
     with open(os.path.join(out_dir, "t0"), "w") as f:
         f.write(repr(time.time()))
     dist.all_reduce(torch.ones(1))
 
 
-def test_a_stopped_rank_is_named_within_the_timeout(tmp_path) -> None:
+def _stalled_run_message(tmp_path: Path, dist_url: str | None, lock_path: str = "") -> str:
     with pytest.raises(ProcessRaisedException) as info:
         launch(
-            _freeze_rank_1, 2, dist_url=f"file://{tmp_path}/rendezvous", args=(str(tmp_path),),
+            _freeze_rank_1, 2, dist_url=dist_url, args=(str(tmp_path), lock_path),
             timeout=timedelta(seconds=3),
         )  # fmt: skip
     t0 = float((tmp_path / "t0").read_text())
-    message = str(info.value)
-    assert "StalledRankError" in message and "rank(s) 1 stopped responding" in message, message
-    assert "--dist-timeout" in message
-    # 3 s timeout + the heartbeat probe (~1 s) + the launcher's grace period to end rank 1 (5 s
-    # + 5 s: a stopped process ignores SIGTERM): far below gloo's default 30 minutes
+    # 3 s timeout + the heartbeat probe (~1 s; ~7 s for a store that does not answer) + the
+    # launcher's grace period to end rank 1 (5 s + 5 s: a stopped process ignores SIGTERM):
+    # far below gloo's default 30 minutes
     assert time.time() - t0 < 3 + 25
+    message = str(info.value)
+    assert "StalledRankError" in message and "--dist-timeout" in message, message
+    return message
+
+
+def test_a_stopped_rank_is_named_within_the_timeout(tmp_path) -> None:
+    # the default rendezvous (tcp://, as torchrun and SLURM jobs use): the store is served by
+    # rank 0's thread, so rank 1 freezing at any point leaves it answering
+    message = _stalled_run_message(tmp_path, None)
+    assert "rank(s) 1 stopped responding" in message, message
+
+
+def test_a_rank_frozen_holding_the_file_rendezvous_is_reported_as_such(tmp_path) -> None:
+    # A file:// rendezvous locks its one file for every operation: a rank frozen inside one
+    # blocks the store for all, and no rank can be named. The message says so instead of
+    # blaming rank 0 (whose store it is not).
+    store_file = tmp_path / "rendezvous"
+    message = _stalled_run_message(tmp_path, f"file://{store_file}", str(store_file))
+    assert "rendezvous file store" in message and "rank 0 is likely" not in message, message
 
 
 _TORCHRUN_SCRIPT = """
