@@ -28,7 +28,7 @@ import pytest
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from cyborgs.config import add_cyborgs_config
+from cyborgs.config import add_cyborgs_config, flat_items
 from cyborgs.engine.setup import finalize_pretrain_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,14 +142,8 @@ def _plain(v: object) -> object:
     return v
 
 
-def _flat(cfg: CfgNode, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in cfg.items():
-        if isinstance(v, CfgNode):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = _plain(v)
-    return out
+def _flat(cfg: CfgNode) -> dict[str, object]:
+    return {k: _plain(v) for k, v in flat_items(cfg).items()}
 
 
 def _get(cfg: CfgNode, key: str) -> object:
